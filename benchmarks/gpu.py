@@ -1,0 +1,168 @@
+"""Full-scale GPU figures: a whole ResNet-20 CIFAR-10 schedule and an EL2N ensemble, compile on/off.
+
+On a CUDA machine this trains, with lthfast's loop exactly as the CLI does (``BatchStream`` on the
+GPU, channels_last, bf16 autocast, ``torch.compile`` on or off), on a synthetic CIFAR-shaped set
+(50,000 32×32×3 images, 10 classes — timing does not depend on the pixels):
+
+- ResNet-20, batch 128, the full CIFAR-10 schedule of Table 1: 62,400 iterations (lr 0.1, ×0.1 at
+  31,200 and 46,800);
+- the EL2N ensemble of appendix A: K=10 ResNet-20s trained packed for 7,800 iterations.
+
+Reported per run: total wall time (compile and warm-up included), steady-state images/s (median
+over windows of ``log_every`` iterations after the first 5% of the run; for K models, images of
+all K), and model FLOP utilisation: FLOPs per training image ≈ 3 × forward FLOPs (forward, plus
+backward ≈ 2 × forward), forward FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode``
+(convolutions and matmuls), divided by the device's dense bf16 peak (a small table of known
+GPUs, or ``LTHFAST_PEAK_TFLOPS``).
+
+Without CUDA the section is not run. ``--gpu-iterations``/``--gpu-el2n-iterations`` shorten it.
+
+    python -m benchmarks --only gpu [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .common import DEFAULT_CACHE, Row, open_synthetic, rerun, sync
+
+SECTION = "gpu"
+NOT_RUN = "not run: no GPU on this machine"
+
+# Dense (no sparsity) bf16 tensor-core peaks, FLOP/s, by a substring of the device name.
+PEAK_BF16 = (
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # SXM / HBM3
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("RTX 4090", 165e12),
+    ("V100", 125e12),  # fp16 (no bf16 on Volta)
+)
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    model: str = "resnet20"
+    iterations: int = 62_400
+    milestones: Sequence[int] = (31_200, 46_800)
+    el2n_iterations: int = 7_800
+    el2n_k: int = 10
+    batch: int = 128
+    train: int = 50_000
+    lr: float = 0.1
+    compile_modes: Sequence[bool] = (True, False)
+    amp: bool = True
+    log_every: int = 100
+    quick: bool = False
+
+
+def peak_flops(device: torch.device) -> Optional[float]:
+    if os.environ.get("LTHFAST_PEAK_TFLOPS"):
+        return float(os.environ["LTHFAST_PEAK_TFLOPS"]) * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_BF16:
+        if key in name:
+            return value
+    return None
+
+
+def forward_flops_per_image(model_name: str, num_classes: int, size: int,
+                            batch: int = 16) -> float:
+    """Forward FLOPs of one image through one model (K=1), by FlopCounterMode on the CPU."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lthfast.models import build
+
+    model = build(model_name, num_classes, k=1).eval()
+    x = torch.zeros(batch, 3, size, size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / batch
+
+
+def train_run(ds, cfg: GpuConfig, device: torch.device, k: int, iterations: int,
+              compile: bool) -> dict:
+    """One lthfast training run; returns wall time and per-window images/s (all K models)."""
+    from lthfast.data.loader import BatchStream, StreamSeeds
+    from lthfast.experiments.common import device_split, new_model
+    from lthfast.train.loop import LoopConfig, train
+    from lthfast.train.schedule import Schedule
+
+    if compile:
+        torch._dynamo.reset()  # each run pays its own compile, as a fresh process would
+    data = device_split(ds, "train", device)
+    stream = BatchStream(data, [np.arange(ds.train_size)] * k,
+                         [StreamSeeds(100 + m, 200 + m) for m in range(k)], cfg.batch)
+    model = new_model(cfg.model, ds.num_classes, list(range(k)), device)
+    marks: list[tuple[int, float]] = []
+    log_every = max(1, min(cfg.log_every, iterations // 4 or 1))
+    loop = LoopConfig(schedule=Schedule(cfg.lr, tuple(m for m in cfg.milestones if m < iterations)),
+                      start_step=0, end_step=iterations, log_every=log_every, compile=compile,
+                      amp=cfg.amp)
+    sync(device)
+    start = time.perf_counter()
+    # progress runs after the loop's host sync of the step, so its timestamps are exact
+    result = train(model, stream, loop,
+                   progress=lambda step, _end, _losses: marks.append((step, time.perf_counter())))
+    sync(device)
+    total = time.perf_counter() - start
+    skip = max(log_every, iterations // 20)
+    windows = [(s1 - s0) * cfg.batch * k / (t1 - t0)
+               for (s0, t0), (s1, t1) in zip(marks, marks[1:]) if s0 >= skip and t1 > t0]
+    if not windows:  # too short a run for windows: the whole run
+        windows = [iterations * cfg.batch * k / total]
+    return {"total": total, "windows": windows, "losses": result.mean_losses,
+            "steady": float(np.median(windows))}
+
+
+def run(cfg: GpuConfig = GpuConfig(), device: Optional[torch.device] = None,
+        cache=DEFAULT_CACHE, log=print, force: bool = False) -> list[Row]:
+    """The GPU section; ``force`` runs it on another device too (tests use the CPU, tiny sizes)."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    command = rerun(SECTION, cfg.quick)
+    full = f"{cfg.model} CIFAR-10 schedule, {cfg.iterations:,} it × b{cfg.batch}"
+    el2n = f"EL2N {cfg.el2n_k} × {cfg.model} packed, {cfg.el2n_iterations:,} it × b{cfg.batch}"
+    if device.type != "cuda" and not force:
+        return [Row(SECTION, case, "lthfast loop", [], note=NOT_RUN, command=command)
+                for case in (full, el2n)]
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    ds = open_synthetic(cache, cfg.train)
+    size = int(ds.meta["image_shape"][0])
+    fwd = forward_flops_per_image(cfg.model, ds.num_classes, size)
+    peak = peak_flops(device)
+    rows = []
+    for case, k, iterations in ((full, 1, cfg.iterations), (el2n, cfg.el2n_k, cfg.el2n_iterations)):
+        for compile in cfg.compile_modes:
+            label = f"compile {'on' if compile else 'off'}"
+            log(f"[gpu] {case}: {label}")
+            r = train_run(ds, cfg, device, k, iterations, compile)
+            achieved = r["steady"] * 3 * fwd
+            mfu = f"MFU {100 * achieved / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s" if peak else \
+                "MFU n/a (peak of this device unknown; set LTHFAST_PEAK_TFLOPS)"
+            rows.append(Row(
+                SECTION, case, f"lthfast loop, {label}" + (", bf16" if cfg.amp else ""),
+                r["windows"], reference=compile == cfg.compile_modes[0], command=command,
+                note=(f"total {r['total']:.0f} s incl. compile/warm-up; {achieved / 1e12:.2f} "
+                      f"TFLOP/s achieved ({3 * fwd / 1e6:.0f} MFLOP per training image); {mfu}; "
+                      f"final loss {np.nanmean(r['losses']):.3f}"),
+                extra={"total_s": r["total"], "mfu": achieved / peak if peak else None,
+                       "fwd_flops": fwd}))
+    return rows

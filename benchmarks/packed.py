@@ -1,0 +1,74 @@
+"""K models at once: K ResNet-20s trained packed (``build(..., k=K)``) vs the same K one by one.
+
+Packed: one ``lthfast.models.build('resnet20', 10, k=K)`` network (grouped convolutions, K
+independent models) trained by ``lthfast.train.loop.train`` on a K-model ``BatchStream``.
+Sequential: K separate K=1 networks, each trained by the same loop on its own stream, one after
+the other. Both do the same work (K models × steps × batch 128 images); reported is images/s per
+model (batch × steps / wall time for all K) and packed ÷ sequential. Medians over timed windows
+of steps; for sequential a window's time is the sum of the K models' times for that window.
+Warm-up steps are excluded for both.
+
+Packing removes per-model kernel-launch and Python overhead, the bottleneck of a small network
+on a GPU; on a CPU the work is compute-bound and grouped convolutions are not faster than
+separate ones, so expect no gain there.
+
+    python -m benchmarks --only packed [--quick]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .common import DEFAULT_CACHE, Row, open_synthetic, rerun
+from .train_step import TrainStepConfig, bench_lthfast, for_device
+
+SECTION = "packed"
+
+
+@dataclass(frozen=True)
+class PackedConfig:
+    model: str = "resnet20"
+    ks: Sequence[int] = (1, 2, 4, 10)
+    batch: int = 128
+    train: int = 50_000
+    warmup: int = 1
+    steps: int = 1  # steps per timed window
+    repeats: int = 5  # timed windows
+    quick: bool = False
+
+
+def run(cfg: PackedConfig = PackedConfig(), device: Optional[torch.device] = None,
+        cache=DEFAULT_CACHE, log=print) -> list[Row]:
+    device = device or torch.device("cpu")
+    cfg = for_device(cfg, device)
+    ds = open_synthetic(cache, cfg.train)
+    step_cfg = TrainStepConfig(model=cfg.model, batch=cfg.batch, train=cfg.train,
+                               warmup=cfg.warmup, steps=cfg.steps, repeats=cfg.repeats,
+                               quick=cfg.quick)
+    images = cfg.batch * cfg.steps  # per model per repeat
+    command = rerun(SECTION, cfg.quick)
+    rng = np.random.default_rng(0)
+    rows: list[Row] = []
+    for k in cfg.ks:
+        # each model its own data order (as in an EL2N ensemble): same full set, own seeds
+        indices = [rng.permutation(ds.train_size) for _ in range(k)]
+        log(f"[packed] {cfg.model} K={k}: packed")
+        packed = bench_lthfast(ds, step_cfg, device, k=k, indices=indices)
+        log(f"[packed] {cfg.model} K={k}: sequential")
+        per_model = [bench_lthfast(ds, step_cfg, device, k=1, indices=[indices[m]])
+                     for m in range(k)]
+        sequential = [sum(times) for times in zip(*per_model)]
+        case = f"{cfg.model} ×{k}, batch {cfg.batch}, {device.type}"
+        note = (f"per model: {cfg.warmup} warm-up step(s), median of {cfg.repeats} windows of "
+                f"{cfg.steps} step(s)")
+        rows.append(Row(SECTION, case, f"packed: build(..., k={k})", [images / s for s in packed],
+                        reference=True, command=command,
+                        note=f"{note}; all {k}: {k * images / np.median(packed):.0f} images/s"))
+        rows.append(Row(SECTION, case, f"sequential: {k} × build(..., k=1)",
+                        [images / s for s in sequential], command=command,
+                        note=f"{note}; all {k}: {k * images / np.median(sequential):.0f} images/s"))
+    return rows

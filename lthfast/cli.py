@@ -1,0 +1,224 @@
+"""Command line: one small function per command — parse, call the library, print the artifact.
+
+Each command that writes an artifact prints its path as the last line of stdout. User errors
+print one line on stderr and exit 2.
+
+    lthfast build-beton digits && lthfast imp --dataset digits --subset random --size 256 --levels 3
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  pretty_exceptions_enable=False,
+                  help="lthfast: lottery tickets on a data diet, fast.")
+
+ROOT = typer.Option(Path("datasets"), "--root", envvar="LTHFAST_DATA", help="data root")
+OUT = typer.Option(Path("runs"), "--out", envvar="LTHFAST_RUNS", help="runs root")
+SEED = typer.Option(0, "--seed", help="base seed (init, order and augmentation seeds derive from it)")
+DEVICE = typer.Option(None, "--device", help="cuda or cpu (default: cuda if available)")
+DETERMINISTIC = typer.Option(False, "--deterministic", help="deterministic kernels (CPU: bit-exact reruns)")
+CHECKPOINT_EVERY = typer.Option(200, "--checkpoint-every", envvar="LTHFAST_CHECKPOINT_EVERY",
+                                help="iterations between checkpoints of a training stage (0: never)")
+# Datasets that need no download or source: built on first use.
+EMBEDDED = ("digits",)
+
+
+class SubsetKind(str, Enum):
+    all = "all"
+    random = "random"
+    easy = "easy"
+    hard = "hard"
+
+
+class ScoreKind(str, Enum):
+    el2n = "el2n"
+    forgetting = "forgetting"
+
+
+def runtime(root: Path, out: Path, device: Optional[str], deterministic: bool,
+            compile: Optional[bool], checkpoint_every: int):
+    from .experiments.common import Runtime, default_device, setup_torch
+    from .progress import make_progress
+
+    rt = Runtime(root=root, out=out, device=device or default_device(),
+                 deterministic=deterministic, compile=compile, progress=make_progress(),
+                 checkpoint_every=max(0, checkpoint_every))
+    setup_torch(rt)
+    return rt
+
+
+def open_data(root: Path, dataset: str):
+    from .data.arrays import open_dataset
+    from .data.build import build_dataset
+    from .data.sources import get_source
+
+    get_source(dataset)
+    if dataset in EMBEDDED and not (root / dataset / "meta.json").exists():
+        build_dataset(dataset, root)
+    return open_dataset(root, dataset)
+
+
+@app.command("build-beton")
+def build_beton(name: str = typer.Argument(..., help="cifar10, cifar100, cinic10, digits, synthetic"),
+                source: Optional[str] = typer.Option(None, help="local archive/folder (synthetic: key=value options)"),
+                root: Path = ROOT,
+                force: bool = typer.Option(False, help="rebuild even if already built")):
+    """Convert a dataset once into arrays, FFCV betons and meta.json under ROOT/NAME."""
+    from .data.build import build_dataset
+
+    print(build_dataset(name, root, source=source, force=force))
+
+
+@app.command()
+def subset(kind: SubsetKind = typer.Argument(..., help="all, random, easy or hard"),
+           dataset: str = typer.Option(..., help="dataset name"),
+           size: Optional[int] = typer.Option(None, help="number of examples M"),
+           seed: int = typer.Option(0, help="seed for random subsets"),
+           scores: Optional[Path] = typer.Option(None, help="float .npy of per-example scores (easy/hard)"),
+           offset: int = typer.Option(0, help="skip this many of the easiest/hardest first"),
+           class_balanced: Optional[bool] = typer.Option(None, "--class-balanced/--no-class-balanced",
+                                                         help="default: yes for random, no for easy/hard"),
+           label_noise: float = typer.Option(0.0, help="also save labels with this fraction re-drawn"),
+           noise_seed: int = typer.Option(0, help="seed of the label noise"),
+           root: Path = ROOT):
+    """Write a subset of train indices as .npy under ROOT/DATASET/subsets and print its path."""
+    from .data.subsets import SubsetSpec, noisy_labels_path, write_subset
+
+    ds = open_data(root, dataset)
+    if label_noise:
+        print(noisy_labels_path(ds, label_noise, noise_seed))
+    spec = SubsetSpec(kind=kind.value, size=size, seed=seed,
+                      scores=str(scores) if scores else None, offset=offset,
+                      class_balanced=class_balanced)
+    print(write_subset(ds, spec))
+
+
+def scores_path(rt, ds, score: str, preset, models: int, steps: Optional[int], seed: int,
+                label_noise: float, noise_seed: int, el2n_defaults: bool) -> Path:
+    from .experiments.scores import ScoreConfig, compute_scores
+
+    cfg = ScoreConfig(score=score, dataset=ds.name,
+                      model=preset.el2n_model if el2n_defaults else preset.model,
+                      models=models, steps=steps or preset.el2n_steps,
+                      batch_size=preset.batch_size, lr=preset.lr, milestones=preset.milestones,
+                      seed=seed, label_noise=label_noise, noise_seed=noise_seed,
+                      momentum=preset.momentum, weight_decay=preset.weight_decay,
+                      gamma=preset.gamma)
+    return compute_scores(rt, cfg, ds)
+
+
+@app.command()
+def imp(dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="dataset (preset from Table 1)"),
+        subset: SubsetKind = typer.Option(SubsetKind.all, help="pre-training subset: all, random, easy, hard"),
+        size: Optional[int] = typer.Option(None, help="subset size M"),
+        subset_file: Optional[Path] = typer.Option(None, help="pre-train on these train indices (.npy)"),
+        subset_seed: int = typer.Option(0, help="seed of a random subset"),
+        class_balanced: Optional[bool] = typer.Option(None, "--class-balanced/--no-class-balanced"),
+        offset: int = typer.Option(0, help="easy/hard: skip this many first"),
+        scores: Optional[Path] = typer.Option(None, help="easy/hard: score file (default: EL2N, computed or reused)"),
+        steps: Optional[int] = typer.Option(None, help="pre-training iterations t_r (default: t* of the preset)"),
+        levels: int = typer.Option(12, help="pruning levels (level k keeps 0.8^k of the weights)"),
+        replicates: int = typer.Option(1, help="independent replicates (trained packed)"),
+        label_noise: float = typer.Option(0.0, help="fraction of labels re-drawn, in pre-training only"),
+        noise_seed: int = typer.Option(0, help="seed of the label noise"),
+        el2n_models: int = typer.Option(10, help="K networks in the EL2N ensemble"),
+        el2n_steps: Optional[int] = typer.Option(None, help="EL2N iterations (default per dataset)"),
+        model: Optional[str] = typer.Option(None, help="override the preset's network"),
+        batch_size: Optional[int] = typer.Option(None, help="override the preset's batch size"),
+        lr: Optional[float] = typer.Option(None, help="override the training lr"),
+        pretrain_lr: Optional[float] = typer.Option(None, help="override the pre-training lr"),
+        train_steps: Optional[int] = typer.Option(None, help="override T, the schedule's iterations"),
+        compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile (default: on for CUDA)"),
+        root: Path = ROOT, out: Path = OUT, seed: int = SEED,
+        device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
+        checkpoint_every: int = CHECKPOINT_EVERY):
+    """IMP with rewinding to t_r after pre-training on a subset; prints the run directory."""
+    from .config import Overrides, preset_for
+    from .data.subsets import SubsetSpec, check_noise_fraction, load_subset, make_subset
+    from .experiments.imp import make_config, run_imp
+
+    preset = Overrides(model, batch_size, lr, pretrain_lr, train_steps).apply(preset_for(dataset))
+    check_noise_fraction(label_noise)
+    ds = open_data(root, dataset)
+    from .models import build
+    build(preset.model, ds.num_classes)  # unknown models fail before any training
+    rt = runtime(root, out, device, deterministic, compile, checkpoint_every)
+    if subset_file is not None:
+        indices, name = load_subset(subset_file, ds.train_size), subset_file.name
+    else:
+        if subset in (SubsetKind.easy, SubsetKind.hard) and scores is None:
+            scores = scores_path(rt, ds, "el2n", preset, el2n_models, el2n_steps, seed,
+                                 label_noise, noise_seed, el2n_defaults=model is None)
+        spec = SubsetSpec(kind=subset.value, size=size, seed=subset_seed,
+                          scores=str(scores) if scores else None, offset=offset,
+                          class_balanced=class_balanced)
+        indices = make_subset(ds, spec)
+        name = f"{subset.value}" + (f"_m{size}" if size else "")
+    cfg = make_config(preset, dataset, preset.t_star if steps is None else steps, indices, name,
+                      seed, label_noise, noise_seed)
+    print(run_imp(rt, cfg, ds, indices, levels, replicates))
+
+
+@app.command()
+def scores(kind: ScoreKind = typer.Argument(..., help="el2n or forgetting"),
+           dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="dataset"),
+           models: int = typer.Option(10, help="K networks, trained packed; scores average over them"),
+           steps: Optional[int] = typer.Option(None, help="iterations (default: appendix A per dataset)"),
+           label_noise: float = typer.Option(0.0, help="score against labels with this noise fraction"),
+           noise_seed: int = typer.Option(0, help="seed of the label noise"),
+           model: Optional[str] = typer.Option(None, help="override the network"),
+           batch_size: Optional[int] = typer.Option(None, help="override the batch size"),
+           lr: Optional[float] = typer.Option(None, help="override the lr"),
+           compile: Optional[bool] = typer.Option(None, "--compile/--no-compile"),
+           root: Path = ROOT, out: Path = OUT, seed: int = SEED,
+           device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
+           checkpoint_every: int = CHECKPOINT_EVERY):
+    """Per-example scores of the train set (float32 .npy, dataset order); prints its path."""
+    from .config import Overrides, preset_for
+    from .data.subsets import check_noise_fraction
+
+    preset = Overrides(model=model, batch_size=batch_size, lr=lr).apply(preset_for(dataset))
+    if model is not None:
+        import dataclasses
+        preset = dataclasses.replace(preset, el2n_model=model)
+    check_noise_fraction(label_noise)
+    ds = open_data(root, dataset)
+    rt = runtime(root, out, device, deterministic, compile, checkpoint_every)
+    if kind == ScoreKind.forgetting and steps is None:
+        steps = preset.train_steps  # forgetting looks at the whole course of training
+    print(scores_path(rt, ds, kind.value, preset, models, steps, seed, label_noise, noise_seed,
+                      el2n_defaults=True))
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

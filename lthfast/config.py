@@ -1,0 +1,102 @@
+"""Frozen configuration: dataset presets (the paper's Table 1) and hashing of run configs.
+
+A preset holds every per-dataset hyperparameter of Table 1 plus the EL2N defaults of appendix A.
+``digits`` and ``synthetic`` presets are scaled down so a CPU finishes an IMP run in a minute.
+Run identity is ``store.config_hash`` of the canonical JSON of a config with fields at their
+default left out, so adding a field with a default keeps every old hash.
+
+    python -c "from lthfast.config import PRESETS; print(PRESETS['cifar10'])"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import UserError
+from .store import config_hash
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Table 1 of the paper, one column."""
+
+    model: str = field(metadata={"help": "network, e.g. resnet20"})
+    batch_size: int = field(metadata={"help": "batch size in pre-training and training"})
+    pretrain_lr: float = field(metadata={"help": "lr for the first t_r iterations (pre-training)"})
+    lr: float = field(metadata={"help": "lr of the training schedule"})
+    milestones: tuple[int, ...] = field(metadata={"help": "iterations where lr is multiplied by gamma"})
+    train_steps: int = field(metadata={"help": "total iterations T of the training schedule"})
+    t_star: int = field(metadata={"help": "t*: the smallest rewind step giving matching tickets"})
+    el2n_model: str = field(metadata={"help": "network for EL2N scores (appendix A)"})
+    el2n_steps: int = field(metadata={"help": "iterations before EL2N is computed"})
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    gamma: float = 0.1
+    prune_fraction: float = 0.2
+
+
+PRESETS: dict[str, Preset] = {
+    "cifar10": Preset("resnet20", 128, 0.4, 0.1, (31200, 46800), 62400, 400, "resnet20", 7800),
+    "cifar100": Preset("resnet32", 128, 0.4, 0.1, (31200, 46800), 62400, 800, "resnet32", 7800),
+    "cinic10": Preset("resnet56", 256, 0.1, 0.1, (15625, 23440), 31250, 800, "resnet56", 8000),
+    # Not in the paper: small enough for a CPU. Same shape of schedule (drops at 50% / 75%).
+    "digits": Preset("resnet8", 64, 0.2, 0.1, (100, 150), 200, 20, "resnet8", 60),
+    "synthetic": Preset("resnet8", 64, 0.2, 0.1, (100, 150), 200, 20, "resnet8", 60),
+}
+
+
+def preset_for(dataset: str) -> Preset:
+    if dataset not in PRESETS:
+        raise UserError(f"no preset for dataset '{dataset}' (known: {', '.join(PRESETS)})")
+    return PRESETS[dataset]
+
+
+def scaled_milestones(preset: Preset, train_steps: int) -> tuple[int, ...]:
+    """Milestones at the same fractions of a shortened (or lengthened) schedule."""
+    if train_steps == preset.train_steps:
+        return preset.milestones
+    return tuple(round(m * train_steps / preset.train_steps) for m in preset.milestones)
+
+
+def to_dict(obj: Any) -> dict:
+    """Dataclass -> JSON-able dict, with fields at their default dropped (keeps old hashes)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.default is not dataclasses.MISSING and value == f.default:
+            continue
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def hash_of(obj: Any) -> str:
+    return config_hash(to_dict(obj))
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """The small CPU flags shared by imp, scores and analyses: each replaces its preset value."""
+
+    model: Optional[str] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    pretrain_lr: Optional[float] = None
+    train_steps: Optional[int] = None
+
+    def apply(self, preset: Preset) -> Preset:
+        changes = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        for key in ("batch_size", "train_steps"):
+            if key in changes and changes[key] < 1:
+                raise UserError(f"--{key.replace('_', '-')} must be >= 1")
+        for key in ("lr", "pretrain_lr"):
+            if key in changes and not changes[key] > 0:
+                raise UserError(f"--{key.replace('_', '-')} must be > 0")
+        if "train_steps" in changes:
+            changes["milestones"] = scaled_milestones(preset, changes["train_steps"])
+        return dataclasses.replace(preset, **changes)

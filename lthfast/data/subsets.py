@@ -1,0 +1,217 @@
+"""Subsets of the training set (index arrays, the unit the paper varies) and label noise.
+
+Rules live in a registry: ``all``, ``random`` (class-balanced by default, as in the paper),
+``easy`` / ``hard`` (the M lowest / highest scores of a score file, e.g. EL2N). A subset is an
+int64 ``.npy`` of train indices under ``<dataset>/subsets/`` whose name says what made it, so the
+same request always maps to the same file. Label noise follows appendix A: pick a fraction of the
+train set uniformly at random, draw a new label uniformly from all classes (possibly the same one),
+once; the noisy labels are saved beside the subsets and reused by every run that names them.
+
+    lthfast subset random --dataset digits --size 200 --seed 0
+    # -> datasets/digits/subsets/random_m200_<hash>.npy
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..errors import UserError
+from ..store import atomic_save_npy, config_hash, file_sha256
+from .arrays import DatasetArrays
+
+
+@dataclass(frozen=True)
+class SubsetSpec:
+    kind: str
+    size: Optional[int] = None
+    seed: int = 0
+    scores: Optional[str] = None  # path of a float .npy, one score per train example
+    offset: int = 0
+    class_balanced: Optional[bool] = None  # None: the rule's default (random: True, easy/hard: False)
+
+
+SubsetRule = Callable[[DatasetArrays, SubsetSpec], np.ndarray]
+SUBSET_RULES: dict[str, SubsetRule] = {}
+
+
+def register_rule(name: str):
+    def decorate(fn: SubsetRule) -> SubsetRule:
+        SUBSET_RULES[name] = fn
+        return fn
+    return decorate
+
+
+def check_size(size: Optional[int], n: int) -> int:
+    if size is None:
+        raise UserError("--size is required for this subset kind")
+    if not 1 <= size <= n:
+        raise UserError(f"--size must be between 1 and the train size {n}, got {size}")
+    return size
+
+
+def per_class_quota(counts: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Split ``size`` as evenly as possible over classes; leftover units go to random classes."""
+    num_classes = len(counts)
+    quota = np.full(num_classes, size // num_classes)
+    quota[rng.permutation(num_classes)[: size % num_classes]] += 1
+    if np.any(quota > counts):
+        raise UserError(f"a class-balanced subset of {size} needs {quota.max()} examples per "
+                        f"class, but the smallest class has {counts.min()}")
+    return quota
+
+
+def ranked_pick(order: np.ndarray, labels: np.ndarray, size: int, offset: int,
+                balanced: bool, num_classes: int) -> np.ndarray:
+    """Take ``size`` indices from a ranking (best first), skipping the first ``offset`` of it
+    (per class when balanced)."""
+    if not balanced:
+        if offset + size > len(order):
+            raise UserError(f"--offset {offset} + --size {size} exceeds the train size {len(order)}")
+        return order[offset : offset + size]
+    counts = np.bincount(labels, minlength=num_classes)
+    quota = per_class_quota(counts, size, np.random.default_rng(0))
+    picked = []
+    for c in range(num_classes):
+        ranked_c = order[labels[order] == c]
+        if offset + quota[c] > len(ranked_c):
+            raise UserError(f"class {c} has {len(ranked_c)} examples: too few for --offset "
+                            f"{offset} + its share {quota[c]}")
+        picked.append(ranked_c[offset : offset + quota[c]])
+    return np.concatenate(picked)
+
+
+@register_rule("all")
+def all_rule(ds: DatasetArrays, spec: SubsetSpec) -> np.ndarray:
+    return np.arange(ds.train_size)
+
+
+@register_rule("random")
+def random_rule(ds: DatasetArrays, spec: SubsetSpec) -> np.ndarray:
+    size = check_size(spec.size, ds.train_size)
+    rng = np.random.default_rng(spec.seed)
+    order = rng.permutation(ds.train_size)
+    balanced = True if spec.class_balanced is None else spec.class_balanced
+    return ranked_pick(order, np.asarray(ds.train_labels), size, spec.offset, balanced,
+                       ds.num_classes)
+
+
+def load_scores(path: str | Path, n: int) -> np.ndarray:
+    try:
+        scores = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"scores file {path} does not exist") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"cannot read scores file {path}: {exc}") from None
+    if scores.ndim != 1 or len(scores) != n:
+        raise UserError(f"scores file {path} has shape {scores.shape}; expected ({n},), "
+                        "one score per train example in dataset order")
+    if not np.issubdtype(scores.dtype, np.number) or not np.all(np.isfinite(scores)):
+        raise UserError(f"scores file {path} contains NaN/inf or non-numbers")
+    return scores
+
+
+def score_rule(descending: bool) -> SubsetRule:
+    def rule(ds: DatasetArrays, spec: SubsetSpec) -> np.ndarray:
+        size = check_size(spec.size, ds.train_size)
+        if spec.scores is None:
+            raise UserError(f"subset '{spec.kind}' needs --scores FILE")
+        scores = load_scores(spec.scores, ds.train_size)
+        # stable sort: ties keep dataset order, so the same scores always give the same subset
+        order = np.argsort(-scores if descending else scores, kind="stable")
+        return ranked_pick(order, np.asarray(ds.train_labels), size, spec.offset,
+                           bool(spec.class_balanced), ds.num_classes)
+    return rule
+
+
+register_rule("easy")(score_rule(descending=False))
+register_rule("hard")(score_rule(descending=True))
+
+
+def make_subset(ds: DatasetArrays, spec: SubsetSpec) -> np.ndarray:
+    if spec.kind not in SUBSET_RULES:
+        raise UserError(f"unknown subset kind '{spec.kind}' (known: {', '.join(SUBSET_RULES)})")
+    if spec.offset < 0:
+        raise UserError("--offset must be >= 0")
+    return np.sort(SUBSET_RULES[spec.kind](ds, spec)).astype(np.int64)
+
+
+def subset_path(ds: DatasetArrays, spec: SubsetSpec) -> Path:
+    identity = {k: v for k, v in dataclasses.asdict(spec).items() if v is not None}
+    if spec.scores is not None:  # name by content, not by path: moved score files still match
+        identity["scores"] = file_sha256(spec.scores)[:16]
+    size = spec.size if spec.kind != "all" else ds.train_size
+    return ds.path / "subsets" / f"{spec.kind}_m{size}_{config_hash(identity)}.npy"
+
+
+def write_subset(ds: DatasetArrays, spec: SubsetSpec) -> Path:
+    if spec.scores is not None and not Path(spec.scores).exists():
+        raise UserError(f"scores file {spec.scores} does not exist")
+    indices = make_subset(ds, spec)
+    path = subset_path(ds, spec)
+    if not path.exists():
+        atomic_save_npy(path, indices)
+    return path
+
+
+def load_subset(path: str | Path, train_size: int) -> np.ndarray:
+    """Read and validate a subset file: 1-D integers, in range, no duplicates, not empty."""
+    try:
+        indices = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"subset file {path} does not exist") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"cannot read subset file {path}: {exc}") from None
+    if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer) or len(indices) == 0:
+        raise UserError(f"subset file {path} must be a non-empty 1-D integer array")
+    if indices.min() < 0 or indices.max() >= train_size:
+        raise UserError(f"subset file {path} has indices outside [0, {train_size})")
+    if len(np.unique(indices)) != len(indices):
+        raise UserError(f"subset file {path} has duplicate indices")
+    return indices.astype(np.int64)
+
+
+def noisy_labels(labels: np.ndarray, fraction: float, num_classes: int, seed: int) -> np.ndarray:
+    check_noise_fraction(fraction)
+    rng = np.random.default_rng(seed)
+    labels = np.array(labels, dtype=np.int64)
+    chosen = rng.choice(len(labels), size=int(round(fraction * len(labels))), replace=False)
+    labels[chosen] = rng.integers(0, num_classes, size=len(chosen))
+    return labels
+
+
+def check_noise_fraction(fraction: float) -> None:
+    if not 0.0 <= fraction <= 1.0:
+        raise UserError(f"--label-noise must be in [0, 1], got {fraction}")
+
+
+def noisy_labels_path(ds: DatasetArrays, fraction: float, seed: int) -> Path:
+    """Create (once) and return the saved noisy train labels for (fraction, seed)."""
+    check_noise_fraction(fraction)
+    path = ds.path / "subsets" / f"labels_noise{fraction:g}_seed{seed}.npy"
+    if not path.exists():
+        atomic_save_npy(path, noisy_labels(ds.train_labels, fraction, ds.num_classes, seed))
+    return path
+
+
+def train_labels(ds: DatasetArrays, label_noise: float = 0.0, noise_seed: int = 0) -> np.ndarray:
+    """The train labels a run sees: the true ones, or the saved noisy copy."""
+    if label_noise == 0:
+        return np.asarray(ds.train_labels)
+    path = noisy_labels_path(ds, label_noise, noise_seed)
+    labels = load_subset_like_labels(path, ds.train_size, ds.num_classes)
+    return labels
+
+
+def load_subset_like_labels(path: Path, n: int, num_classes: int) -> np.ndarray:
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"corrupt labels file {path}: {exc}") from None
+    if labels.shape != (n,) or labels.min() < 0 or labels.max() >= num_classes:
+        raise UserError(f"corrupt labels file {path}; delete it to regenerate")
+    return labels.astype(np.int64)

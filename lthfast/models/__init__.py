@@ -1,0 +1,36 @@
+"""Model registry: ``build(name, num_classes, k)`` returns K independent networks packed as one.
+
+    python -c "from lthfast.models import build; print(build('resnet20', 10).num_params())"
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import torch
+
+from ..errors import UserError
+from .packed import PackedResNet
+
+MODELS: dict[str, Callable[..., torch.nn.Module]] = {}
+
+
+def register_model(name: str):
+    def decorate(fn):
+        MODELS[name] = fn
+        return fn
+    return decorate
+
+
+for _depth in (8, 14, 20, 32, 44, 56, 110):
+    register_model(f"resnet{_depth}")(lambda num_classes, k=1, _d=_depth: PackedResNet(_d, num_classes, k))
+
+
+def build(name: str, num_classes: int, k: int = 1) -> PackedResNet:
+    if name in MODELS:
+        return MODELS[name](num_classes, k=k)
+    match = re.fullmatch(r"resnet(\d+)", name)
+    if match and (int(match.group(1)) - 2) % 6 == 0 and int(match.group(1)) >= 8:
+        return PackedResNet(int(match.group(1)), num_classes, k)  # any 6n+2 depth works
+    raise UserError(f"unknown model '{name}' (known: {', '.join(MODELS)}, or any resnet<6n+2>)")

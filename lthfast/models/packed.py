@@ -1,0 +1,144 @@
+"""CIFAR ResNet-(6n+2) of He et al. (2016), with K independent copies packed into one network.
+
+Every convolution is a grouped convolution with ``groups=K`` over K·C channels and every
+BatchNorm runs over K·C channels, so model k owns channel block k everywhere: its BN statistics
+(running ones included) see only its own batch and its gradients only its own loss. The result
+is exactly K separate networks trained side by side, at the launch cost of one — the main lever
+on a GPU, where a ResNet-20 step at batch 128 is launch-bound. K=1 is the plain network.
+
+Parameters are stored so that ``param.view(K, -1)[k]`` is model k's slice (all packed dims are
+the leading one), which pruning, initialisation and unpacking rely on.
+
+Widths 16/32/64, 3×3 convs, BN, 1×1 projection shortcuts (with BN) where the shape changes;
+ResNet-20/32/56 have 0.27M / 0.46M / 0.85M parameters.
+
+    python -c "from lthfast.models import build; print(build('resnet20', 10, k=4).num_params())"
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PackedConv(nn.Conv2d):
+    """K independent convs: weight is (K·out)×in×kh×kw, i.e. the K weights concatenated."""
+
+    def __init__(self, k: int, c_in: int, c_out: int, kernel: int, stride: int = 1):
+        super().__init__(k * c_in, k * c_out, kernel, stride=stride, padding=kernel // 2,
+                         groups=k, bias=False)
+        self.k = k
+
+
+class PackedLinear(nn.Module):
+    """K independent linear layers on B×(K·C) features -> B×K×O logits."""
+
+    def __init__(self, k: int, c_in: int, c_out: int):
+        super().__init__()
+        self.k, self.c_in, self.c_out = k, c_in, c_out
+        self.weight = nn.Parameter(torch.empty(k * c_out, c_in))
+        self.bias = nn.Parameter(torch.empty(k * c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.view(self.k, self.c_out, self.c_in)
+        out = torch.einsum("bkc,koc->bko", x.view(x.shape[0], self.k, self.c_in), w)
+        return out + self.bias.view(self.k, self.c_out)
+
+
+class Block(nn.Module):
+    def __init__(self, k: int, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = PackedConv(k, c_in, c_out, 3, stride)
+        self.bn1 = nn.BatchNorm2d(k * c_out)
+        self.conv2 = PackedConv(k, c_out, c_out, 3)
+        self.bn2 = nn.BatchNorm2d(k * c_out)
+        self.shortcut = None
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(PackedConv(k, c_in, c_out, 1, stride),
+                                          nn.BatchNorm2d(k * c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.shortcut is None else self.shortcut(x)))
+
+
+class PackedResNet(nn.Module):
+    def __init__(self, depth: int, num_classes: int, k: int = 1, widths=(16, 32, 64)):
+        super().__init__()
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 >= 8, got {depth}")
+        n = (depth - 2) // 6
+        self.depth, self.num_classes, self.k = depth, num_classes, k
+        self.stem = PackedConv(k, 3, widths[0], 3)
+        self.stem_bn = nn.BatchNorm2d(k * widths[0])
+        blocks, c_in = [], widths[0]
+        for stage, width in enumerate(widths):
+            for i in range(n):
+                blocks.append(Block(k, c_in, width, 2 if (stage > 0 and i == 0) else 1))
+                c_in = width
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = PackedLinear(k, c_in, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self, seeds: list[int] | None = None) -> None:
+        """Initialise each packed model from its own seed (Kaiming-normal convs, as open_lth)."""
+        seeds = seeds if seeds is not None else list(range(self.k))
+        assert len(seeds) == self.k
+        for m in range(self.k):
+            g = torch.Generator().manual_seed(int(seeds[m]))
+            for module in self.modules():
+                if isinstance(module, PackedConv):
+                    w = module.weight.data.view(self.k, -1)[m]
+                    fan_out = module.weight.shape[0] // self.k * module.weight[0, 0].numel()
+                    w.copy_(torch.randn(w.shape, generator=g) * (2.0 / fan_out) ** 0.5)
+                elif isinstance(module, PackedLinear):
+                    bound = 1.0 / module.c_in ** 0.5
+                    w = module.weight.data.view(self.k, -1)[m]
+                    w.copy_(torch.rand(w.shape, generator=g) * 2 * bound - bound)
+                    b = module.bias.data.view(self.k, -1)[m]
+                    b.copy_(torch.rand(b.shape, generator=g) * 2 * bound - bound)
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: B×3K×H×W (model k's image in channels 3k..3k+2) -> logits B×K×classes."""
+        out = F.relu(self.stem_bn(self.stem(x)))
+        out = self.blocks(out)
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.fc(out)
+
+    def num_params(self) -> int:
+        """Parameters of one model."""
+        return sum(p.numel() for p in self.parameters()) // self.k
+
+    def prunable(self) -> dict[str, nn.Parameter]:
+        """Conv and linear weights: what IMP prunes (never biases or BatchNorm)."""
+        return {name: p for name, p in self.named_parameters()
+                if name.endswith("weight") and p.dim() > 1}
+
+
+def single_shape(t: torch.Tensor, k: int) -> tuple[int, ...]:
+    return (t.shape[0] // k, *t.shape[1:]) if t.dim() > 0 else ()
+
+
+def unpack_state(model: "PackedResNet") -> list[dict[str, torch.Tensor]]:
+    """The K models' state dicts, each shaped as a K=1 model's (on the CPU, detached copies)."""
+    k = model.k
+    state = {n: t.detach().cpu() for n, t in model.state_dict().items()}
+    return [{n: (t.reshape(k, -1)[m].reshape(single_shape(t, k)).clone() if t.dim() > 0
+                 else t.clone()) for n, t in state.items()} for m in range(k)]
+
+
+def pack_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """K single-model state dicts (or masks) -> one packed dict (concatenated on dim 0)."""
+    return {n: (torch.cat([s[n] for s in states]) if states[0][n].dim() > 0 else states[0][n])
+            for n in states[0]}
+
+
+def load_packed(model: "PackedResNet", states: list[dict[str, torch.Tensor]]) -> None:
+    assert len(states) == model.k, (len(states), model.k)
+    device = next(model.parameters()).device
+    model.load_state_dict({n: t.to(device) for n, t in pack_state(states).items()})

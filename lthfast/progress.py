@@ -1,0 +1,64 @@
+"""Progress display: a rich progress bar on a terminal, plain lines on stderr otherwise.
+
+stdout stays reserved for the artifact path a command prints last (scripts read that line).
+
+    python -c "from lthfast.progress import make_progress; p = make_progress(); p('demo', 5, 10)"
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+def make_progress(enabled: bool = True) -> ProgressFn | None:
+    if not enabled:
+        return None
+    if sys.stderr.isatty():
+        return RichProgress()
+    return PlainProgress()
+
+
+class PlainProgress:
+    """One line per stage at about every 25% and at the end; cheap enough for log files."""
+
+    def __init__(self):
+        self._last: dict[str, int] = {}
+
+    def __call__(self, label: str, step: int, total: int) -> None:
+        quarter = 4 * step // max(total, 1)
+        if self._last.get(label) != quarter or step == total:
+            self._last[label] = quarter
+            print(f"[{time.strftime('%H:%M:%S')}] {label}: {step}/{total}", file=sys.stderr,
+                  flush=True)
+            if step == total:
+                self._last.pop(label, None)
+
+
+class RichProgress:
+    def __init__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self._progress = Progress("{task.description}", BarColumn(), MofNCompleteColumn(),
+                                  TimeRemainingColumn(), console=Console(stderr=True),
+                                  transient=False)
+        self._tasks: dict[str, int] = {}
+        self._started = False
+
+    def __call__(self, label: str, step: int, total: int) -> None:
+        if not self._started:
+            self._progress.start()
+            self._started = True
+        if label not in self._tasks:
+            self._tasks[label] = self._progress.add_task(label, total=total)
+        self._progress.update(self._tasks[label], completed=step, total=total)
+        if step >= total:
+            self._tasks.pop(label)
+
+    def __del__(self):
+        if self._started:
+            self._progress.stop()

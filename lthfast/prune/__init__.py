@@ -1,0 +1,1 @@
+"""Pruning masks: global magnitude pruning of conv and linear weights."""

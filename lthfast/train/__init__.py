@@ -1,0 +1,1 @@
+"""Training: schedules, the one loop, evaluation, checkpoints."""

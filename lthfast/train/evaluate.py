@@ -1,0 +1,52 @@
+"""Evaluation without augmentation, in large batches: per-example outputs for all K models.
+
+Per-example logits feed test accuracy, EL2N (softmax error norms), loss barriers and error
+distributions; the reductions are small functions over them.
+
+    python -c "import lthfast.train.evaluate as e; help(e.predict)"
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, data, batch_size: int = 1024, amp: bool = False) -> torch.Tensor:
+    """Logits of every example of ``data`` (a DeviceData) for every packed model: K×N×C float32."""
+    was_training = model.training
+    model.eval()
+    k = model.k
+    device = data.device
+    outs = []
+    for start in range(0, data.n, batch_size):
+        x, _ = data.eval_batch(start, min(start + batch_size, data.n), k)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            outs.append(model(x).float())
+    model.train(was_training)
+    return torch.cat(outs).permute(1, 0, 2).contiguous()
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """K×N×C, N -> accuracy per model (K,)."""
+    return (logits.argmax(-1) == labels).float().mean(-1)
+
+
+def example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """K×N×C, N -> cross-entropy per model and example (K×N)."""
+    k = logits.shape[0]
+    return F.cross_entropy(logits.permute(1, 2, 0), labels[:, None].expand(-1, k),
+                           reduction="none").T
+
+
+def el2n(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """‖softmax(f(x)) − onehot(y)‖₂ per model and example (K×N)."""
+    probs = logits.softmax(-1)
+    onehot = F.one_hot(labels, logits.shape[-1]).to(probs.dtype)
+    return (probs - onehot).norm(dim=-1)
+
+
+def summary(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, list[float]]:
+    return {"acc": accuracy(logits, labels).tolist(),
+            "loss": example_losses(logits, labels).mean(-1).tolist()}

@@ -1,0 +1,96 @@
+"""The benchmark sections run end to end on tiny sizes and report positive throughputs.
+
+No timing assertions: only that every section measures something and the report renders.
+ffcv is left out here (its numba compile takes ~15 s; tests/test_ffcv_loader.py covers it).
+
+    python -m pytest -q tests/test_benchmarks.py
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from benchmarks import end_to_end, gpu, loader, packed, train_step
+from benchmarks.__main__ import render, summary
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    import lthfast.data.build
+
+    # arrays only: writing betons (and compiling ffcv) is what makes ffcv slow to test
+    monkeypatch.setattr(lthfast.data.build, "ffcv_available", lambda: False)
+    return tmp_path / "bench_cache"
+
+
+def positive(rows, section):
+    assert rows and all(r.section == section for r in rows)
+    for r in rows:
+        if r.note.startswith("not run"):
+            continue
+        assert r.values and all(v > 0 and math.isfinite(v) for v in r.values), r
+        assert r.command.startswith(("python -m benchmarks", "lthfast "))
+    return rows
+
+
+def test_loader_train_step_packed(cache):
+    rows = positive(loader.run(loader.LoaderConfig(train=400, batch=64, subset=128, batches=2,
+                                                   warmup=1, repeats=2, workers=1),
+                               cache=cache, log=lambda _: None), "loader")
+    variants = {r.variant for r in rows}
+    assert "lthfast BatchStream" in variants
+    assert any("DataLoader" in v for v in variants)
+    assert any(r.case.endswith("first epoch incl. setup") for r in rows)
+    assert any(r.variant == "ffcv Loader" and r.note.startswith("not run") for r in rows)
+
+    cfg = train_step.TrainStepConfig(model="resnet8", batch=16, train=400, warmup=1, steps=1,
+                                     repeats=2, workers=1)
+    rows = positive(train_step.run(cfg, cache=cache, log=lambda _: None), "train_step")
+    assert [r.reference for r in rows] == [True, False]
+
+    cfg = packed.PackedConfig(model="resnet8", ks=(1, 2), batch=16, train=400, warmup=1,
+                              steps=1, repeats=2)
+    rows = positive(packed.run(cfg, cache=cache, log=lambda _: None), "packed")
+    assert len(rows) == 4
+
+    text = render({"device": "cpu"}, rows, ["packed"], {"packed": 1.0}, quick=True)
+    assert "## c. K models at once" in text and "1.00 (ref)" in text
+    assert any("packed K=10" in line and "not measured" in line for line in summary(rows))
+
+
+def test_plain_resnet_matches_lthfast_size():
+    from lthfast.models import build
+
+    plain = train_step.PlainResNet(20, 10)
+    assert sum(p.numel() for p in plain.parameters()) == build("resnet20", 10).num_params()
+    assert plain(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_gpu_section(cache):
+    cfg = gpu.GpuConfig(model="resnet8", iterations=3, el2n_iterations=2, el2n_k=2, batch=4,
+                        train=200, compile_modes=(False,), log_every=1)
+    if not torch.cuda.is_available():
+        rows = gpu.run(cfg, cache=cache, log=lambda _: None)
+        assert rows and all(r.note == gpu.NOT_RUN and not r.values for r in rows)
+    # the measurement itself, forced onto the CPU at tiny size
+    rows = positive(gpu.run(cfg, device=torch.device("cpu"), cache=cache, log=lambda _: None,
+                            force=True), "gpu")
+    assert len(rows) == 2 and all(r.extra["fwd_flops"] > 0 for r in rows)
+
+
+def test_end_to_end(tmp_path):
+    import sys
+
+    # a stand-in program keeps this fast (a real CLI run imports ffcv and trains: ~10 s); it
+    # checks it gets the fresh --root/--out directories the benchmark adds
+    stub = ("import sys; a = sys.argv; "
+            "assert a[a.index('--root') + 1] != a[a.index('--out') + 1]; assert '--device' in a")
+    cfg = end_to_end.EndToEndConfig(commands=(("scores", "el2n", "--dataset", "digits"),),
+                                    repeats=2, build_row=False,
+                                    program=(sys.executable, "-c", stub))
+    rows = positive(end_to_end.run(cfg, log=lambda _: None), "end_to_end")
+    assert rows[0].unit == "s" and len(rows[0].values) == 2
+    assert rows[0].case == "lthfast scores el2n --dataset digits"
