@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -33,16 +32,23 @@ CHECKPOINT_EVERY = typer.Option(200, "--checkpoint-every", envvar="LTHFAST_CHECK
 EMBEDDED = ("digits",)
 
 
-class SubsetKind(str, Enum):
-    all = "all"
-    random = "random"
-    easy = "easy"
-    hard = "hard"
+def check_choice(value: str, known, what: str) -> str:
+    """Choices come from the registries, so a new subset rule or score needs no CLI change."""
+    if value not in known:
+        raise UserError(f"unknown {what} '{value}' (known: {', '.join(known)})")
+    return value
 
 
-class ScoreKind(str, Enum):
-    el2n = "el2n"
-    forgetting = "forgetting"
+def subset_kinds():
+    from .data.subsets import SUBSET_RULES
+
+    return SUBSET_RULES
+
+
+def score_kinds():
+    from .experiments.scores import SCORES
+
+    return SCORES
 
 
 def runtime(root: Path, out: Path, device: Optional[str], deterministic: bool,
@@ -80,7 +86,7 @@ def build_beton(name: str = typer.Argument(..., help="cifar10, cifar100, cinic10
 
 
 @app.command()
-def subset(kind: SubsetKind = typer.Argument(..., help="all, random, easy or hard"),
+def subset(kind: str = typer.Argument(..., help="all, random, easy or hard"),
            dataset: str = typer.Option(..., help="dataset name"),
            size: Optional[int] = typer.Option(None, help="number of examples M"),
            seed: int = typer.Option(0, help="seed for random subsets"),
@@ -92,12 +98,14 @@ def subset(kind: SubsetKind = typer.Argument(..., help="all, random, easy or har
            noise_seed: int = typer.Option(0, help="seed of the label noise"),
            root: Path = ROOT):
     """Write a subset of train indices as .npy under ROOT/DATASET/subsets and print its path."""
-    from .data.subsets import SubsetSpec, noisy_labels_path, write_subset
+    from .data.subsets import SubsetSpec, check_noise_fraction, noisy_labels_path, write_subset
 
+    check_choice(kind, subset_kinds(), "subset kind")
+    check_noise_fraction(label_noise)
     ds = open_data(root, dataset)
     if label_noise:
         print(noisy_labels_path(ds, label_noise, noise_seed))
-    spec = SubsetSpec(kind=kind.value, size=size, seed=seed,
+    spec = SubsetSpec(kind=kind, size=size, seed=seed,
                       scores=str(scores) if scores else None, offset=offset,
                       class_balanced=class_balanced)
     print(write_subset(ds, spec))
@@ -109,7 +117,7 @@ def scores_path(rt, ds, score: str, preset, models: int, steps: Optional[int], s
 
     cfg = ScoreConfig(score=score, dataset=ds.name,
                       model=preset.el2n_model if el2n_defaults else preset.model,
-                      models=models, steps=steps or preset.el2n_steps,
+                      models=models, steps=preset.el2n_steps if steps is None else steps,
                       batch_size=preset.batch_size, lr=preset.lr, milestones=preset.milestones,
                       seed=seed, label_noise=label_noise, noise_seed=noise_seed,
                       momentum=preset.momentum, weight_decay=preset.weight_decay,
@@ -119,7 +127,7 @@ def scores_path(rt, ds, score: str, preset, models: int, steps: Optional[int], s
 
 @app.command()
 def imp(dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="dataset (preset from Table 1)"),
-        subset: SubsetKind = typer.Option(SubsetKind.all, help="pre-training subset: all, random, easy, hard"),
+        subset: str = typer.Option("all", help="pre-training subset: all, random, easy, hard"),
         size: Optional[int] = typer.Option(None, help="subset size M"),
         subset_file: Optional[Path] = typer.Option(None, help="pre-train on these train indices (.npy)"),
         subset_seed: int = typer.Option(0, help="seed of a random subset"),
@@ -147,30 +155,33 @@ def imp(dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="d
     from .data.subsets import SubsetSpec, check_noise_fraction, load_subset, make_subset
     from .experiments.imp import make_config, run_imp
 
+    from .models import resolve
+
+    # Everything checkable without data is checked first: a typo never builds or writes anything.
     preset = Overrides(model, batch_size, lr, pretrain_lr, train_steps).apply(preset_for(dataset))
+    resolve(preset.model)
+    check_choice(subset, subset_kinds(), "subset kind")
     check_noise_fraction(label_noise)
     ds = open_data(root, dataset)
-    from .models import build
-    build(preset.model, ds.num_classes)  # unknown models fail before any training
     rt = runtime(root, out, device, deterministic, compile, checkpoint_every)
     if subset_file is not None:
         indices, name = load_subset(subset_file, ds.train_size), subset_file.name
     else:
-        if subset in (SubsetKind.easy, SubsetKind.hard) and scores is None:
+        if subset in ("easy", "hard") and scores is None:
             scores = scores_path(rt, ds, "el2n", preset, el2n_models, el2n_steps, seed,
                                  label_noise, noise_seed, el2n_defaults=model is None)
-        spec = SubsetSpec(kind=subset.value, size=size, seed=subset_seed,
+        spec = SubsetSpec(kind=subset, size=size, seed=subset_seed,
                           scores=str(scores) if scores else None, offset=offset,
                           class_balanced=class_balanced)
         indices = make_subset(ds, spec)
-        name = f"{subset.value}" + (f"_m{size}" if size else "")
+        name = subset + (f"_m{size}" if size else "")
     cfg = make_config(preset, dataset, preset.t_star if steps is None else steps, indices, name,
                       seed, label_noise, noise_seed)
     print(run_imp(rt, cfg, ds, indices, levels, replicates))
 
 
 @app.command()
-def scores(kind: ScoreKind = typer.Argument(..., help="el2n or forgetting"),
+def scores(kind: str = typer.Argument(..., help="el2n or forgetting"),
            dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="dataset"),
            models: int = typer.Option(10, help="K networks, trained packed; scores average over them"),
            steps: Optional[int] = typer.Option(None, help="iterations (default: appendix A per dataset)"),
@@ -187,16 +198,23 @@ def scores(kind: ScoreKind = typer.Argument(..., help="el2n or forgetting"),
     from .config import Overrides, preset_for
     from .data.subsets import check_noise_fraction
 
+    import dataclasses
+
+    from .experiments.scores import check_score_request
+    from .models import resolve
+
     preset = Overrides(model=model, batch_size=batch_size, lr=lr).apply(preset_for(dataset))
     if model is not None:
-        import dataclasses
         preset = dataclasses.replace(preset, el2n_model=model)
+    resolve(preset.el2n_model)
+    check_choice(kind, score_kinds(), "score")
     check_noise_fraction(label_noise)
+    if kind == "forgetting" and steps is None:
+        steps = preset.train_steps  # forgetting looks at the whole course of training
+    check_score_request(models, preset.el2n_steps if steps is None else steps)
     ds = open_data(root, dataset)
     rt = runtime(root, out, device, deterministic, compile, checkpoint_every)
-    if kind == ScoreKind.forgetting and steps is None:
-        steps = preset.train_steps  # forgetting looks at the whole course of training
-    print(scores_path(rt, ds, kind.value, preset, models, steps, seed, label_noise, noise_seed,
+    print(scores_path(rt, ds, kind, preset, models, steps, seed, label_noise, noise_seed,
                       el2n_defaults=True))
 
 
@@ -211,12 +229,12 @@ def main() -> None:
         sys.exit(130)
     except typer.Abort:
         sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        # Usage errors (bad flag, missing argument) arrive here in non-standalone mode. Typer
+        # vendors click since 0.2x, so match the interface, not the class.
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(2)
         raise
 
 

@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import subprocess
@@ -43,8 +44,8 @@ def _writable(path: Path) -> Iterator[None]:
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UserError(f"disk full while writing {path}") from exc
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise UserError(f"cannot write {path}: {exc.strerror}") from exc
+        if exc.errno is not None:  # unwritable, read-only, a file where a folder should be, ...
+            raise UserError(f"cannot write {path}: {exc.strerror or os.strerror(exc.errno)}") from exc
         raise
 
 
@@ -66,8 +67,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def json_safe(obj: Any) -> Any:
+    """Non-finite floats become null: NaN/Infinity are not JSON (RFC 8259), and a diverged run's
+    losses are exactly that. Strict readers (JavaScript, serde, jq) then still read our files."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, indent: int | None = None) -> str:
+    return json.dumps(json_safe(obj), indent=indent, sort_keys=True, allow_nan=False)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    return atomic_write_bytes(path, (to_json(obj, indent=2) + "\n").encode())
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
@@ -82,7 +99,7 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     with _writable(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.write(to_json(record) + "\n")
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

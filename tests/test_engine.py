@@ -91,19 +91,24 @@ def test_masked_weights_stay_zero(digits):
 
 
 def test_packed_training_equals_sequential(digits):
+    """In float64: float32 runs agree to ~1e-7 until a ReLU input near zero lands on the other
+    side in one of them, after which both are valid runs that differ by SGD-noise amounts."""
     seeds = [StreamSeeds(10, 20), StreamSeeds(30, 40), StreamSeeds(50, 60)]
-    cfg = LoopConfig(Schedule(0.05), 0, 12, log_every=4)
+    cfg = LoopConfig(Schedule(0.05, (8,)), 0, 12, log_every=4)
     _, stream = digits_stream(digits, seeds)
-    packed = fresh(3, [1, 2, 3])
+    packed = fresh(3, [1, 2, 3]).double()
     train(packed, stream, cfg)
     for k in range(3):
         _, single_stream = digits_stream(digits, [seeds[k]])
-        single = fresh(1, [k + 1])
+        single = fresh(1, [k + 1]).double()
         train(single, single_stream, cfg)
         ref = single.state_dict()
         got = unpack_state(packed)[k]
+        changed = 0
         for name, value in ref.items():
-            assert torch.allclose(got[name].float(), value.float(), atol=2e-4, rtol=1e-3), name
+            assert torch.allclose(got[name], value, atol=1e-9, rtol=1e-9), name
+            changed += name.endswith("weight") and not torch.equal(value, fresh(1, [k + 1]).state_dict()[name].double())
+        assert changed > 10  # the models did train
 
 
 def test_resume_equals_uninterrupted(digits, tmp_path):

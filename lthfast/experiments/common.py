@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -19,7 +18,7 @@ from ..data.loader import BatchStream, DeviceData, StreamSeeds, mix_seed
 from ..errors import UserError
 from ..models import build
 from ..models.packed import PackedResNet
-from ..store import atomic_write_bytes
+from ..store import atomic_write_bytes, to_json
 from ..train.loop import LoopConfig, LoopResult, train
 from ..train.schedule import Schedule
 
@@ -105,7 +104,7 @@ def run_training(rt: Runtime, model: PackedResNet, data: DeviceData, indices: Se
                    on_batch=on_batch, progress=progress)
     # written whole and atomically: a resumed run's log already holds the checkpointed records
     atomic_write_bytes(stage_dir / "metrics.jsonl",
-                       "".join(json.dumps(r, sort_keys=True) + "\n" for r in result.log).encode())
+                       "".join(to_json(r) + "\n" for r in result.log).encode())
     return result
 
 

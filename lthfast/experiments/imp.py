@@ -143,10 +143,10 @@ def run_imp(rt: Runtime, cfg: ImpConfig, ds: DatasetArrays, subset: np.ndarray, 
         raise UserError("--levels must be >= 0")
     if replicates < 1:
         raise UserError("--replicates must be >= 1")
-    root = prepare_run_dir(imp_dir(rt, cfg), cfg.identity() | {"subset_name": cfg.subset_name})
     reps = list(range(replicates))
+    # pre-training first: if its weights turn out unreadable, no IMP directory is left behind
     rewind = dict(zip(reps, run_pretrain(rt, cfg.pretrain, ds, subset, reps)))
-    device = rt.torch_device
+    root = prepare_run_dir(imp_dir(rt, cfg), cfg.identity() | {"subset_name": cfg.subset_name})
     with locked(root):
         for level in range(levels + 1):
             todo = [r for r in reps if not is_done(level_dir(root, r, level))]

@@ -93,6 +93,13 @@ def forgetting_from_sequence(correct: list[bool]) -> int:
     return sum(1 for a, b in zip(correct, correct[1:]) if a and not b)
 
 
+def check_score_request(models: int, steps: int) -> None:
+    if models < 1:
+        raise UserError("--models must be >= 1")
+    if steps < 1:
+        raise UserError("--steps must be >= 1")
+
+
 def score_dir(rt: Runtime, cfg: ScoreConfig) -> Path:
     return Path(rt.out) / f"{cfg.score}_{hash_of(cfg)}"
 
@@ -101,10 +108,7 @@ def compute_scores(rt: Runtime, cfg: ScoreConfig, ds: DatasetArrays) -> Path:
     """Train the K networks (or reuse them) and write ``scores.npy``; returns its path."""
     if cfg.score not in SCORES:
         raise UserError(f"unknown score '{cfg.score}' (known: {', '.join(SCORES)})")
-    if cfg.models < 1:
-        raise UserError("--models must be >= 1")
-    if cfg.steps < 1:
-        raise UserError("--steps must be >= 1")
+    check_score_request(cfg.models, cfg.steps)
     root = prepare_run_dir(score_dir(rt, cfg), to_dict(cfg))
     with locked(root):
         if not is_done(root):

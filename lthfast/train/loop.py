@@ -99,21 +99,24 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
     step = cfg.start_step
     loss_sum = torch.zeros(k, device=device)
     loss_count = 0
+    # Divergence bookkeeping stays on the device: the first non-finite step of each model and
+    # its loss one step before (NaN: the model never had a finite loss in this run).
     first_bad = torch.full((k,), -1, dtype=torch.long, device=device)
+    last_finite = torch.full((k,), math.nan, device=device)
     result = LoopResult(step=step, mean_losses=[math.nan] * k, diverged=[None] * k)
-    last_finite = [math.nan] * k
 
-    if checkpoint_path is not None and ckpt.exists(checkpoint_path):
-        state = ckpt.load(checkpoint_path, map_location=device)
+    state = ckpt.load_resumable(checkpoint_path, map_location=device) if checkpoint_path else None
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, loss_count = state["step"], state["loss_count"]
         loss_sum, first_bad = state["loss_sum"].to(device), state["first_bad"].to(device)
-        result.log, last_finite = state["log"], state["last_finite"]
-        result.diverged = state["diverged"]
+        last_finite = state["last_finite"].to(device)
+        result.log, result.diverged = state["log"], state["diverged"]
         if hasattr(on_batch, "load_state_dict"):
             on_batch.load_state_dict(state["hook"])
     apply_masks(model, masks, opt)
+    param_dtype = next(model.parameters()).dtype  # float32; tests also train in float64
 
     forward = torch.compile(model) if cfg.compile else model
     use_amp = cfg.amp and device.type == "cuda"
@@ -123,6 +126,7 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
         for group in opt.param_groups:
             group["lr"] = lr
         x, y, idx = stream.batch(step)
+        x = x.to(param_dtype)  # a no-op unless the model is not float32
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = forward(x)
         losses = per_model_loss(logits, y)
@@ -135,7 +139,9 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
 
         detached = losses.detach()
         bad = ~torch.isfinite(detached)
-        first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+        healthy = first_bad < 0
+        first_bad = torch.where(bad & healthy, torch.full_like(first_bad, step), first_bad)
+        last_finite = torch.where(healthy & ~bad, detached.to(last_finite.dtype), last_finite)
         loss_sum += torch.where(bad, torch.zeros_like(detached), detached)
         loss_count += 1
         step += 1
@@ -143,12 +149,11 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
         at_log = step % cfg.log_every == 0 or step == cfg.end_step
         if at_log:  # the only host sync in the loop
             means = (loss_sum / max(loss_count, 1)).tolist()
-            bad_steps = first_bad.tolist()
+            bad_steps, finite = first_bad.tolist(), last_finite.tolist()
             for m in range(k):
                 if bad_steps[m] >= 0 and result.diverged[m] is None:
-                    result.diverged[m] = {"step": bad_steps[m], "last_finite_loss": last_finite[m]}
-                elif bad_steps[m] < 0:
-                    last_finite[m] = means[m]
+                    lf = finite[m] if math.isfinite(finite[m]) else None
+                    result.diverged[m] = {"step": bad_steps[m], "last_finite_loss": lf}
             result.log.append({"step": step, "lr": lr, "loss": means})
             result.mean_losses = means
             loss_sum.zero_()
