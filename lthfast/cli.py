@@ -111,13 +111,18 @@ def subset(kind: str = typer.Argument(..., help="all, random, easy or hard"),
     print(write_subset(ds, spec))
 
 
+def default_score_steps(score: str, preset) -> int:
+    # EL2N is read early in training (appendix A); forgetting looks at the whole course of it.
+    return preset.train_steps if score == "forgetting" else preset.el2n_steps
+
+
 def scores_path(rt, ds, score: str, preset, models: int, steps: Optional[int], seed: int,
                 label_noise: float, noise_seed: int, el2n_defaults: bool) -> Path:
     from .experiments.scores import ScoreConfig, compute_scores
 
     cfg = ScoreConfig(score=score, dataset=ds.name,
                       model=preset.el2n_model if el2n_defaults else preset.model,
-                      models=models, steps=preset.el2n_steps if steps is None else steps,
+                      models=models, steps=default_score_steps(score, preset) if steps is None else steps,
                       batch_size=preset.batch_size, lr=preset.lr, milestones=preset.milestones,
                       seed=seed, label_noise=label_noise, noise_seed=noise_seed,
                       momentum=preset.momentum, weight_decay=preset.weight_decay,
@@ -139,8 +144,9 @@ def imp(dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="d
         replicates: int = typer.Option(1, help="independent replicates (trained packed)"),
         label_noise: float = typer.Option(0.0, help="fraction of labels re-drawn, in pre-training only"),
         noise_seed: int = typer.Option(0, help="seed of the label noise"),
-        el2n_models: int = typer.Option(10, help="K networks in the EL2N ensemble"),
-        el2n_steps: Optional[int] = typer.Option(None, help="EL2N iterations (default per dataset)"),
+        rank_by: str = typer.Option("el2n", help="easy/hard without --scores: el2n or forgetting"),
+        el2n_models: int = typer.Option(10, help="K networks in the score ensemble"),
+        el2n_steps: Optional[int] = typer.Option(None, help="score iterations (default per dataset)"),
         model: Optional[str] = typer.Option(None, help="override the preset's network"),
         batch_size: Optional[int] = typer.Option(None, help="override the preset's batch size"),
         lr: Optional[float] = typer.Option(None, help="override the training lr"),
@@ -161,6 +167,7 @@ def imp(dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="d
     preset = Overrides(model, batch_size, lr, pretrain_lr, train_steps).apply(preset_for(dataset))
     resolve(preset.model)
     check_choice(subset, subset_kinds(), "subset kind")
+    check_choice(rank_by, score_kinds(), "score")
     check_noise_fraction(label_noise)
     ds = open_data(root, dataset)
     rt = runtime(root, out, device, deterministic, compile, checkpoint_every)
@@ -168,7 +175,7 @@ def imp(dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="d
         indices, name = load_subset(subset_file, ds.train_size), subset_file.name
     else:
         if subset in ("easy", "hard") and scores is None:
-            scores = scores_path(rt, ds, "el2n", preset, el2n_models, el2n_steps, seed,
+            scores = scores_path(rt, ds, rank_by, preset, el2n_models, el2n_steps, seed,
                                  label_noise, noise_seed, el2n_defaults=model is None)
         spec = SubsetSpec(kind=subset, size=size, seed=subset_seed,
                           scores=str(scores) if scores else None, offset=offset,
@@ -209,13 +216,58 @@ def scores(kind: str = typer.Argument(..., help="el2n or forgetting"),
     resolve(preset.el2n_model)
     check_choice(kind, score_kinds(), "score")
     check_noise_fraction(label_noise)
-    if kind == "forgetting" and steps is None:
-        steps = preset.train_steps  # forgetting looks at the whole course of training
-    check_score_request(models, preset.el2n_steps if steps is None else steps)
+    check_score_request(models, default_score_steps(kind, preset) if steps is None else steps)
     ds = open_data(root, dataset)
     rt = runtime(root, out, device, deterministic, compile, checkpoint_every)
     print(scores_path(rt, ds, kind, preset, models, steps, seed, label_noise, noise_seed,
                       el2n_defaults=True))
+
+
+@app.command()
+def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, [flags], [grid])"),
+          dry_run: bool = typer.Option(False, help="print the commands, run nothing"),
+          root: Path = ROOT, out: Path = OUT,
+          device: Optional[str] = DEVICE):
+    """Run every grid point of a sweep file in this process; prints the sweep summary path."""
+    import contextlib
+    import io
+    import shlex
+
+    import typer.main
+
+    from .store import atomic_write_json, config_hash
+    from .sweep import load_sweep
+
+    commands = typer.main.get_command(app).commands
+    options = {name: {opt for p in cmd.params for opt in (*p.opts, *p.secondary_opts)}
+               for name, cmd in commands.items()}
+    spec = load_sweep(file, options)
+    common = {"root": str(root), "out": str(out)} | ({"device": device} if device else {})
+    runs = [argv + [w for k, v in common.items() if k not in spec.flags and k not in spec.grid
+                    for w in ("--" + k, v)] for argv in spec.runs()]
+    if dry_run:
+        for argv in runs:
+            print("lthfast " + shlex.join(argv))
+        return
+    records = []
+    for i, argv in enumerate(runs, 1):
+        print(f"[sweep {i}/{len(runs)}] lthfast {shlex.join(argv)}", file=sys.stderr, flush=True)
+        captured = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(captured):
+                app(argv, standalone_mode=False)
+            lines = captured.getvalue().split()
+            records.append({"argv": argv, "status": "ok", "artifact": lines[-1] if lines else None})
+            print(records[-1]["artifact"])
+        except UserError as exc:  # this run's input is bad: say so, go on with the others
+            print(f"error: run {i}: {exc}", file=sys.stderr)
+            records.append({"argv": argv, "status": "error", "error": str(exc)})
+    summary = Path(out) / f"sweep_{config_hash({'runs': runs})}.json"
+    atomic_write_json(summary, {"file": str(file), "runs": records})
+    failed = sum(r["status"] != "ok" for r in records)
+    print(summary)
+    if failed:
+        raise UserError(f"{failed} of {len(runs)} runs failed (see {summary})")
 
 
 def main() -> None:

@@ -1,0 +1,139 @@
+"""Per-example scores (``lthfast.experiments.scores``): EL2N and forgetting, against references.
+
+EL2N: after a tiny ``compute_scores`` run (digits, ResNet-8, K=2 models, 40 iterations, CPU),
+``scores.npy`` must equal a computation by hand from the saved ``models.pt``: each K=1 network
+rebuilt from its state dict, run in eval mode over the un-augmented train images normalised here
+with the dataset's mean/std, then ‖softmax − onehot(y)‖₂ averaged over the models. Forgetting:
+``ForgettingCounter`` is fed hand-made logits, labels and per-model index batches over eight steps
+whose correct/incorrect sequences per (model, example) are worked out by hand, including an example
+one model never gets right (it must score that model's largest count + 1 and rank hardest), and
+``forgetting_from_sequence`` is checked on the same sequences.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lthfast.experiments.common import Runtime
+from lthfast.experiments.scores import (ForgettingCounter, ScoreConfig, compute_scores,
+                                        forgetting_from_sequence)
+from lthfast.models import build
+from lthfast.train import checkpoint as ckpt
+
+# ---------------------------------------------------------------------------------------------
+# EL2N
+# ---------------------------------------------------------------------------------------------
+
+
+def test_el2n_scores_equal_a_direct_computation_from_the_saved_models(digits, tmp_path):
+    cfg = ScoreConfig(score="el2n", dataset="digits", model="resnet8", models=2, steps=40,
+                      batch_size=32, lr=0.1, milestones=())
+    path = compute_scores(Runtime(out=tmp_path, device="cpu", checkpoint_every=0, progress=None),
+                          cfg, digits)
+    scores = np.load(path)
+    assert path.parent.name.startswith("el2n_") and (path.parent / "done.json").exists()
+    assert scores.dtype == np.float32 and scores.shape == (digits.train_size,)
+
+    states = ckpt.load(path.parent / "models.pt")["states"]
+    assert len(states) == 2
+    assert not torch.equal(states[0]["stem.weight"], states[1]["stem.weight"])
+
+    mean = torch.tensor(digits.meta["mean"], dtype=torch.float32)
+    std = torch.tensor(digits.meta["std"], dtype=torch.float32)
+    x = (torch.from_numpy(np.array(digits.train_images)).float() - mean) / std  # N×H×W×3
+    x = x.permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(np.array(digits.train_labels, dtype=np.int64))
+    onehot = torch.nn.functional.one_hot(y, 10).double()
+    per_model = []
+    for state in states:
+        net = build("resnet8", 10, k=1)
+        net.load_state_dict(state)
+        net.eval()
+        with torch.no_grad():
+            logits = net(x)[:, 0].double()  # N×1×C -> N×C
+        probs = torch.exp(logits - torch.logsumexp(logits, dim=1, keepdim=True))
+        per_model.append(torch.sqrt(((probs - onehot) ** 2).sum(1)).numpy())
+    expected = np.mean(per_model, axis=0)
+
+    np.testing.assert_allclose(scores, expected, atol=1e-5, rtol=0)
+    # the check has teeth: scores vary, and one model alone is not the average
+    assert scores.std() > 0.05 and scores.max() > 0.5
+    assert np.abs(per_model[0] - expected).max() > 1e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# forgetting
+# ---------------------------------------------------------------------------------------------
+
+C = 3  # classes; example e has label e % C
+
+# Per model, the examples in each step's batch (B=2, 8 steps, every example seen 4 times) ...
+BATCHES = [
+    [(0, 1), (2, 3), (1, 0), (3, 2), (0, 2), (1, 3), (2, 0), (3, 1)],  # model 0
+    [(3, 2), (1, 0), (2, 1), (0, 3), (1, 3), (2, 0), (3, 0), (1, 2)],  # model 1
+]
+# ... and whether the model gets example e right at its 1st..4th presentation.
+SEQUENCES = [
+    {0: "TFTF", 1: "FFFF", 2: "TTFT", 3: "FTTT"},  # model 0
+    {0: "TTTT", 1: "TFFF", 2: "FFFF", 3: "FTFT"},  # model 1
+]
+# Counted by hand: correct -> incorrect changes (T then F), per model and example.
+COUNTS = [[2, 0, 1, 0], [0, 1, 0, 1]]
+NEVER = [[False, True, False, False], [False, False, True, False]]
+# Never-correct examples score that model's largest count + 1: model 0 -> 3, model 1 -> 2.
+PER_MODEL = [[2, 3, 1, 0], [0, 1, 2, 1]]
+MEAN = [1.0, 2.0, 1.5, 0.5]
+
+
+def feed(counter: ForgettingCounter, models: list[int]) -> None:
+    seen = {(m, e): 0 for m in models for e in range(4)}
+    for step in range(8):
+        idx = torch.tensor([[BATCHES[m][step][b] for m in models] for b in range(2)])  # B×K
+        y = idx % C
+        logits = torch.randn(2, len(models), C, generator=torch.Generator().manual_seed(step))
+        for b in range(2):
+            for j, m in enumerate(models):
+                e = int(idx[b, j])
+                right = SEQUENCES[m][e][seen[m, e]] == "T"
+                seen[m, e] += 1
+                pred = int(y[b, j]) if right else (int(y[b, j]) + 1) % C
+                logits[b, j, pred] += 10.0  # the argmax, whatever the noise
+        counter(step, logits, y, idx)
+    assert all(v == 4 for v in seen.values())
+
+
+def test_forgetting_from_sequence_matches_hand_counts():
+    for m in range(2):
+        for e in range(4):
+            seq = [c == "T" for c in SEQUENCES[m][e]]
+            assert forgetting_from_sequence(seq) == COUNTS[m][e], (m, e)
+    assert forgetting_from_sequence([]) == 0
+    assert forgetting_from_sequence([True]) == 0
+    assert forgetting_from_sequence([True, False, False, True, False]) == 2
+
+
+def test_forgetting_counter_matches_hand_worked_sequences():
+    counter = ForgettingCounter(2, 4, torch.device("cpu"))
+    feed(counter, [0, 1])
+    assert counter.forgotten.tolist() == COUNTS
+    assert (~counter.ever_correct).tolist() == NEVER
+    reference = [[forgetting_from_sequence([c == "T" for c in SEQUENCES[m][e]])
+                  for e in range(4)] for m in range(2)]
+    assert counter.forgotten.tolist() == reference
+    scores = counter.scores()
+    assert scores.tolist() == pytest.approx(MEAN, abs=0)
+    assert int(np.argmax(scores)) == 1
+
+
+@pytest.mark.parametrize("model", [0, 1])
+def test_never_correct_example_ranks_hardest_with_max_count_plus_one(model):
+    counter = ForgettingCounter(1, 4, torch.device("cpu"))
+    feed(counter, [model])
+    scores = counter.scores()
+    assert scores.tolist() == pytest.approx(PER_MODEL[model], abs=0)
+    never = NEVER[model].index(True)
+    assert scores[never] == max(COUNTS[model]) + 1
+    assert int(np.argmax(scores)) == never
+    assert np.sum(scores == scores.max()) == 1  # strictly hardest

@@ -1,0 +1,109 @@
+"""Sweep files: the shipped ones expand to the paper's grids; bad files fail before any run; a
+real sweep runs every point, reports a failing one without stopping, and a rerun trains nothing.
+
+    pytest tests/test_sweep.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+import lthfast.cli as cli_module
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+
+
+def lthfast(args, monkeypatch, capfd) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["lthfast", *map(str, args)])
+    capfd.readouterr()
+    try:
+        cli_module.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+# each shipped sweep file and the number of runs its grid holds
+SHIPPED = {"fig2_3_cifar10.toml": 18, "fig2_baselines_cifar10.toml": 3, "fig2_3_cifar100.toml": 15,
+           "fig2_baselines_cifar100.toml": 3, "fig2_3_cinic10.toml": 12,
+           "fig2_baselines_cinic10.toml": 3, "fig4_15_label_noise_cifar10.toml": 16,
+           "fig12_forgetting_cifar10.toml": 6, "el2n_scores.toml": 3, "demo_digits.toml": 3}
+
+
+@pytest.mark.parametrize("name,count", SHIPPED.items())
+def test_shipped_sweeps_expand_to_their_grids(name, count, monkeypatch, capfd, tmp_path):
+    code, out, err = lthfast(["sweep", SWEEPS / name, "--dry-run", "--out", tmp_path / "o"],
+                             monkeypatch, capfd)
+    assert code == 0, err
+    commands = [shlex.split(line) for line in out.splitlines()]
+    assert len(commands) == count
+    assert len({tuple(c) for c in commands}) == count  # every grid point is a different run
+    assert all(c[0] == "lthfast" and "--out" in c for c in commands)
+    assert not (tmp_path / "o").exists()  # a dry run writes nothing
+
+
+def test_every_shipped_sweep_is_checked():
+    assert {p.name for p in SWEEPS.glob("*.toml")} == set(SHIPPED)
+
+
+BAD_SWEEPS = [
+    ("not toml", 'command = "imp"\n[flags\n', "malformed"),
+    ("unknown command", 'command = "train"\n', "'command' must be one of"),
+    ("unknown flag", 'command = "imp"\n[grid]\nsubset_size = [1, 2]\n', "--subset-size"),
+    ("flag of another command", 'command = "imp"\n[flags]\nmodels = 3\n', "--models"),
+    ("empty grid list", 'command = "imp"\n[grid]\nsize = []\n', "non-empty list"),
+    ("list in flags", 'command = "imp"\n[flags]\nsize = [1, 2]\n', "single value"),
+    ("both flags and grid", 'command = "imp"\n[flags]\nsize = 1\n[grid]\nsize = [2]\n',
+     "both"),
+    ("scores without argument", 'command = "scores"\n', "argument"),
+    ("stray key", 'command = "imp"\nrepeat = 3\n', "repeat"),
+]
+
+
+@pytest.mark.parametrize("text,message", [c[1:] for c in BAD_SWEEPS], ids=[c[0] for c in BAD_SWEEPS])
+def test_malformed_sweep_fails_before_any_run(text, message, tmp_path, monkeypatch, capfd):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    code, out, err = lthfast(["sweep", path, "--out", tmp_path / "out"], monkeypatch, capfd)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert message in lines[0]
+    assert out == "" and not (tmp_path / "out").exists()
+
+
+def test_missing_sweep_file(tmp_path, monkeypatch, capfd):
+    code, _, err = lthfast(["sweep", tmp_path / "nope.toml"], monkeypatch, capfd)
+    assert code == 2 and "does not exist" in err
+
+
+def test_sweep_runs_every_point_and_reruns_nothing(data_root, tmp_path, monkeypatch, capfd):
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('command = "imp"\n[flags]\ndataset = "digits"\nsteps = 5\nlevels = 1\n'
+                     'train_steps = 15\nbatch_size = 32\nsubset = "random"\n'
+                     '[grid]\nsize = [64, 100000, 128]\n')
+    args = ["sweep", sweep, "--root", data_root, "--out", tmp_path / "out"]
+    code, out, err = lthfast(args, monkeypatch, capfd)
+    # the impossible size is reported, the points after it still run, the exit code says so
+    assert code == 2 and "1 of 3 runs failed" in err.splitlines()[-1]
+    lines = out.split()
+    assert len(lines) == 3 and lines[0] != lines[1]
+    summary = json.loads(Path(lines[-1]).read_text())
+    assert [r["status"] for r in summary["runs"]] == ["ok", "error", "ok"]
+    assert "--size" in summary["runs"][1]["error"]
+    for run, record in zip(lines[:2], [summary["runs"][0], summary["runs"][2]]):
+        assert record["artifact"] == run
+        rows = json.loads((Path(run) / "results.json").read_text())["rows"]
+        assert [r["level"] for r in rows] == [0, 1]
+
+    done = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("done.json")}
+    code, out2, err2 = lthfast(args, monkeypatch, capfd)
+    assert code == 2 and out2 == out
+    assert "level 0:" not in err2 and "pre-train:" not in err2  # nothing was trained again
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("done.json")} == done
