@@ -133,9 +133,16 @@ def _steady(next_batch, cfg: LoaderConfig, device: torch.device) -> list[float]:
     """images/s over ``cfg.batches`` batches, per repeat, after ``cfg.warmup`` batches."""
     for _ in range(cfg.warmup):
         next_batch()
+    def consume():
+        # One batch alive at a time, as in training. Keeping all N alive (a list) makes the
+        # allocator hand their memory back to the OS and page-fault it in again each window,
+        # which measures the VM rather than the loader (ffcv, which reuses buffers, is immune).
+        for _ in range(cfg.batches):
+            next_batch()
+
     out = []
     for _ in range(cfg.repeats):
-        seconds = timed(lambda: [next_batch() for _ in range(cfg.batches)], device)
+        seconds = timed(consume, device)
         out.append(cfg.batch * cfg.batches / seconds)
     return out
 

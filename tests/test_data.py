@@ -143,20 +143,24 @@ def reference_augment(image, pad, dy, dx, flip):
     return out[:, ::-1] if flip else out
 
 
-def test_augmentation_matches_reference(synthetic):
+@pytest.mark.parametrize("k", [1, 3])  # K = 1 gathers whole crop rows, K > 1 single pixels
+def test_augmentation_matches_reference(synthetic, k):
     stream = make_stream(synthetic, np.arange(synthetic.train_size), 32,
-                         seeds=(StreamSeeds(1, 2), StreamSeeds(3, 4)))
+                         seeds=tuple(StreamSeeds(1 + 2 * m, 2 + 2 * m) for m in range(k)))
     x, y, idx = stream.batch(5)
-    dy, dx, flip = (t.numpy() for t in stream.augment_params(5))
-    assert flip.any() and (~flip).any() and len(np.unique(dy)) > 1
+    params = stream.augment_params(5)
+    crops = stream.data.gather(idx, *params).numpy()  # uint8 B×H×W×3K, before normalisation
+    dy, dx, flip = (t.numpy() for t in params)
+    assert flip.any() and (~flip).any() and len(np.unique(dy)) > 1 and len(np.unique(dx)) > 1
     mean, std = np.array(synthetic.meta["mean"]), np.array(synthetic.meta["std"])
     x = x.numpy()
     for b in range(32):
-        for k in range(2):
-            ref = reference_augment(synthetic.train_images[idx[b, k]], 4, dy[b, k], dx[b, k], flip[b, k])
-            got = x[b, 3 * k : 3 * k + 3].transpose(1, 2, 0) * std + mean
+        for m in range(k):
+            ref = reference_augment(synthetic.train_images[idx[b, m]], 4, dy[b, m], dx[b, m], flip[b, m])
+            assert np.array_equal(crops[b, :, :, 3 * m : 3 * m + 3], ref)
+            got = x[b, 3 * m : 3 * m + 3].transpose(1, 2, 0) * std + mean
             assert np.allclose(got, ref, atol=1e-3)
-            assert y[b, k] == synthetic.train_labels[idx[b, k]]
+            assert y[b, m] == synthetic.train_labels[idx[b, m]]
 
 
 def test_same_seeds_same_batches(synthetic):

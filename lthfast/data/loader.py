@@ -3,10 +3,12 @@
 A run's data order is a pure function of (order seed, step): model k's stream is the
 concatenation of seeded permutations of its index array, epoch after epoch, and batch s is
 positions [s·B, (s+1)·B) of that stream, so batches cross epoch boundaries and a run can resume
-at any step with no loader state to save. Augmentation (pad-and-crop + flip) is one gather on the
-pre-padded tensor for the whole batch of all K models at once, drawn from a generator seeded by
-(augmentation seed, step); normalisation follows on the device. The output is already in the
-packed-model layout ``B × 3K × H × W`` (channels_last), model k's image in channels 3k..3k+2.
+at any step with no loader state to save. Augmentation (pad-and-crop + flip), drawn from a
+generator seeded by (augmentation seed, step), is one ``index_select`` for the whole batch of all K
+models at once: the images are stored pre-padded, next to a left-right mirrored copy when the spec
+flips, so every crop, flipped or not, is a run of contiguous byte rows, copied whole. Conversion to
+float and normalisation follow on the device, in place. The output is already in the packed-model
+layout ``B × 3K × H × W`` (channels_last), model k's image in channels 3k..3k+2.
 
     python -c "from lthfast.data.loader import DeviceData; help(DeviceData)"
 """
@@ -33,22 +35,40 @@ def mix_seed(*parts: int) -> int:
 
 
 class DeviceData:
-    """One split on a device: padded uint8 images N×(H+2p)×(W+2p)×3, labels, normalisation."""
+    """One split on a device: padded uint8 images N×(H+2p)×(W+2p)×3, labels, normalisation.
+
+    With flips in the augmentation spec the images are stored twice (memory ×2; CIFAR-10:
+    2 × 50,000 × 40×40×3 bytes = 240 MB): ``table[n + i]`` is image i's padded image mirrored
+    left-right, so a flipped crop is a plain crop of the mirror (column dx becomes 2p − dx) and
+    every output row is contiguous in the table.
+    """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, mean: Sequence[float],
                  std: Sequence[float], augment: AugmentSpec, device: torch.device | str):
         self.device = torch.device(device)
         self.augment = augment
         p = augment.pad
-        x = torch.from_numpy(np.array(images, copy=True))  # memmaps are read-only
-        # Pad once (zeros, as torchvision's RandomCrop(padding=p) does) so each batch is one gather.
-        self.padded = torch.nn.functional.pad(x, (0, 0, p, p, p, p)).to(self.device)
-        self.labels = torch.as_tensor(np.array(labels, dtype=np.int64), device=self.device)
+        x = torch.from_numpy(np.array(images, copy=True)).to(self.device)  # memmaps are read-only
         self.n, self.h, self.w = x.shape[0], x.shape[1], x.shape[2]
+        # Pad once (zeros, as torchvision's RandomCrop(padding=p) does) so each batch is one gather;
+        # the mirrored copy (see the class docstring) only when the spec flips.
+        copies = 2 if augment.flip else 1
+        self.table = torch.zeros(copies * self.n, self.h + 2 * p, self.w + 2 * p, 3,
+                                 dtype=torch.uint8, device=self.device)
+        self.table[: self.n, p : p + self.h, p : p + self.w] = x
+        if augment.flip:  # in chunks: flip() copies, and a whole-split temporary costs memory
+            for a in range(0, self.n, 1024):
+                mirror = self.table[self.n + a : self.n + a + 1024, p : p + self.h, p : p + self.w]
+                mirror.copy_(x[a : a + 1024].flip(2))
+        self.padded = self.table[: self.n]
+        self.labels = torch.as_tensor(np.array(labels, dtype=np.int64), device=self.device)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
         self.inv_std = 1.0 / torch.tensor(std, dtype=torch.float32, device=self.device)
-        self._arange_h = torch.arange(self.h, device=self.device)
-        self._arange_w = torch.arange(self.w, device=self.device)
+        self._tiled: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Table offsets (in pixels) of each output run relative to a crop's first pixel: one per
+        # crop row (K = 1), or one per pixel (K > 1); see ``gather``.
+        rows = torch.arange(self.h, device=self.device)[:, None] * (self.w + 2 * p)
+        self._run_offsets = {self.w: rows, 1: rows + torch.arange(self.w, device=self.device)}
 
     def with_labels(self, labels: np.ndarray) -> "DeviceData":
         """Same images, other labels (label noise) without a second copy of the images."""
@@ -59,20 +79,45 @@ class DeviceData:
 
     def normalise(self, x_uint8: torch.Tensor, k: int) -> torch.Tensor:
         """uint8 B×H×W×3K -> float B×3K×H×W (channels_last) normalised per channel."""
-        mean = self.mean.repeat(k)
-        inv_std = self.inv_std.repeat(k)
-        x = (x_uint8.float() - mean) * inv_std
-        return x.permute(0, 3, 1, 2)
+        if k not in self._tiled:
+            # mean and 1/std tiled over a whole image (H×W×K×3 values): the in-place ops below
+            # then run over long contiguous rows; broadcasting a size-3 last dimension instead
+            # is several times slower on the CPU.
+            self._tiled[k] = (self.mean.repeat(k * self.h * self.w),
+                              self.inv_std.repeat(k * self.h * self.w))
+        mean, inv_std = self._tiled[k]
+        # One conversion pass into a fresh output, then two in-place passes: the same float
+        # arithmetic, (x - mean) * (1/std), without temporaries.
+        out = torch.empty(x_uint8.shape, dtype=torch.float32, device=self.device)
+        out.copy_(x_uint8)
+        out.view(out.shape[0], -1).sub_(mean).mul_(inv_std)
+        return out.permute(0, 3, 1, 2)
 
     def gather(self, idx: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
-               flip: torch.Tensor) -> torch.Tensor:
-        """Crop+flip gather. idx/dy/dx/flip: B×K. Returns uint8 B×H×W×3K."""
+               flip: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Crop+flip gather. idx/dy/dx/flip: B×K. Returns uint8 B×H×W×3K (written into ``out``,
+        any contiguous uint8 tensor of B·H·W·3K elements, if given).
+
+        The output is a sequence of runs of ``run`` pixels, each contiguous in the table: for
+        K = 1 a whole crop row (run = W); for K > 1 a single pixel (run = 1), because the packed
+        layout B×H×W×K×3 interleaves the K models pixel by pixel. Viewing the table's bytes as
+        overlapping rows of 3·run bytes, one starting at every pixel, makes the crop one
+        ``index_select`` of rows (a memcpy each on the CPU) instead of a gather of single bytes.
+        """
         b, k = idx.shape
-        rows = dy[:, None, :] + self._arange_h[None, :, None]                   # B×H×K
-        cols_fwd = self._arange_w[None, :, None]
-        cols = torch.where(flip[:, None, :], self.w - 1 - cols_fwd, cols_fwd) + dx[:, None, :]
-        out = self.padded[idx[:, None, None, :], rows[:, :, None, :], cols[:, None, :, :]]
-        return out.reshape(b, self.h, self.w, 3 * k)                          # B×H×W×K×3 -> view
+        p = self.augment.pad
+        wp = self.w + 2 * p
+        run = self.w if k == 1 else 1
+        # First pixel of each crop; flipped crops come from the mirrored copy (an index out of
+        # range, hence an error, if the spec has no flips).
+        image, col = idx + self.n * flip, torch.where(flip, 2 * p - dx, dx)
+        first = (image * (self.h + 2 * p) + dy) * wp + col                         # B×K
+        starts = first[:, None, None, :] + self._run_offsets[run][None, :, :, None]  # B×H×W/run×K
+        flat = self.table.view(-1)
+        runs = flat.as_strided((flat.numel() // 3 - run + 1, 3 * run), (3, 1))
+        out = None if out is None else out.view(-1, 3 * run)
+        crops = torch.index_select(runs, 0, starts.reshape(-1), out=out)
+        return crops.view(b, self.h, self.w, 3 * k)
 
     def eval_batch(self, start: int, end: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Un-augmented images [start, end) for all K models (same image in every slot)."""
@@ -98,6 +143,10 @@ class BatchStream:
         self.seeds = list(seeds)
         self.k = len(indices)
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+        # The uint8 crops live only until normalised, so one buffer serves every batch: on the
+        # CPU, fresh memory each batch can cost page faults that take longer than the gather.
+        self._crops = torch.empty(batch_size * data.h * data.w * 3 * self.k, dtype=torch.uint8,
+                                  device=data.device)
 
     def _epoch_perm(self, model: int, epoch: int) -> np.ndarray:
         key = (model, epoch)
@@ -142,7 +191,7 @@ class BatchStream:
         """(x: B×3K×H×W float, y: B×K labels, idx: B×K dataset indices) for batch ``step``."""
         idx = torch.from_numpy(self.step_indices(step).T.copy()).to(self.data.device)
         dy, dx, flip = self.augment_params(step)
-        x = self.data.normalise(self.data.gather(idx, dy, dx, flip), self.k)
+        x = self.data.normalise(self.data.gather(idx, dy, dx, flip, out=self._crops), self.k)
         return x, self.data.labels[idx], idx
 
     def __iter__(self) -> Iterator:
