@@ -270,6 +270,24 @@ def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, [fla
         raise UserError(f"{failed} of {len(runs)} runs failed (see {summary})")
 
 
+@app.command()
+def report(out: Path = OUT,
+           plots: bool = typer.Option(True, "--plots/--no-plots", help="also draw one PNG per dataset")):
+    """Collect finished IMP runs into OUT/report/imp.csv (+ plots); prints the CSV path."""
+    from .plots import plot_dataset
+    from .results import imp_rows, read_csv, write_csv
+
+    rows = imp_rows(out)
+    if not rows:
+        raise UserError(f"no finished IMP runs under {out}")
+    table = write_csv(rows, Path(out) / "report" / "imp.csv")
+    if plots:
+        rows = read_csv(table)  # plots read the table, nothing else
+        for dataset in sorted({r["dataset"] for r in rows}):
+            print(plot_dataset(rows, dataset, Path(out) / "report" / f"imp_{dataset}.png"))
+    print(table)
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

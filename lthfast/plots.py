@@ -1,0 +1,67 @@
+"""Figures from the results table (``lthfast.results``): test accuracy vs weights remaining.
+
+One figure per dataset, one curve per pre-training recipe (subset, t_r, label noise): the mean
+over replicates with a ±1 std band, weights remaining on a log axis falling left to right, as in
+Figures 2 and 13 of the paper. Reads the CSV only.
+
+    lthfast report --out runs       # -> runs/report/imp_<dataset>.png
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def recipe(row: dict) -> str:
+    label = f"{row['subset'] or 'all'}, t_r={row['t_r']}"
+    return label + (f", noise {row['label_noise']:g}" if row["label_noise"] else "")
+
+
+def curves(rows: list[dict]) -> dict[str, dict[str, np.ndarray]]:
+    """recipe -> weights remaining, mean and std of test accuracy per level (finite runs only)."""
+    by = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row["test_acc"] is not None and not row["diverged"]:
+            by[recipe(row)][row["level"]].append((row["weights_remaining"], row["test_acc"]))
+    out = {}
+    for name, levels in sorted(by.items()):
+        order = sorted(levels)
+        out[name] = {
+            "level": np.array(order),
+            "weights": np.array([np.mean([w for w, _ in levels[k]]) for k in order]),
+            "mean": np.array([np.mean([a for _, a in levels[k]]) for k in order]),
+            "std": np.array([np.std([a for _, a in levels[k]]) for k in order]),
+            "n": np.array([len(levels[k]) for k in order]),
+        }
+    return out
+
+
+def plot_dataset(rows: list[dict], dataset: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers
+    import matplotlib.pyplot as plt
+
+    from .store import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, c in curves([r for r in rows if r["dataset"] == dataset]).items():
+        x = 100 * c["weights"]
+        ax.plot(x, c["mean"], marker="o", markersize=3, label=name)
+        ax.fill_between(x, c["mean"] - c["std"], c["mean"] + c["std"], alpha=0.2)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("weights remaining (%)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"IMP with rewinding: {dataset}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
