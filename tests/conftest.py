@@ -30,3 +30,23 @@ def synthetic(data_root):
     from lthfast.data.arrays import open_dataset
 
     return open_dataset(data_root, "synthetic")
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capfd):
+    """``lthfast ARGS`` in this process through the real entry point: (exit code, stdout, stderr)."""
+    import sys
+
+    import lthfast.cli as cli_module
+
+    def run(args):
+        monkeypatch.setattr(sys, "argv", ["lthfast", *map(str, args)])
+        capfd.readouterr()
+        try:
+            cli_module.main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        return (code, *capfd.readouterr())
+
+    return run

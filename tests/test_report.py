@@ -20,17 +20,6 @@ SMALL = ["imp", "--dataset", "digits", "--steps", "5", "--levels", "2", "--train
          "--batch-size", "32", "--replicates", "2"]
 
 
-def lthfast(args, monkeypatch, capfd):
-    monkeypatch.setattr(sys, "argv", ["lthfast", *map(str, args)])
-    capfd.readouterr()
-    try:
-        cli_module.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return (code, *capfd.readouterr())
-
-
 @pytest.fixture(scope="module")
 def two_runs(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
@@ -43,8 +32,8 @@ def two_runs(data_root, tmp_path_factory):
     return out
 
 
-def test_report_table_holds_every_finished_level(two_runs, monkeypatch, capfd):
-    code, stdout, err = lthfast(["report", "--out", two_runs], monkeypatch, capfd)
+def test_report_table_holds_every_finished_level(two_runs, run_cli):
+    code, stdout, err = run_cli(["report", "--out", two_runs])
     assert code == 0, err
     paths = [Path(line) for line in stdout.split()]
     assert paths[-1] == two_runs / "report" / "imp.csv"
@@ -75,7 +64,7 @@ def test_curves_average_replicates_and_skip_diverged(two_runs, tmp_path):
     assert curves(rows)[f"{rows[0]['subset']}, t_r=5"]["n"][rows[0]["level"]] == 1
 
 
-def test_report_without_runs_is_a_user_error(tmp_path, monkeypatch, capfd):
-    code, stdout, err = lthfast(["report", "--out", tmp_path], monkeypatch, capfd)
+def test_report_without_runs_is_a_user_error(tmp_path, run_cli):
+    code, stdout, err = run_cli(["report", "--out", tmp_path])
     assert code == 2 and err.startswith("error: no finished IMP runs") and stdout == ""
     assert not (tmp_path / "report").exists()

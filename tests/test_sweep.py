@@ -8,26 +8,11 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
 
-import lthfast.cli as cli_module
-
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
-
-
-def lthfast(args, monkeypatch, capfd) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["lthfast", *map(str, args)])
-    capfd.readouterr()
-    try:
-        cli_module.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capfd.readouterr()
-    return code, out, err
 
 
 # each shipped sweep file and the number of runs its grid holds
@@ -38,9 +23,8 @@ SHIPPED = {"fig2_3_cifar10.toml": 18, "fig2_baselines_cifar10.toml": 3, "fig2_3_
 
 
 @pytest.mark.parametrize("name,count", SHIPPED.items())
-def test_shipped_sweeps_expand_to_their_grids(name, count, monkeypatch, capfd, tmp_path):
-    code, out, err = lthfast(["sweep", SWEEPS / name, "--dry-run", "--out", tmp_path / "o"],
-                             monkeypatch, capfd)
+def test_shipped_sweeps_expand_to_their_grids(name, count, tmp_path, run_cli):
+    code, out, err = run_cli(["sweep", SWEEPS / name, "--dry-run", "--out", tmp_path / "o"])
     assert code == 0, err
     commands = [shlex.split(line) for line in out.splitlines()]
     assert len(commands) == count
@@ -68,28 +52,28 @@ BAD_SWEEPS = [
 
 
 @pytest.mark.parametrize("text,message", [c[1:] for c in BAD_SWEEPS], ids=[c[0] for c in BAD_SWEEPS])
-def test_malformed_sweep_fails_before_any_run(text, message, tmp_path, monkeypatch, capfd):
+def test_malformed_sweep_fails_before_any_run(text, message, tmp_path, run_cli):
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    code, out, err = lthfast(["sweep", path, "--out", tmp_path / "out"], monkeypatch, capfd)
+    code, out, err = run_cli(["sweep", path, "--out", tmp_path / "out"])
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
     assert message in lines[0]
     assert out == "" and not (tmp_path / "out").exists()
 
 
-def test_missing_sweep_file(tmp_path, monkeypatch, capfd):
-    code, _, err = lthfast(["sweep", tmp_path / "nope.toml"], monkeypatch, capfd)
+def test_missing_sweep_file(tmp_path, run_cli):
+    code, _, err = run_cli(["sweep", tmp_path / "nope.toml"])
     assert code == 2 and "does not exist" in err
 
 
-def test_sweep_runs_every_point_and_reruns_nothing(data_root, tmp_path, monkeypatch, capfd):
+def test_sweep_runs_every_point_and_reruns_nothing(data_root, tmp_path, run_cli):
     sweep = tmp_path / "s.toml"
     sweep.write_text('command = "imp"\n[flags]\ndataset = "digits"\nsteps = 5\nlevels = 1\n'
                      'train_steps = 15\nbatch_size = 32\nsubset = "random"\n'
                      '[grid]\nsize = [64, 100000, 128]\n')
     args = ["sweep", sweep, "--root", data_root, "--out", tmp_path / "out"]
-    code, out, err = lthfast(args, monkeypatch, capfd)
+    code, out, err = run_cli(args)
     # the impossible size is reported, the points after it still run, the exit code says so
     assert code == 2 and "1 of 3 runs failed" in err.splitlines()[-1]
     lines = out.split()
@@ -103,7 +87,7 @@ def test_sweep_runs_every_point_and_reruns_nothing(data_root, tmp_path, monkeypa
         assert [r["level"] for r in rows] == [0, 1]
 
     done = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("done.json")}
-    code, out2, err2 = lthfast(args, monkeypatch, capfd)
+    code, out2, err2 = run_cli(args)
     assert code == 2 and out2 == out
     assert "level 0:" not in err2 and "pre-train:" not in err2  # nothing was trained again
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("done.json")} == done
