@@ -19,6 +19,7 @@ from ..errors import UserError
 from ..models import build
 from ..models.packed import PackedResNet
 from ..store import atomic_write_bytes, to_json
+from ..train.allocator import keep_freed_memory
 from ..train.loop import LoopConfig, LoopResult, train
 from ..train.schedule import Schedule
 
@@ -65,6 +66,8 @@ def setup_torch(rt: Runtime) -> None:
         torch.backends.cudnn.benchmark = False
     elif rt.torch_device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if rt.torch_device.type == "cpu":
+        keep_freed_memory()  # ~2x faster CPU steps: no page faults on activations (see module)
 
 
 def device_split(ds: DatasetArrays, split: str, device: torch.device,
