@@ -28,6 +28,9 @@ DEVICE = typer.Option(None, "--device", help="cuda or cpu (default: cuda if avai
 DETERMINISTIC = typer.Option(False, "--deterministic", help="deterministic kernels (CPU: bit-exact reruns)")
 CHECKPOINT_EVERY = typer.Option(200, "--checkpoint-every", envvar="LTHFAST_CHECKPOINT_EVERY",
                                 help="iterations between checkpoints of a training stage (0: never)")
+LOADER = typer.Option("device", "--loader", envvar="LTHFAST_LOADER",
+                      help="device (lthfast's device-resident loader) or ffcv (stock ffcv Loaders "
+                           "over the betons, for comparison; no label noise, not deterministic)")
 # Datasets that need no download or source: built on first use.
 EMBEDDED = ("digits",)
 
@@ -51,14 +54,20 @@ def score_kinds():
     return SCORES
 
 
+def loader_kinds():
+    from .data.streams import STREAMS
+
+    return STREAMS
+
+
 def runtime(root: Path, out: Path, device: Optional[str], deterministic: bool,
-            compile: Optional[bool], checkpoint_every: int):
+            compile: Optional[bool], checkpoint_every: int, loader: str = "device"):
     from .experiments.common import Runtime, default_device, setup_torch
     from .progress import make_progress
 
     rt = Runtime(root=root, out=out, device=device or default_device(),
                  deterministic=deterministic, compile=compile, progress=make_progress(),
-                 checkpoint_every=max(0, checkpoint_every))
+                 checkpoint_every=max(0, checkpoint_every), loader=loader)
     setup_torch(rt)
     return rt
 
@@ -153,11 +162,13 @@ def imp(dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="d
         pretrain_lr: Optional[float] = typer.Option(None, help="override the pre-training lr"),
         train_steps: Optional[int] = typer.Option(None, help="override T, the schedule's iterations"),
         compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile (default: on for CUDA)"),
+        loader: str = LOADER,
         root: Path = ROOT, out: Path = OUT, seed: int = SEED,
         device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
         checkpoint_every: int = CHECKPOINT_EVERY):
     """IMP with rewinding to t_r after pre-training on a subset; prints the run directory."""
     from .config import Overrides, preset_for
+    from .data.streams import check_loader
     from .data.subsets import SubsetSpec, check_noise_fraction, load_subset, make_subset
     from .experiments.imp import make_config, run_imp
 
@@ -168,9 +179,11 @@ def imp(dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="d
     resolve(preset.model)
     check_choice(subset, subset_kinds(), "subset kind")
     check_choice(rank_by, score_kinds(), "score")
+    check_choice(loader, loader_kinds(), "loader")
     check_noise_fraction(label_noise)
     ds = open_data(root, dataset)
-    rt = runtime(root, out, device, deterministic, compile, checkpoint_every)
+    check_loader(loader, ds, label_noise, deterministic)
+    rt = runtime(root, out, device, deterministic, compile, checkpoint_every, loader)
     if subset_file is not None:
         indices, name = load_subset(subset_file, ds.train_size), subset_file.name
     else:
@@ -198,14 +211,16 @@ def scores(kind: str = typer.Argument(..., help="el2n or forgetting"),
            batch_size: Optional[int] = typer.Option(None, help="override the batch size"),
            lr: Optional[float] = typer.Option(None, help="override the lr"),
            compile: Optional[bool] = typer.Option(None, "--compile/--no-compile"),
+           loader: str = LOADER,
            root: Path = ROOT, out: Path = OUT, seed: int = SEED,
            device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
            checkpoint_every: int = CHECKPOINT_EVERY):
     """Per-example scores of the train set (float32 .npy, dataset order); prints its path."""
-    from .config import Overrides, preset_for
-    from .data.subsets import check_noise_fraction
-
     import dataclasses
+
+    from .config import Overrides, preset_for
+    from .data.streams import check_loader
+    from .data.subsets import check_noise_fraction
 
     from .experiments.scores import check_score_request
     from .models import resolve
@@ -215,10 +230,12 @@ def scores(kind: str = typer.Argument(..., help="el2n or forgetting"),
         preset = dataclasses.replace(preset, el2n_model=model)
     resolve(preset.el2n_model)
     check_choice(kind, score_kinds(), "score")
+    check_choice(loader, loader_kinds(), "loader")
     check_noise_fraction(label_noise)
     check_score_request(models, default_score_steps(kind, preset) if steps is None else steps)
     ds = open_data(root, dataset)
-    rt = runtime(root, out, device, deterministic, compile, checkpoint_every)
+    check_loader(loader, ds, label_noise, deterministic)
+    rt = runtime(root, out, device, deterministic, compile, checkpoint_every, loader)
     print(scores_path(rt, ds, kind, preset, models, steps, seed, label_noise, noise_seed,
                       el2n_defaults=True))
 
@@ -302,8 +319,11 @@ def main() -> None:
     except Exception as exc:
         # Usage errors (bad flag, missing argument) arrive here in non-standalone mode. Typer
         # vendors click since 0.2x, so match the interface, not the class.
-        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
+        if callable(getattr(exc, "format_message", None)) and isinstance(
+                getattr(exc, "exit_code", None), int):
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            print(f"error: {exc.format_message()}{hint}", file=sys.stderr)
             sys.exit(2)
         raise
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from .store import atomic_write_bytes
 
 COLUMNS = ("run", "dataset", "model", "subset", "subset_size", "t_r", "label_noise", "replicate",
-           "level", "weights_remaining", "test_acc", "test_loss", "diverged")
+           "level", "weights_remaining", "test_acc", "test_loss", "diverged", "loader")
 
 
 def imp_rows(out: Path) -> list[dict]:
@@ -36,7 +36,8 @@ def imp_rows(out: Path) -> list[dict]:
                 "t_r": pre["steps"], "label_noise": pre.get("label_noise", 0.0),
                 "replicate": row["replicate"], "level": row["level"],
                 "weights_remaining": row["weights_remaining"], "test_acc": row["test_acc"],
-                "test_loss": row["test_loss"], "diverged": row["diverged"] is not None})
+                "test_loss": row["test_loss"], "diverged": row["diverged"] is not None,
+                "loader": row.get("loader", "device")})  # runs from before the field: device
     return rows
 
 

@@ -64,3 +64,64 @@ def test_ffcv_stream_matches_arrays_and_trains(tiny):
     assert result.step == 8
     assert all(np.isfinite(result.mean_losses))
     stream.close()
+
+
+def test_imp_and_scores_train_on_ffcv_when_asked(tiny, run_cli, tmp_path, monkeypatch):
+    """--loader ffcv reaches every training stage (pre-training, levels, score ensembles)."""
+    import json
+
+    from lthfast.data import streams
+    from lthfast.data.ffcv_loader import FFCVStream
+
+    made = []
+    real = streams.STREAMS["ffcv"]
+
+    def spy(*args):
+        stream = real(*args)
+        made.append(type(stream))
+        return stream
+
+    monkeypatch.setitem(streams.STREAMS, "ffcv", spy)
+    out = tmp_path / "runs"
+    small = ["--root", tiny.parent, "--out", out, "--batch-size", "32", "--checkpoint-every", "0"]
+    code, stdout, stderr = run_cli(["imp", "--dataset", "synthetic", "--loader", "ffcv",
+                                    "--subset", "random", "--size", "64", "--steps", "2",
+                                    "--levels", "0", "--train-steps", "8", *small])
+    assert code == 0, stderr
+    results = json.loads((tmp_path / stdout.split()[-1] / "results.json").read_text())
+    assert [r["loader"] for r in results["rows"]] == ["ffcv"]
+    assert np.isfinite(results["rows"][0]["test_acc"])
+    assert made == [FFCVStream, FFCVStream]  # pre-training and level 0
+
+    code, stdout, stderr = run_cli(["scores", "el2n", "--dataset", "synthetic", "--loader", "ffcv",
+                                    "--models", "2", "--steps", "3", *small])
+    assert code == 0, stderr
+    scores = np.load(stdout.split()[-1])
+    assert scores.shape == (256,) and np.all(np.isfinite(scores))
+    assert made[2:] == [FFCVStream]  # one stream of K=2 zipped loaders
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--label-noise", "0.2"], "cannot train on noisy labels"),
+    (["--deterministic"], "not reproducible"),
+    (["--loader", "bogus"], "unknown loader 'bogus'"),
+])
+def test_ffcv_loader_refuses_what_it_cannot_do(tiny, run_cli, tmp_path, flags, message):
+    out = tmp_path / "runs"
+    args = ["imp", "--dataset", "synthetic", "--loader", "ffcv", "--subset", "random",
+            "--size", "64", "--steps", "2", "--levels", "0", "--root", tiny.parent, "--out", out]
+    code, stdout, stderr = run_cli(args + flags)
+    assert code == 2 and message in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not out.exists()  # nothing written
+
+
+def test_ffcv_loader_needs_the_beton(tmp_path, run_cli):
+    from lthfast.data.build import build_dataset
+
+    path = build_dataset("synthetic", tmp_path, source="train=64,test=16,size=8,classes=2")
+    (path / "train.beton").unlink()
+    code, _, stderr = run_cli(["scores", "el2n", "--dataset", "synthetic", "--loader", "ffcv",
+                               "--root", tmp_path, "--out", tmp_path / "runs"])
+    assert code == 2 and "train.beton is missing" in stderr
+    assert not (tmp_path / "runs").exists()

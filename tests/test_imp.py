@@ -225,7 +225,7 @@ def test_levels_start_from_masked_pretrain_weights_and_prune_the_previous_level(
 
         model = new_model(pre.model, 10, [0], torch.device("cpu"))
         load_packed(model, [rewind])
-        run_training(runtime(tmp_path), model, data, [np.arange(digits.train_size)],
+        run_training(runtime(tmp_path), model, digits, data, [np.arange(digits.train_size)],
                      [StreamSeeds(seeds["order"], seeds["augment"])], pre.batch_size,
                      Schedule(cfg.lr, cfg.milestones, pre.gamma), pre.steps, cfg.train_steps,
                      tmp_path / f"replay_{level}", "replay", masks=mask,
@@ -256,11 +256,11 @@ def test_rerun_with_more_levels_or_replicates_trains_only_what_is_missing(
     calls = []
     real = imp.run_training
 
-    def spy(rt, model, data, indices, seeds, batch_size, schedule, start, end, stage_dir, label,
-            **kw):
+    def spy(rt, model, ds, data, indices, seeds, batch_size, schedule, start, end, stage_dir,
+            label, **kw):
         calls.append((label, model.k))
-        return real(rt, model, data, indices, seeds, batch_size, schedule, start, end, stage_dir,
-                    label, **kw)
+        return real(rt, model, ds, data, indices, seeds, batch_size, schedule, start, end,
+                    stage_dir, label, **kw)
 
     monkeypatch.setattr(imp, "run_training", spy)
     cfg, indices = tiny_config(digits)

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..data.arrays import DatasetArrays
-from ..data.loader import BatchStream, DeviceData, StreamSeeds, mix_seed
+from ..data.loader import DeviceData, StreamSeeds, mix_seed
+from ..data.streams import make_stream
 from ..errors import UserError
 from ..models import build
 from ..models.packed import PackedResNet
@@ -39,6 +40,7 @@ class Runtime:
     amp: Optional[bool] = None  # None: bf16 autocast on CUDA
     checkpoint_every: int = 200
     log_every: int = 50
+    loader: str = "device"  # a name in lthfast.data.streams.STREAMS
     progress: Optional[ProgressFn] = None
 
     @property
@@ -91,20 +93,26 @@ def new_model(name: str, num_classes: int, init_seeds: Sequence[int],
     return model.to(device=device, memory_format=torch.channels_last)
 
 
-def run_training(rt: Runtime, model: PackedResNet, data: DeviceData, indices: Sequence[np.ndarray],
-                 seeds: Sequence[StreamSeeds], batch_size: int, schedule: Schedule, start: int,
-                 end: int, stage_dir: Path, label: str, masks=None, on_batch=None,
-                 momentum: float = 0.9, weight_decay: float = 1e-4) -> LoopResult:
-    """One call of the training loop with the runtime's flags, checkpoint and metrics file."""
-    stream = BatchStream(data, indices, seeds, batch_size)
+def run_training(rt: Runtime, model: PackedResNet, ds: DatasetArrays, data: DeviceData,
+                 indices: Sequence[np.ndarray], seeds: Sequence[StreamSeeds], batch_size: int,
+                 schedule: Schedule, start: int, end: int, stage_dir: Path, label: str,
+                 masks=None, on_batch=None, momentum: float = 0.9,
+                 weight_decay: float = 1e-4) -> LoopResult:
+    """One call of the training loop with the runtime's loader, flags, checkpoint and metrics."""
+    stream = make_stream(rt.loader, ds, data, indices, seeds, batch_size)
     cfg = LoopConfig(schedule=schedule, start_step=start, end_step=end, momentum=momentum,
                      weight_decay=weight_decay, log_every=rt.log_every,
                      checkpoint_every=rt.checkpoint_every, compile=rt.use_compile, amp=rt.use_amp)
     progress = None
     if rt.progress is not None:
         progress = lambda step, total, _losses: rt.progress(label, step - start, total - start)
-    result = train(model, stream, cfg, masks=masks, checkpoint_path=stage_dir / "checkpoint.pt",
-                   on_batch=on_batch, progress=progress)
+    try:
+        result = train(model, stream, cfg, masks=masks,
+                       checkpoint_path=stage_dir / "checkpoint.pt", on_batch=on_batch,
+                       progress=progress)
+    finally:
+        if hasattr(stream, "close"):  # ffcv's loaders run background threads
+            stream.close()
     # written whole and atomically: a resumed run's log already holds the checkpointed records
     atomic_write_bytes(stage_dir / "metrics.jsonl",
                        "".join(to_json(r) + "\n" for r in result.log).encode())

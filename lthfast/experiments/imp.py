@@ -28,6 +28,7 @@ import torch
 from ..config import Preset, hash_of, to_dict
 from ..data.arrays import DatasetArrays
 from ..data.loader import StreamSeeds
+from ..data.streams import check_loader
 from ..data.subsets import train_labels
 from ..errors import UserError
 from ..models.packed import load_packed, pack_state, unpack_state
@@ -122,7 +123,7 @@ def run_pretrain(rt: Runtime, cfg: PretrainConfig, ds: DatasetArrays, subset: np
                 data = device_split(ds, "train", device, labels=labels)
                 streams = [StreamSeeds(s["pretrain_order"], s["pretrain_augment"]) for s in seeds]
                 result = run_training(
-                    rt, model, data, [subset] * len(todo), streams, cfg.batch_size,
+                    rt, model, ds, data, [subset] * len(todo), streams, cfg.batch_size,
                     Schedule(cfg.lr, cfg.milestones, cfg.gamma), 0, cfg.steps, group_dir,
                     "pre-train", momentum=cfg.momentum, weight_decay=cfg.weight_decay)
             test = device_split(ds, "test", device)
@@ -131,7 +132,8 @@ def run_pretrain(rt: Runtime, cfg: PretrainConfig, ds: DatasetArrays, subset: np
                 stage = root / f"replicate_{r}"
                 ckpt.save(stage / "weights.pt", state)
                 mark_done(stage, {"test_acc": metrics["acc"][i], "test_loss": metrics["loss"][i],
-                                  "diverged": result.diverged[i] if result else None})
+                                  "diverged": result.diverged[i] if result else None,
+                                  "loader": rt.loader})
             ckpt.remove(group_dir / "checkpoint.pt")
         return [ckpt.load(root / f"replicate_{r}" / "weights.pt") for r in replicates]
 
@@ -143,6 +145,7 @@ def run_imp(rt: Runtime, cfg: ImpConfig, ds: DatasetArrays, subset: np.ndarray, 
         raise UserError("--levels must be >= 0")
     if replicates < 1:
         raise UserError("--replicates must be >= 1")
+    check_loader(rt.loader, ds, cfg.pretrain.label_noise, rt.deterministic)
     reps = list(range(replicates))
     # pre-training first: if its weights turn out unreadable, no IMP directory is left behind
     rewind = dict(zip(reps, run_pretrain(rt, cfg.pretrain, ds, subset, reps)))
@@ -180,7 +183,7 @@ def train_level(rt: Runtime, cfg: ImpConfig, ds: DatasetArrays, root: Path, leve
     data = device_split(ds, "train", device)  # true labels: noise is for pre-training only
     group_dir = root / f"level_{level}_group_{'_'.join(map(str, todo))}"
     result = run_training(
-        rt, model, data, [np.arange(ds.train_size)] * len(todo),
+        rt, model, ds, data, [np.arange(ds.train_size)] * len(todo),
         [StreamSeeds(s["order"], s["augment"]) for s in seeds], pre.batch_size,
         Schedule(cfg.lr, cfg.milestones, pre.gamma), pre.steps, cfg.train_steps, group_dir,
         f"level {level}", masks=packed_masks, momentum=pre.momentum,
@@ -195,7 +198,7 @@ def train_level(rt: Runtime, cfg: ImpConfig, ds: DatasetArrays, root: Path, leve
             "replicate": r, "level": level,
             "weights_remaining": remaining_fraction(masks[i]),
             "test_acc": metrics["acc"][i], "test_loss": metrics["loss"][i],
-            "diverged": result.diverged[i]})
+            "diverged": result.diverged[i], "loader": rt.loader})
     ckpt.remove(group_dir / "checkpoint.pt")
 
 

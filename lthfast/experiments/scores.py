@@ -29,6 +29,7 @@ import torch
 from ..config import hash_of, to_dict
 from ..data.arrays import DatasetArrays
 from ..data.loader import StreamSeeds
+from ..data.streams import check_loader
 from ..data.subsets import train_labels
 from ..errors import UserError
 from ..models.packed import unpack_state
@@ -109,6 +110,7 @@ def compute_scores(rt: Runtime, cfg: ScoreConfig, ds: DatasetArrays) -> Path:
     if cfg.score not in SCORES:
         raise UserError(f"unknown score '{cfg.score}' (known: {', '.join(SCORES)})")
     check_score_request(cfg.models, cfg.steps)
+    check_loader(rt.loader, ds, cfg.label_noise, rt.deterministic)
     root = prepare_run_dir(score_dir(rt, cfg), to_dict(cfg))
     with locked(root):
         if not is_done(root):
@@ -117,7 +119,7 @@ def compute_scores(rt: Runtime, cfg: ScoreConfig, ds: DatasetArrays) -> Path:
                 raise UserError(f"{cfg.score} scores are not finite (training diverged?); "
                                 f"see {root}/metrics.jsonl")
             atomic_save_npy(root / "scores.npy", scores.astype(np.float32))
-            mark_done(root, {"score": cfg.score})
+            mark_done(root, {"score": cfg.score, "loader": rt.loader})
             ckpt.remove(root / "checkpoint.pt")
     return root / "scores.npy"
 
@@ -128,7 +130,7 @@ def train_ensemble(rt: Runtime, cfg: ScoreConfig, ds: DatasetArrays, root: Path,
     model = new_model(cfg.model, ds.num_classes, [s["init"] for s in seeds], device)
     labels = train_labels(ds, cfg.label_noise, cfg.noise_seed)
     data = device_split(ds, "train", device, labels=labels)
-    run_training(rt, model, data, [np.arange(ds.train_size)] * cfg.models,
+    run_training(rt, model, ds, data, [np.arange(ds.train_size)] * cfg.models,
                  [StreamSeeds(s["order"], s["augment"]) for s in seeds], cfg.batch_size,
                  Schedule(cfg.lr, cfg.milestones, cfg.gamma), 0, cfg.steps, root,
                  f"{cfg.score} K={cfg.models}", on_batch=on_batch, momentum=cfg.momentum,
