@@ -2,7 +2,9 @@
 
 lthfast: ``BatchStream`` (device-resident data, batched augmentation) + ``lthfast.train.loop.train``
 on ``lthfast.models.build('resnet20', 10)`` with lthfast's defaults for the device (channels_last;
-on CUDA also torch.compile and bf16 autocast). Plain: a ``DataLoader`` with per-sample transforms
+on CUDA also torch.compile and bf16 autocast; on the CPU ``keep_freed_memory``, which stops glibc
+from handing each step's activations back to the kernel, so steps stop page-faulting: a row
+measured before it is switched on shows what it is worth). Plain: a ``DataLoader`` with per-sample transforms
 (see ``benchmarks.loader``) feeding a ResNet-20 written plainly below with ordinary
 Conv2d/BatchNorm2d/Linear in the default memory format, fp32, eager, and the same SGD settings
 (lr 0.1, momentum 0.9, weight decay 1e-4, cross-entropy). Same synthetic 50,000-image set, same
@@ -110,23 +112,30 @@ def lthfast_runtime(device: torch.device):
 
 
 def bench_lthfast(ds, cfg: TrainStepConfig, device: torch.device, k: int = 1,
-                  indices: Optional[list[np.ndarray]] = None) -> list[float]:
+                  indices: Optional[list[np.ndarray]] = None, execution: str = "auto",
+                  keep_memory: bool = True) -> list[float]:
     """Seconds per window of ``cfg.steps`` steps of lthfast's loop on K packed models.
 
     One ``train()`` call runs all timed windows; its progress callback, which the loop calls
     right after its host sync every ``log_every`` steps, timestamps the window boundaries.
+    ``keep_memory``: on the CPU, first switch the process to ``keep_freed_memory`` as the CLI
+    does (irreversible: measure any ``keep_memory=False`` case before the first True one).
     """
     from lthfast.data.loader import BatchStream, StreamSeeds
     from lthfast.experiments.common import device_split, new_model
+    from lthfast.train.allocator import keep_freed_memory
     from lthfast.train.loop import LoopConfig, train
     from lthfast.train.schedule import Schedule
 
+    if keep_memory and device.type == "cpu":
+        keep_freed_memory()
     rt = lthfast_runtime(device)
     data = device_split(ds, "train", device)
     indices = indices or [np.arange(ds.train_size)] * k
     stream = BatchStream(data, indices, [StreamSeeds(10 + m, 20 + m) for m in range(k)],
                          cfg.batch)
     model = new_model(cfg.model, ds.num_classes, list(range(k)), device)
+    model.execution = execution
 
     def run(start: int, end: int, log_every: int, progress=None):
         train(model, stream, LoopConfig(
@@ -184,15 +193,20 @@ def run(cfg: TrainStepConfig = TrainStepConfig(), device: Optional[torch.device]
     command = rerun(SECTION, cfg.quick)
     log(f"[train_step] plain PyTorch loop ({cfg.model})")
     plain, label = bench_plain(ds, cfg, device)
+    default_malloc = None
+    if device.type == "cpu":  # before keep_freed_memory, which cannot be undone
+        log(f"[train_step] lthfast loop ({cfg.model}), glibc's default malloc")
+        default_malloc = bench_lthfast(ds, cfg, device, keep_memory=False)
     log(f"[train_step] lthfast loop ({cfg.model})")
     ours = bench_lthfast(ds, cfg, device)
     rt = lthfast_runtime(device)
     flags = ["channels_last"] + (["torch.compile"] if rt.use_compile else []) + (
-        ["bf16 autocast"] if rt.use_amp else [])
+        ["bf16 autocast"] if rt.use_amp else []) + (
+        ["keep_freed_memory"] if device.type == "cpu" else [])
     workers = cfg.workers or usable_cpus()
     windows = (f"{cfg.warmup} warm-up steps, then median of {cfg.repeats} windows of "
                f"{cfg.steps} step{'s' if cfg.steps > 1 else ''}")
-    return [
+    rows = [
         Row(SECTION, case, "lthfast: BatchStream + train()", [images / s for s in ours],
             reference=True, command=command,
             note=f"{', '.join(flags)}; {windows}"),
@@ -201,3 +215,9 @@ def run(cfg: TrainStepConfig = TrainStepConfig(), device: Optional[torch.device]
             " + nn.Module ResNet", [images / s for s in plain], command=command,
             note=f"fp32 eager, NCHW; {windows}"),
     ]
+    if default_malloc is not None:
+        rows.insert(1, Row(
+            SECTION, case, "lthfast without keep_freed_memory (glibc's default malloc)",
+            [images / s for s in default_malloc], command=command,
+            note=f"what the allocator setting is worth; measured before it; {windows}"))
+    return rows

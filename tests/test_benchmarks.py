@@ -49,12 +49,18 @@ def test_loader_train_step_packed(cache):
     cfg = train_step.TrainStepConfig(model="resnet8", batch=16, train=400, warmup=1, steps=1,
                                      repeats=2, workers=1)
     rows = positive(train_step.run(cfg, cache=cache, log=lambda _: None), "train_step")
-    assert [r.reference for r in rows] == [True, False]
+    assert [r.reference for r in rows] == [True, False, False]
+    assert "default malloc" in rows[1].variant and "plain PyTorch" in rows[2].variant
 
     cfg = packed.PackedConfig(model="resnet8", ks=(1, 2), batch=16, train=400, warmup=1,
                               steps=1, repeats=2)
     rows = positive(packed.run(cfg, cache=cache, log=lambda _: None), "packed")
-    assert len(rows) == 4
+    # K=1: packed, sequential; K=2: both executions (the device's default is the reference)
+    assert [(r.case.split(",")[0], r.variant.split(":")[0], r.reference) for r in rows] == [
+        ("resnet8 ×1", "packed", True), ("resnet8 ×1", "sequential", False),
+        ("resnet8 ×2", "packed", True), ("resnet8 ×2", "packed", False),
+        ("resnet8 ×2", "sequential", False)]
+    assert "looped (default here)" in rows[2].variant and "grouped" in rows[3].variant
 
     text = render({"device": "cpu"}, rows, ["packed"], {"packed": 1.0}, quick=True)
     assert "## c. K models at once" in text and "1.00 (ref)" in text

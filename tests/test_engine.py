@@ -37,9 +37,11 @@ def test_table1_schedules():
     assert w.lr_at(0) == pytest.approx(0.32) and w.lr_at(9) == pytest.approx(3.2)
 
 
-def test_packed_forward_equals_separate_models():
+@pytest.mark.parametrize("execution", ["grouped", "looped"])
+def test_packed_forward_equals_separate_models(execution):
     torch.manual_seed(0)
     packed = build("resnet8", 10, k=3)
+    packed.execution = execution
     packed.reset_parameters([11, 12, 13])
     singles = []
     for seed in (11, 12, 13):
@@ -61,9 +63,10 @@ def digits_stream(ds, seeds, batch=32, indices=None):
     return data, BatchStream(data, [indices] * len(seeds), seeds, batch)
 
 
-def fresh(k, seeds):
+def fresh(k, seeds, execution="auto"):
     m = build("resnet8", 10, k=k)
     m.reset_parameters(seeds)
+    m.execution = execution
     return m.to(memory_format=torch.channels_last)
 
 
@@ -90,13 +93,15 @@ def test_masked_weights_stay_zero(digits):
         assert torch.count_nonzero(params[name][mask == 1]) > 0.99 * mask.sum()
 
 
-def test_packed_training_equals_sequential(digits):
+@pytest.mark.parametrize("execution", ["grouped", "looped"])
+def test_packed_training_equals_sequential(digits, execution):
     """In float64: float32 runs agree to ~1e-7 until a ReLU input near zero lands on the other
-    side in one of them, after which both are valid runs that differ by SGD-noise amounts."""
+    side in one of them, after which both are valid runs that differ by SGD-noise amounts.
+    Both executions of the packed model; BN running statistics and counters are compared too."""
     seeds = [StreamSeeds(10, 20), StreamSeeds(30, 40), StreamSeeds(50, 60)]
     cfg = LoopConfig(Schedule(0.05, (8,)), 0, 12, log_every=4)
     _, stream = digits_stream(digits, seeds)
-    packed = fresh(3, [1, 2, 3]).double()
+    packed = fresh(3, [1, 2, 3], execution).double()
     train(packed, stream, cfg)
     for k in range(3):
         _, single_stream = digits_stream(digits, [seeds[k]])

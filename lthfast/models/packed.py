@@ -6,6 +6,15 @@ BatchNorm runs over K·C channels, so model k owns channel block k everywhere: i
 is exactly K separate networks trained side by side, at the launch cost of one — the main lever
 on a GPU, where a ResNet-20 step at batch 128 is launch-bound. K=1 is the plain network.
 
+How the K models run is the model's ``execution`` (one registry entry each, same parameters,
+same results to float tolerance):
+- ``grouped``: one grouped-conv network over K·C channels (the GPU default);
+- ``looped``: model after model, each on views of its slice of the packed parameters (the CPU
+  default). A CPU step is compute- and memory-bound, not launch-bound, and K·C-channel
+  activations (84 MB at K=10, batch 128) fall out of the caches and ran oneDNN's grouped
+  kernels ~1.3x slower than K single models one after another (BENCHMARKS.md, section c);
+- ``auto``: looped on the CPU, grouped elsewhere.
+
 Parameters are stored so that ``param.view(K, -1)[k]`` is model k's slice (all packed dims are
 the leading one), which pruning, initialisation and unpacking rely on.
 
@@ -17,9 +26,12 @@ ResNet-20/32/56 have 0.27M / 0.46M / 0.85M parameters.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 
 class PackedConv(nn.Conv2d):
@@ -65,12 +77,16 @@ class Block(nn.Module):
 
 
 class PackedResNet(nn.Module):
-    def __init__(self, depth: int, num_classes: int, k: int = 1, widths=(16, 32, 64)):
+    def __init__(self, depth: int, num_classes: int, k: int = 1, widths=(16, 32, 64),
+                 execution: str = "auto"):
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 >= 8, got {depth}")
+        if execution not in EXECUTIONS and execution != "auto":
+            raise ValueError(f"unknown execution '{execution}' (known: auto, {', '.join(EXECUTIONS)})")
         n = (depth - 2) // 6
-        self.depth, self.num_classes, self.k = depth, num_classes, k
+        self.depth, self.num_classes, self.k, self.widths = depth, num_classes, k, tuple(widths)
+        self.execution = execution
         self.stem = PackedConv(k, 3, widths[0], 3)
         self.stem_bn = nn.BatchNorm2d(k * widths[0])
         blocks, c_in = [], widths[0]
@@ -105,10 +121,44 @@ class PackedResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: B×3K×H×W (model k's image in channels 3k..3k+2) -> logits B×K×classes."""
+        execution = self.execution
+        if execution == "auto":
+            execution = "looped" if x.device.type == "cpu" and self.k > 1 else "grouped"
+        return EXECUTIONS[execution](self, x)
+
+    def forward_grouped(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.stem_bn(self.stem(x)))
         out = self.blocks(out)
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.fc(out)
+
+    def forward_looped(self, x: torch.Tensor) -> torch.Tensor:
+        """Model after model through a K=1 twin that borrows views of each model's slice."""
+        k = self.k
+        twin = self._twin()
+        twin.train(self.training)
+        # unbind once per tensor: its backward stacks the K slices' gradients in one copy, where
+        # K separate slicings would each add a full-size zero-padded gradient
+        params = {n: p.view(k, *single_shape(p, k)).unbind(0) for n, p in self.named_parameters()}
+        buffers = {n: b.view(k, *single_shape(b, k)).unbind(0) for n, b in self.named_buffers()
+                   if b.dim() > 0}  # BN running stats: updated in place through the views
+        counters = {n: b for n, b in self.named_buffers() if b.dim() == 0}  # num_batches_tracked
+        outs = []
+        for m in range(k):
+            # the K models share one batch counter: let only the first call advance it
+            tensors = {n: v[m] for n, v in (params | buffers).items()} | (
+                counters if m == 0 else {n: b.clone() for n, b in counters.items()})
+            xm = x[:, 3 * m : 3 * m + 3].contiguous(memory_format=torch.channels_last)
+            outs.append(functional_call(twin, tensors, (xm,)))
+        return torch.cat(outs, dim=1)
+
+    def _twin(self) -> "PackedResNet":
+        """A K=1 network of the same shape whose own weights are never used (not a submodule)."""
+        twin = self.__dict__.get("_twin_model")
+        if twin is None:
+            twin = PackedResNet(self.depth, self.num_classes, 1, self.widths, "grouped")
+            self.__dict__["_twin_model"] = twin.to(next(self.parameters()).device)
+        return twin
 
     def num_params(self) -> int:
         """Parameters of one model."""
@@ -118,6 +168,12 @@ class PackedResNet(nn.Module):
         """Conv and linear weights: what IMP prunes (never biases or BatchNorm)."""
         return {name: p for name, p in self.named_parameters()
                 if name.endswith("weight") and p.dim() > 1}
+
+
+EXECUTIONS: dict[str, Callable[[PackedResNet, torch.Tensor], torch.Tensor]] = {
+    "grouped": PackedResNet.forward_grouped,
+    "looped": PackedResNet.forward_looped,
+}
 
 
 def single_shape(t: torch.Tensor, k: int) -> tuple[int, ...]:
