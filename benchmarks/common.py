@@ -155,3 +155,17 @@ def rerun(section: str, quick: bool, extra: str = "") -> str:
     if extra:
         parts.append(extra)
     return " ".join(parts)
+
+
+def forward_flops_per_image(model_name: str, num_classes: int, size: int,
+                            batch: int = 16) -> float:
+    """Forward FLOPs of one image through one model (K=1), by FlopCounterMode on the CPU."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lthfast.models import build
+
+    model = build(model_name, num_classes, k=1).eval()
+    x = torch.zeros(batch, 3, size, size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / batch

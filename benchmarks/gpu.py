@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .common import DEFAULT_CACHE, Row, open_synthetic, rerun, sync
+from .common import DEFAULT_CACHE, Row, forward_flops_per_image, open_synthetic, rerun, sync
 
 SECTION = "gpu"
 NOT_RUN = "not run: no GPU on this machine"
@@ -81,20 +81,6 @@ def peak_flops(device: torch.device) -> Optional[float]:
         if key in name:
             return value
     return None
-
-
-def forward_flops_per_image(model_name: str, num_classes: int, size: int,
-                            batch: int = 16) -> float:
-    """Forward FLOPs of one image through one model (K=1), by FlopCounterMode on the CPU."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from lthfast.models import build
-
-    model = build(model_name, num_classes, k=1).eval()
-    x = torch.zeros(batch, 3, size, size)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops() / batch
 
 
 def train_run(ds, cfg: GpuConfig, device: torch.device, k: int, iterations: int,

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import DEFAULT_CACHE, Row, open_synthetic, rerun, sync, timed, usable_cpus
+from .common import (DEFAULT_CACHE, Row, forward_flops_per_image, open_synthetic, rerun, sync,
+                     timed, usable_cpus)
 from .loader import endless, make_dataloader, to_device
 
 SECTION = "train_step"
@@ -183,6 +184,14 @@ def bench_plain(ds, cfg: TrainStepConfig, device: torch.device) -> tuple[list[fl
     return seconds, label
 
 
+def matmul_gflops(device: torch.device, n: int = 4096, repeats: int = 5) -> list[float]:
+    """GFLOP/s of a dense fp32 n×n matmul: the device's practical compute roofline."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(2):  # warm-up: threads, caches, clocks
+        a @ b
+    return [2 * n**3 / timed(lambda: a @ b, device) / 1e9 for _ in range(repeats)]
+
+
 def run(cfg: TrainStepConfig = TrainStepConfig(), device: Optional[torch.device] = None,
         cache=DEFAULT_CACHE, log=print) -> list[Row]:
     device = device or torch.device("cpu")
@@ -204,17 +213,26 @@ def run(cfg: TrainStepConfig = TrainStepConfig(), device: Optional[torch.device]
         ["bf16 autocast"] if rt.use_amp else []) + (
         ["keep_freed_memory"] if device.type == "cpu" else [])
     workers = cfg.workers or usable_cpus()
+    # model FLOPs: 3 × forward (backward ≈ 2 × forward), as in the GPU section
+    train_flops = 3 * forward_flops_per_image(cfg.model, ds.num_classes, ds.meta["image_shape"][0])
+    model_gflops = float(np.median([images / s for s in ours])) * train_flops / 1e9
     windows = (f"{cfg.warmup} warm-up steps, then median of {cfg.repeats} windows of "
                f"{cfg.steps} step{'s' if cfg.steps > 1 else ''}")
     rows = [
         Row(SECTION, case, "lthfast: BatchStream + train()", [images / s for s in ours],
             reference=True, command=command,
-            note=f"{', '.join(flags)}; {windows}"),
+            note=f"{', '.join(flags)}; {model_gflops:.0f} GFLOP/s of model FLOPs "
+                 f"(3 × {train_flops / 3e6:.1f} MFLOP forward per image); {windows}"),
         Row(SECTION, case, "plain PyTorch: " + label.replace("DataLoader", f"DataLoader "
                                                             f"({workers} workers)") +
             " + nn.Module ResNet", [images / s for s in plain], command=command,
             note=f"fp32 eager, NCHW; {windows}"),
     ]
+    if device.type == "cpu":  # how close the step is to what the cores can do at all
+        rows.append(Row(SECTION, f"matmul roofline, {device.type}",
+                        "torch.mm, 4096×4096 fp32 (not a training step)", matmul_gflops(device),
+                        unit="GFLOP/s", command=command,
+                        note="compare with the GFLOP/s of model FLOPs in the lthfast row"))
     if default_malloc is not None:
         rows.insert(1, Row(
             SECTION, case, "lthfast without keep_freed_memory (glibc's default malloc)",

@@ -49,8 +49,10 @@ def test_loader_train_step_packed(cache):
     cfg = train_step.TrainStepConfig(model="resnet8", batch=16, train=400, warmup=1, steps=1,
                                      repeats=2, workers=1)
     rows = positive(train_step.run(cfg, cache=cache, log=lambda _: None), "train_step")
-    assert [r.reference for r in rows] == [True, False, False]
+    assert [r.reference for r in rows] == [True, False, False, False]
     assert "default malloc" in rows[1].variant and "plain PyTorch" in rows[2].variant
+    assert rows[3].unit == "GFLOP/s" and rows[3].case != rows[0].case  # roofline: no ratio
+    assert "GFLOP/s of model FLOPs" in rows[0].note
 
     cfg = packed.PackedConfig(model="resnet8", ks=(1, 2), batch=16, train=400, warmup=1,
                               steps=1, repeats=2)
@@ -100,3 +102,16 @@ def test_end_to_end(tmp_path):
     rows = positive(end_to_end.run(cfg, log=lambda _: None), "end_to_end")
     assert rows[0].unit == "s" and len(rows[0].values) == 2
     assert rows[0].case == "lthfast scores el2n --dataset digits"
+
+
+def test_missed_target_gets_its_reason_on_that_device_only():
+    from benchmarks.common import Row
+
+    rows = [Row("packed", "resnet20 ×10, batch 128, cpu", "packed: looped", [50.0], reference=True),
+            Row("packed", "resnet20 ×10, batch 128, cpu", "sequential: 10 × k=1", [50.0])]
+    cpu = "\n".join(summary(rows, "cpu"))
+    assert "| packed K=10 vs sequential | 1.00× | ≥ 1.5× | no |" in cpu
+    assert "compute-bound, not launch-bound" in cpu
+    assert "compute-bound" not in "\n".join(summary(rows, "cuda"))
+    rows[1].values = [20.0]  # met: no excuse printed
+    assert "compute-bound" not in "\n".join(summary(rows, "cpu"))
