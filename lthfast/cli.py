@@ -8,7 +8,6 @@ print one line on stderr and exit 2.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -35,13 +34,8 @@ LOADER = typer.Option("device", "--loader", envvar="LTHFAST_LOADER",
 EMBEDDED = ("digits",)
 
 
-def check_choice(value: str, known, what: str) -> str:
-    """Choices come from the registries, so a new subset rule or score needs no CLI change."""
-    if value not in known:
-        raise UserError(f"unknown {what} '{value}' (known: {', '.join(known)})")
-    return value
-
-
+# Choices come from the registries (imported late: --help stays fast), so a new subset rule,
+# score or loader needs no CLI change; ``.lookup`` turns a typo into the one-line error.
 def subset_kinds():
     from .data.subsets import SUBSET_RULES
 
@@ -109,7 +103,7 @@ def subset(kind: str = typer.Argument(..., help="all, random, easy or hard"),
     """Write a subset of train indices as .npy under ROOT/DATASET/subsets and print its path."""
     from .data.subsets import SubsetSpec, check_noise_fraction, noisy_labels_path, write_subset
 
-    check_choice(kind, subset_kinds(), "subset kind")
+    subset_kinds().lookup(kind)
     check_noise_fraction(label_noise)
     ds = open_data(root, dataset)
     if label_noise:
@@ -177,9 +171,9 @@ def imp(dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="d
     # Everything checkable without data is checked first: a typo never builds or writes anything.
     preset = Overrides(model, batch_size, lr, pretrain_lr, train_steps).apply(preset_for(dataset))
     resolve(preset.model)
-    check_choice(subset, subset_kinds(), "subset kind")
-    check_choice(rank_by, score_kinds(), "score")
-    check_choice(loader, loader_kinds(), "loader")
+    subset_kinds().lookup(subset)
+    score_kinds().lookup(rank_by)
+    loader_kinds().lookup(loader)
     check_noise_fraction(label_noise)
     ds = open_data(root, dataset)
     check_loader(loader, ds, label_noise, deterministic)
@@ -229,8 +223,8 @@ def scores(kind: str = typer.Argument(..., help="el2n or forgetting"),
     if model is not None:
         preset = dataclasses.replace(preset, el2n_model=model)
     resolve(preset.el2n_model)
-    check_choice(kind, score_kinds(), "score")
-    check_choice(loader, loader_kinds(), "loader")
+    score_kinds().lookup(kind)
+    loader_kinds().lookup(loader)
     check_noise_fraction(label_noise)
     check_score_request(models, default_score_steps(kind, preset) if steps is None else steps)
     ds = open_data(root, dataset)

@@ -19,20 +19,15 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..registry import Registry
 from .arrays import DatasetArrays
 from .loader import BatchStream, DeviceData, StreamSeeds
 
 # (dataset, train split on the device, index array per model, seeds per model, batch size)
 StreamFactory = Callable[[DatasetArrays, DeviceData, Sequence[np.ndarray], Sequence[StreamSeeds], int],
                          object]
-STREAMS: dict[str, StreamFactory] = {}
-
-
-def register_stream(name: str):
-    def decorate(fn: StreamFactory) -> StreamFactory:
-        STREAMS[name] = fn
-        return fn
-    return decorate
+STREAMS = Registry("loader")  # name -> StreamFactory
+register_stream = STREAMS.register
 
 
 @register_stream("device")
@@ -49,16 +44,13 @@ def ffcv_stream(ds, data, indices, seeds, batch_size):
 
 def make_stream(name: str, ds: DatasetArrays, data: DeviceData, indices: Sequence[np.ndarray],
                 seeds: Sequence[StreamSeeds], batch_size: int):
-    if name not in STREAMS:
-        raise UserError(f"unknown loader '{name}' (known: {', '.join(STREAMS)})")
-    return STREAMS[name](ds, data, indices, seeds, batch_size)
+    return STREAMS.lookup(name)(ds, data, indices, seeds, batch_size)
 
 
 def check_loader(name: str, ds: DatasetArrays, label_noise: float = 0.0,
                  deterministic: bool = False) -> None:
     """Everything that would make ``name`` fail mid-run, checked before a run writes anything."""
-    if name not in STREAMS:
-        raise UserError(f"unknown loader '{name}' (known: {', '.join(STREAMS)})")
+    STREAMS.lookup(name)
     if name != "ffcv":
         return
     if label_noise:

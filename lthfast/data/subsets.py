@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import UserError
+from ..registry import Registry
 from ..store import atomic_save_npy, config_hash, file_sha256
 from .arrays import DatasetArrays
 
@@ -36,14 +37,8 @@ class SubsetSpec:
 
 
 SubsetRule = Callable[[DatasetArrays, SubsetSpec], np.ndarray]
-SUBSET_RULES: dict[str, SubsetRule] = {}
-
-
-def register_rule(name: str):
-    def decorate(fn: SubsetRule) -> SubsetRule:
-        SUBSET_RULES[name] = fn
-        return fn
-    return decorate
+SUBSET_RULES = Registry("subset kind")  # name -> SubsetRule
+register_rule = SUBSET_RULES.register
 
 
 def check_size(size: Optional[int], n: int) -> int:

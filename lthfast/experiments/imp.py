@@ -20,10 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
-import torch
 
 from ..config import Preset, hash_of, to_dict
 from ..data.arrays import DatasetArrays

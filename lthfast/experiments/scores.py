@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -32,12 +31,17 @@ from ..data.loader import StreamSeeds
 from ..data.streams import check_loader
 from ..data.subsets import train_labels
 from ..errors import UserError
+from ..registry import Registry
 from ..models.packed import unpack_state
 from ..store import atomic_save_npy, is_done, locked, mark_done, prepare_run_dir
 from ..train import checkpoint as ckpt
 from ..train.evaluate import el2n, predict
 from ..train.schedule import Schedule
 from .common import Runtime, device_split, new_model, replicate_seeds, run_training
+
+
+# name -> fn(runtime, config, dataset, run dir) -> float scores, one per train example
+SCORES = Registry("score")
 
 
 @dataclass(frozen=True)
@@ -107,14 +111,13 @@ def score_dir(rt: Runtime, cfg: ScoreConfig) -> Path:
 
 def compute_scores(rt: Runtime, cfg: ScoreConfig, ds: DatasetArrays) -> Path:
     """Train the K networks (or reuse them) and write ``scores.npy``; returns its path."""
-    if cfg.score not in SCORES:
-        raise UserError(f"unknown score '{cfg.score}' (known: {', '.join(SCORES)})")
+    score_fn = SCORES.lookup(cfg.score)
     check_score_request(cfg.models, cfg.steps)
     check_loader(rt.loader, ds, cfg.label_noise, rt.deterministic)
     root = prepare_run_dir(score_dir(rt, cfg), to_dict(cfg))
     with locked(root):
         if not is_done(root):
-            scores = SCORES[cfg.score](rt, cfg, ds, root)
+            scores = score_fn(rt, cfg, ds, root)
             if scores.shape != (ds.train_size,) or not np.all(np.isfinite(scores)):
                 raise UserError(f"{cfg.score} scores are not finite (training diverged?); "
                                 f"see {root}/metrics.jsonl")
@@ -138,6 +141,7 @@ def train_ensemble(rt: Runtime, cfg: ScoreConfig, ds: DatasetArrays, root: Path,
     return model, data
 
 
+@SCORES.register("el2n")
 def el2n_scores(rt: Runtime, cfg: ScoreConfig, ds: DatasetArrays, root: Path) -> np.ndarray:
     model, data = train_ensemble(rt, cfg, ds, root)
     ckpt.save(root / "models.pt", {"states": unpack_state(model)})  # for analyses and checks
@@ -145,13 +149,8 @@ def el2n_scores(rt: Runtime, cfg: ScoreConfig, ds: DatasetArrays, root: Path) ->
     return el2n(logits, data.labels).mean(0).cpu().numpy()
 
 
+@SCORES.register("forgetting")
 def forgetting_scores(rt: Runtime, cfg: ScoreConfig, ds: DatasetArrays, root: Path) -> np.ndarray:
     counter = ForgettingCounter(cfg.models, ds.train_size, rt.torch_device)
     train_ensemble(rt, cfg, ds, root, on_batch=counter)  # the counter is checkpointed too
     return counter.scores()
-
-
-SCORES: dict[str, Callable[[Runtime, ScoreConfig, DatasetArrays, Path], np.ndarray]] = {
-    "el2n": el2n_scores,
-    "forgetting": forgetting_scores,
-}

@@ -8,19 +8,12 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-import torch
-
 from ..errors import UserError
+from ..registry import Registry
 from .packed import PackedResNet
 
-MODELS: dict[str, Callable[..., torch.nn.Module]] = {}
-
-
-def register_model(name: str):
-    def decorate(fn):
-        MODELS[name] = fn
-        return fn
-    return decorate
+MODELS = Registry("model")  # name -> constructor(num_classes, k=1)
+register_model = MODELS.register
 
 
 for _depth in (8, 14, 20, 32, 44, 56, 110):

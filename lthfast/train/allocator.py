@@ -7,7 +7,8 @@ again: every page is a fault (~1 µs on a VM), and faults serialise the intra-op
 2-core dev machine that was more than half of a ResNet-20 step (ReLU ran at 3 GB/s on 84 MB
 tensors; see BENCHMARKS.md). ``keep_freed_memory()`` tells glibc never to use ``mmap`` for an
 allocation and never to trim, so a step reuses the previous step's pages. The cost: memory freed
-during training is not given back to the kernel until the process exits (peak RSS stays).
+during training is not given back to the kernel until the process exits, and the heap keeps some
+slack (seen: ResNet-20 at batch 128, 664 MB RSS against 601 MB, flat after 20 steps).
 
 Process-wide and not undoable (glibc's adaptive mmap threshold stays off once set), so it is
 called explicitly where a process decides how it trains (``setup_torch`` for the CLI; the

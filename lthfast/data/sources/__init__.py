@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ...errors import UserError
+from ...registry import Registry
 
 
 @dataclass(frozen=True)
@@ -53,20 +54,12 @@ class RawDataset:
 # A loader gets the optional --source text (a path, or options for synthetic) and the data root
 # (where downloads go) and returns arrays.
 SourceLoader = Callable[[Optional[str], Path], RawDataset]
-SOURCES: dict[str, SourceLoader] = {}
-
-
-def register_source(name: str):
-    def decorate(fn: SourceLoader) -> SourceLoader:
-        SOURCES[name] = fn
-        return fn
-    return decorate
+SOURCES = Registry("dataset")  # name -> SourceLoader
+register_source = SOURCES.register
 
 
 def get_source(name: str) -> SourceLoader:
-    if name not in SOURCES:
-        raise UserError(f"unknown dataset '{name}' (known: {', '.join(sorted(SOURCES))})")
-    return SOURCES[name]
+    return SOURCES.lookup(name)
 
 
 # Every module in this package is a source: importing it runs its @register_source.
