@@ -24,15 +24,30 @@ def test_parameter_counts(name, params):
     assert abs(params / 1e6 - {"resnet20": 0.27, "resnet32": 0.46, "resnet56": 0.85}[name]) < 0.01
 
 
+# Table 1 of the paper's appendix, column by column: network, batch size, pre-training lr, lr,
+# momentum, weight decay, decay factor, milestones, iterations, IMP pruning fraction.
+TABLE1 = {
+    "cifar10": ("resnet20", 128, 0.4, 0.1, 0.9, 1e-4, 0.1, (31200, 46800), 62400, 0.2),
+    "cifar100": ("resnet32", 128, 0.4, 0.1, 0.9, 1e-4, 0.1, (31200, 46800), 62400, 0.2),
+    "cinic10": ("resnet56", 256, 0.1, 0.1, 0.9, 1e-4, 0.1, (15625, 23440), 31250, 0.2),
+}
+
+
+@pytest.mark.parametrize("dataset", list(TABLE1))
+def test_presets_are_table1(dataset):
+    p = PRESETS[dataset]
+    assert (p.model, p.batch_size, p.pretrain_lr, p.lr, p.momentum, p.weight_decay, p.gamma,
+            p.milestones, p.train_steps, p.prune_fraction) == TABLE1[dataset]
+
+
 def test_table1_schedules():
-    c10, c100, cinic = PRESETS["cifar10"], PRESETS["cifar100"], PRESETS["cinic10"]
-    assert (c10.model, c10.batch_size, c10.pretrain_lr, c10.train_steps) == ("resnet20", 128, 0.4, 62400)
-    assert (c100.model, c100.milestones) == ("resnet32", (31200, 46800))
-    assert (cinic.model, cinic.batch_size, cinic.pretrain_lr, cinic.milestones, cinic.train_steps) == (
-        "resnet56", 256, 0.1, (15625, 23440), 31250)
+    c10, cinic = PRESETS["cifar10"], PRESETS["cinic10"]
     s = Schedule(c10.lr, c10.milestones)
     assert [s.lr_at(t) for t in (0, 31199, 31200, 46799, 46800, 62399)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    s = Schedule(cinic.lr, cinic.milestones)
+    assert [s.lr_at(t) for t in (15624, 15625, 23439, 23440)] == pytest.approx(
+        [0.1, 0.01, 0.01, 0.001])
     w = Schedule(3.2, (80, 120), warmup=10)
     assert w.lr_at(0) == pytest.approx(0.32) and w.lr_at(9) == pytest.approx(3.2)
 
@@ -114,6 +129,64 @@ def test_packed_training_equals_sequential(digits, execution):
             assert torch.allclose(got[name], value, atol=1e-9, rtol=1e-9), name
             changed += name.endswith("weight") and not torch.equal(value, fresh(1, [k + 1]).state_dict()[name].double())
         assert changed > 10  # the models did train
+
+
+@pytest.mark.parametrize("execution", ["grouped", "looped"])
+def test_packed_models_with_own_lr_weight_decay_and_mask_equal_separate_runs(digits, execution):
+    """Each packed model its own schedule (one with warmup), weight decay and pruning mask
+    (PackedSGD), against K separate runs of torch.optim.SGD; float64, as above."""
+    seeds = [StreamSeeds(10, 20), StreamSeeds(30, 40), StreamSeeds(50, 60)]
+    schedules = (Schedule(0.05, (8,)), Schedule(0.1, (6,), warmup=4), Schedule(0.02))
+    decays = (1e-4, 5e-3, 0.0)
+    inits = [1, 2, 3]
+    masks = [prune(s, full_masks(s), 0.3 + 0.2 * k)
+             for k, s in enumerate(unpack_state(fresh(3, inits)))]
+    _, stream = digits_stream(digits, seeds)
+    packed = fresh(3, inits, execution).double()
+    result = train(packed, stream, LoopConfig(schedules, 0, 12, weight_decay=decays, log_every=4),
+                   masks={n: torch.cat([m[n] for m in masks]) for n in masks[0]})
+    assert result.log[0]["lr"] == [0.05, 0.1, 0.02]  # step 4: model 1's warmup just ended
+    for k in range(3):
+        _, single_stream = digits_stream(digits, [seeds[k]])
+        single = fresh(1, [inits[k]]).double()
+        train(single, single_stream, LoopConfig(schedules[k], 0, 12, weight_decay=decays[k],
+                                                log_every=4), masks=masks[k])
+        got = unpack_state(packed)[k]
+        for name, value in single.state_dict().items():
+            assert torch.allclose(got[name], value, atol=1e-9, rtol=1e-9), (k, name)
+        for name, mask in masks[k].items():
+            assert torch.all(got[name][mask == 0] == 0)
+
+
+@pytest.mark.parametrize("decays", [1e-4, (1e-4, 2e-4)], ids=["SGD", "PackedSGD"])
+def test_pruned_momentum_stays_zero_and_training_continues_from_returned_state(digits, decays):
+    seeds = [StreamSeeds(0, 1), StreamSeeds(2, 3)]
+    _, stream = digits_stream(digits, seeds)
+    states = unpack_state(fresh(2, [0, 1]))
+    masks = [prune(s, full_masks(s), 0.5) for s in states]
+    packed_masks = {n: torch.cat([m[n] for m in masks]) for n in masks[0]}
+
+    def run(spans):
+        model, state = fresh(2, [0, 1]).double(), None
+        for start, end in spans:
+            result = train(model, stream, LoopConfig(Schedule(0.1, (5,)), start, end,
+                                                     weight_decay=decays, log_every=3),
+                           masks=packed_masks, optimizer_state=state)
+            state = result.optimizer_state
+        return model, result
+
+    whole, result = run([(0, 9)])
+    params = dict(whole.named_parameters())
+    buffers = [s["momentum_buffer"] for s in result.optimizer_state["state"].values()]
+    assert len(buffers) == len(params)
+    names = list(params)  # the optimizer's state is keyed by parameter order
+    for i, buf in enumerate(buffers):
+        if names[i] in packed_masks:
+            mask = packed_masks[names[i]]
+            assert torch.all(buf[mask == 0] == 0) and torch.count_nonzero(buf[mask == 1]) > 0
+    split, _ = run([(0, 4), (4, 9)])  # stop at 4, continue with the returned momentum
+    for name, value in whole.state_dict().items():
+        assert torch.equal(split.state_dict()[name], value), name
 
 
 def test_resume_equals_uninterrupted(digits, tmp_path):

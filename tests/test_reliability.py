@@ -460,6 +460,15 @@ def _corrupt_npy(sandbox):
     return IMP_SMALL
 
 
+def _bitflip_npy(sandbox):
+    """Same size, still a valid .npy: only the checksum in meta.json can tell."""
+    f = sandbox / "root" / "digits" / "train_images.npy"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    f.write_bytes(bytes(data))
+    return IMP_SMALL
+
+
 def _truncated_weights(sandbox):
     [weights] = (sandbox / "out").glob("pretrain_*/replicate_0/weights.pt")
     weights.write_bytes(weights.read_bytes()[:1000])
@@ -506,6 +515,7 @@ BAD_INPUTS = [
     ("missing-root-synthetic", lambda s: _with(IMP_SMALL, dataset="synthetic", root="emptyroot"),
      r"not built", False),
     ("corrupt-npy", _corrupt_npy, r"train_images\.npy", False),
+    ("bitflip-npy", _bitflip_npy, r"train_images\.npy \(checksum mismatch\)", False),
     ("truncated-pretrain-weights", _truncated_weights, r"weights\.pt", False),
     ("size-0", lambda s: _with(IMP_SMALL, size="0"), r"--size", False),
     ("size-negative", lambda s: _with(IMP_SMALL, size="-1"), r"--size", False),

@@ -126,6 +126,17 @@ class DeviceData:
         return self.normalise(x.repeat(1, 1, 1, k), k), self.labels[start:end]
 
 
+def host_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A small host array on the device without a host sync. A copy from pageable memory to a
+    GPU first waits for the GPU's queue to drain, which would stall every step; from pinned
+    memory (PyTorch's caching pinned allocator, which keeps the block until the copy is done)
+    with ``non_blocking`` it is only queued."""
+    t = torch.from_numpy(array)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 @dataclass(frozen=True)
 class StreamSeeds:
     order: int
@@ -184,12 +195,12 @@ class BatchStream:
                 dy = dx = np.full(b, spec.pad)
                 flip = np.zeros(b, dtype=bool)
             dys.append(dy), dxs.append(dx), flips.append(flip)
-        to = lambda a: torch.from_numpy(np.stack(a, 1)).to(self.data.device, non_blocking=True)
+        to = lambda a: host_to_device(np.stack(a, 1), self.data.device)
         return to(dys), to(dxs), to(flips)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x: B×3K×H×W float, y: B×K labels, idx: B×K dataset indices) for batch ``step``."""
-        idx = torch.from_numpy(self.step_indices(step).T.copy()).to(self.data.device)
+        idx = host_to_device(np.ascontiguousarray(self.step_indices(step).T), self.data.device)
         dy, dx, flip = self.augment_params(step)
         x = self.data.normalise(self.data.gather(idx, dy, dx, flip, out=self._crops), self.k)
         return x, self.data.labels[idx], idx

@@ -23,12 +23,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from .optim import make_optimizer, optimizer_step
 from .schedule import Schedule
 
 Masks = dict[str, torch.Tensor]
@@ -40,15 +41,27 @@ Progress = Callable[[int, int, Optional[list[float]]], None]
 
 @dataclass(frozen=True)
 class LoopConfig:
-    schedule: Schedule
+    """One schedule and weight decay for all K models, or a tuple with one per model."""
+
+    schedule: Union[Schedule, tuple[Schedule, ...]]
     start_step: int
     end_step: int
     momentum: float = 0.9
-    weight_decay: float = 1e-4
+    weight_decay: Union[float, tuple[float, ...]] = 1e-4
     log_every: int = 100
     checkpoint_every: int = 0  # 0: no periodic checkpoints
     compile: bool = False
     amp: bool = False  # bf16 autocast; only used on CUDA
+
+    def per_model(self, k: int) -> tuple[list[Schedule], list[float]]:
+        """K schedules and K weight decays."""
+        schedules = self.schedule if isinstance(self.schedule, tuple) else (self.schedule,) * k
+        decays = (self.weight_decay if isinstance(self.weight_decay, tuple)
+                  else (self.weight_decay,) * k)
+        if len(schedules) != k or len(decays) != k:
+            raise ValueError(f"{len(schedules)} schedules and {len(decays)} weight decays "
+                             f"for {k} models")
+        return list(schedules), [float(d) for d in decays]
 
 
 @dataclass
@@ -57,6 +70,7 @@ class LoopResult:
     mean_losses: list[float]  # per model, over the last logging window
     diverged: list[Optional[dict]] = field(default_factory=list)  # per model: None or {step, last_finite_loss}
     log: list[dict] = field(default_factory=list)
+    optimizer_state: Optional[dict] = None  # momentum buffers at ``step``, to continue from
 
     @property
     def all_diverged(self) -> bool:
@@ -86,16 +100,22 @@ def per_model_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks] = None,
           checkpoint_path: Optional[Path] = None, on_batch: Optional[BatchHook] = None,
-          progress: Optional[Progress] = None) -> LoopResult:
+          progress: Optional[Progress] = None,
+          optimizer_state: Optional[dict] = None) -> LoopResult:
     """Train ``model`` in place over iterations [cfg.start_step, cfg.end_step).
 
+    The optimizer starts from ``optimizer_state`` (a ``LoopResult.optimizer_state``) if given,
+    else with no momentum, as a rewound network does; a checkpoint, if there is one, wins.
     If ``on_batch`` has ``state_dict``/``load_state_dict`` (e.g. a forgetting counter), its state
     is checkpointed with the model, so resumed runs see every batch exactly once.
     """
     device = next(model.parameters()).device
     k = stream.k
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.schedule.lr_at(cfg.start_step),
-                          momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    schedules, decays = cfg.per_model(k)
+    lrs_at = lambda t: [s.lr_at(t) for s in schedules]
+    opt = make_optimizer(model.parameters(), k, lrs_at(cfg.start_step), cfg.momentum, decays)
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
     step = cfg.start_step
     loss_sum = torch.zeros(k, device=device)
     loss_count = 0
@@ -122,16 +142,14 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
     use_amp = cfg.amp and device.type == "cuda"
     model.train()
     while step < cfg.end_step:
-        lr = cfg.schedule.lr_at(step)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lrs = lrs_at(step)
         x, y, idx = stream.batch(step)
         x = x.to(param_dtype)  # a no-op unless the model is not float32
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = forward(x)
         losses = per_model_loss(logits, y)
         losses.sum().backward()  # sum over models: each model's gradient is its own mean loss's
-        opt.step()
+        optimizer_step(opt, lrs, decays)
         opt.zero_grad(set_to_none=True)
         apply_masks(model, masks, opt)
         if on_batch is not None:
@@ -154,6 +172,7 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
                 if bad_steps[m] >= 0 and result.diverged[m] is None:
                     lf = finite[m] if math.isfinite(finite[m]) else None
                     result.diverged[m] = {"step": bad_steps[m], "last_finite_loss": lf}
+            lr = lrs[0] if len(set(lrs)) == 1 else lrs  # a list only when the models differ
             result.log.append({"step": step, "lr": lr, "loss": means})
             result.mean_losses = means
             loss_sum.zero_()
@@ -170,4 +189,5 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
                 "log": result.log, "last_finite": last_finite, "diverged": result.diverged,
                 "hook": on_batch.state_dict() if hasattr(on_batch, "state_dict") else None})
     result.step = step
+    result.optimizer_state = opt.state_dict()
     return result
