@@ -217,6 +217,40 @@ def test_resume_equals_uninterrupted(digits, tmp_path):
         torch.use_deterministic_algorithms(False)
 
 
+def test_resume_restores_torch_rng_and_refuses_other_masks(digits, tmp_path):
+    """A hook drawing from torch's RNG sees the same numbers with and without an interruption;
+    a checkpoint written under one pruning mask does not resume a run under another."""
+    from lthfast.errors import UserError
+
+    seeds = [StreamSeeds(5, 6)]
+    cfg = LoopConfig(Schedule(0.1), 0, 10, log_every=5, checkpoint_every=4)
+    _, stream = digits_stream(digits, seeds)
+    state = unpack_state(fresh(1, [9]))[0]
+    mask, other = prune(state, full_masks(state), 0.2), prune(state, full_masks(state), 0.4)
+
+    def drawing(draws, stop_at=None):
+        def hook(step, *args):
+            if step == stop_at:
+                raise KeyboardInterrupt
+            draws.append(torch.rand(()).item())
+        return hook
+
+    torch.manual_seed(123)
+    uninterrupted = []
+    train(fresh(1, [9]), stream, cfg, masks=mask, on_batch=drawing(uninterrupted))
+    torch.manual_seed(123)
+    before, after = [], []
+    with pytest.raises(KeyboardInterrupt):
+        train(fresh(1, [9]), stream, cfg, masks=mask, checkpoint_path=tmp_path / "ck.pt",
+              on_batch=drawing(before, stop_at=6))
+    torch.manual_seed(999)  # a fresh process would not share the RNG state
+    with pytest.raises(UserError, match="other pruning masks"):
+        train(fresh(1, [9]), stream, cfg, masks=other, checkpoint_path=tmp_path / "ck.pt")
+    train(fresh(1, [9]), stream, cfg, masks=mask, checkpoint_path=tmp_path / "ck.pt",
+          on_batch=drawing(after))
+    assert before[:4] + after == uninterrupted  # steps 0-3, then 4-9 again from the checkpoint
+
+
 def test_rewind_restores_unpruned_weights_bit_exactly(digits):
     model = fresh(2, [3, 4])
     _, stream = digits_stream(digits, [StreamSeeds(0, 1), StreamSeeds(2, 3)])

@@ -4,7 +4,11 @@ Every experiment (IMP pre-training and levels, EL2N ensembles, forgetting, ...) 
 It runs iterations [start_step, end_step) of a schedule, so a rewound network resumes the
 schedule at t_r exactly as IMP requires. Data come from a ``BatchStream`` whose batches are a pure
 function of the step, so a checkpoint needs only weights, optimizer state, step and metrics to
-resume bit-exactly.
+resume bit-exactly; it also holds the pruning masks (a checkpoint resumes only the run it was
+written for) and torch's RNG state (for hooks or layers that draw from it).
+
+Each packed model may have its own schedule and weight decay (``LoopConfig`` takes a tuple of
+them); the update is then ``lthfast.train.optim.PackedSGD``, otherwise ``torch.optim.SGD``.
 
 Speed choices and why:
 - data are already on the device, augmented per batch (see ``lthfast.data.loader``);
@@ -28,6 +32,7 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
 from . import checkpoint as ckpt
 from .optim import make_optimizer, optimizer_step
 from .schedule import Schedule
@@ -93,6 +98,16 @@ def apply_masks(model: torch.nn.Module, masks: Optional[Masks],
                     buf.mul_(mask)
 
 
+def check_same_masks(saved: Optional[Masks], given: Optional[Masks], path: Path) -> None:
+    """A checkpoint resumes only the run it belongs to: same pruning masks, or none."""
+    same = (not saved and not given) or (
+        bool(saved) and bool(given) and saved.keys() == given.keys()
+        and all(torch.equal(saved[n].to(given[n].device), given[n]) for n in given))
+    if not same:
+        raise UserError(f"checkpoint {path} was written under other pruning masks; delete it "
+                        f"to train this stage from its start")
+
+
 def per_model_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """logits B×K×C, y B×K -> mean cross-entropy per model (K,)."""
     return F.cross_entropy(logits.float().permute(0, 2, 1), y, reduction="none").mean(0)
@@ -127,6 +142,7 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
 
     state = ckpt.load_resumable(checkpoint_path, map_location=device) if checkpoint_path else None
     if state is not None:
+        check_same_masks(state.get("masks"), masks, checkpoint_path)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, loss_count = state["step"], state["loss_count"]
@@ -135,6 +151,8 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
         result.log, result.diverged = state["log"], state["diverged"]
         if hasattr(on_batch, "load_state_dict"):
             on_batch.load_state_dict(state["hook"])
+        if state.get("rng") is not None:
+            torch.set_rng_state(state["rng"].cpu())
     apply_masks(model, masks, opt)
     param_dtype = next(model.parameters()).dtype  # float32; tests also train in float64
 
@@ -187,7 +205,10 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                 "loss_sum": loss_sum, "loss_count": loss_count, "first_bad": first_bad,
                 "log": result.log, "last_finite": last_finite, "diverged": result.diverged,
-                "hook": on_batch.state_dict() if hasattr(on_batch, "state_dict") else None})
+                "hook": on_batch.state_dict() if hasattr(on_batch, "state_dict") else None,
+                # nothing in the step draws from torch's RNG today (batches are a function of
+                # the step); saved so that a hook or layer that does resumes identically too
+                "rng": torch.get_rng_state(), "masks": masks})
     result.step = step
     result.optimizer_state = opt.state_dict()
     return result
