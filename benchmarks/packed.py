@@ -6,7 +6,8 @@ Sequential: K separate K=1 networks, each trained by the same loop on its own st
 the other. Both do the same work (K models × steps × batch 128 images); reported is images/s per
 model (batch × steps / wall time for all K) and packed ÷ sequential. Medians over timed windows
 of steps; for sequential a window's time is the sum of the K models' times for that window.
-Warm-up steps are excluded for both.
+Warm-up steps are excluded for both. The variants take turns window by window, so a slow spell
+of a shared machine (seen here: the same step at half speed for a minute) hits all alike.
 
 Packed runs both executions of the packed model (``lthfast.models.packed``): ``grouped`` (one
 grouped-conv network over K·C channels, the GPU default) and ``looped`` (model after model on
@@ -31,7 +32,7 @@ import torch
 from lthfast.models.packed import EXECUTIONS
 
 from .common import DEFAULT_CACHE, Row, open_synthetic, rerun
-from .train_step import TrainStepConfig, bench_lthfast, for_device
+from .train_step import LthfastWindows, TrainStepConfig, for_device, round_robin
 
 SECTION = "packed"
 
@@ -60,29 +61,40 @@ def run(cfg: PackedConfig = PackedConfig(), device: Optional[torch.device] = Non
     command = rerun(SECTION, cfg.quick)
     rng = np.random.default_rng(0)
     rows: list[Row] = []
+    from lthfast.experiments.common import device_split
+    from lthfast.train.allocator import keep_freed_memory
+
+    if device.type == "cpu":
+        keep_freed_memory()  # as the CLI does; before the data are copied in
+    data = device_split(ds, "train", device)  # one copy on the device, shared by every variant
     default = "looped" if device.type == "cpu" else "grouped"  # what execution="auto" picks
     for k in cfg.ks:
         # each model its own data order (as in an EL2N ensemble): same full set, own seeds
         indices = [rng.permutation(ds.train_size) for _ in range(k)]
         case = f"{cfg.model} ×{k}, batch {cfg.batch}, {device.type}"
         note = (f"per model: {cfg.warmup} warm-up step(s), median of {cfg.repeats} windows of "
-                f"{cfg.steps} step(s)")
+                f"{cfg.steps} step(s), all variants in turns")
         executions = [default] + [e for e in EXECUTIONS if e != default] if k > 1 else ["grouped"]
-        for execution in executions:
-            log(f"[packed] {cfg.model} K={k}: packed, {execution}")
-            packed = bench_lthfast(ds, step_cfg, device, k=k, indices=indices,
-                                   execution=execution)
+        log(f"[packed] {cfg.model} K={k}: packed ({', '.join(executions)}) and sequential, "
+            f"in turns")
+        packed = [LthfastWindows(ds, step_cfg, device, k=k, indices=indices, execution=e,
+                                 data=data) for e in executions]
+        singles = [LthfastWindows(ds, step_cfg, device, k=1, indices=[indices[m]], data=data)
+                   for m in range(k)]
+        sequential = lambda: sum(single.window() for single in singles)  # noqa: E731
+        *packed_seconds, sequential_seconds = round_robin(
+            [p.window for p in packed] + [sequential], cfg.repeats)
+        for execution, seconds in zip(executions, packed_seconds):
             label = f"packed: build(..., k={k})" + (
                 f", {execution}" + (" (default here)" if execution == default else "")
                 if k > 1 else "")
-            rows.append(Row(SECTION, case, label, [images / s for s in packed],
+            rows.append(Row(SECTION, case, label, [images / s for s in seconds],
                             reference=execution == executions[0], command=command,
-                            note=f"{note}; all {k}: {k * images / np.median(packed):.0f} images/s"))
-        log(f"[packed] {cfg.model} K={k}: sequential")
-        per_model = [bench_lthfast(ds, step_cfg, device, k=1, indices=[indices[m]])
-                     for m in range(k)]
-        sequential = [sum(times) for times in zip(*per_model)]
+                            note=f"{note}; all {k}: {k * images / np.median(seconds):.0f} "
+                                 f"images/s"))
         rows.append(Row(SECTION, case, f"sequential: {k} × build(..., k=1)",
-                        [images / s for s in sequential], command=command,
-                        note=f"{note}; all {k}: {k * images / np.median(sequential):.0f} images/s"))
+                        [images / s for s in sequential_seconds], command=command,
+                        note=f"{note}; all {k}: "
+                             f"{k * images / np.median(sequential_seconds):.0f} images/s"))
+        del packed, singles
     return rows

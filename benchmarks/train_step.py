@@ -13,7 +13,9 @@ architecture (3×3 convs, widths 16/32/64, 1×1 projection shortcuts with BN).
 images/s = batch × steps / wall time of a window of steps, median over windows, after warm-up
 steps: on the CPU 3 warm-up steps and 15 windows of one step (~0.25 s each on a quiet 2-core
 machine); short windows and a median keep bursts of load from other processes out of the figure.
-On a GPU, windows of 20 steps after 50 warm-up steps.
+On a GPU, windows of 20 steps after 50 warm-up steps. Variants measured under the same malloc
+settings take turns window by window (``round_robin``), so slow spells of a shared machine hit
+them alike.
 
     python -m benchmarks --only train_step [--quick]
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -112,76 +114,98 @@ def lthfast_runtime(device: torch.device):
     return Runtime(device=str(device))
 
 
-def bench_lthfast(ds, cfg: TrainStepConfig, device: torch.device, k: int = 1,
-                  indices: Optional[list[np.ndarray]] = None, execution: str = "auto",
-                  keep_memory: bool = True) -> list[float]:
-    """Seconds per window of ``cfg.steps`` steps of lthfast's loop on K packed models.
+class LthfastWindows:
+    """lthfast's loop on K packed models, timed a window of ``cfg.steps`` steps at a time.
 
-    One ``train()`` call runs all timed windows; its progress callback, which the loop calls
-    right after its host sync every ``log_every`` steps, timestamps the window boundaries.
-    ``keep_memory``: on the CPU, first switch the process to ``keep_freed_memory`` as the CLI
-    does (irreversible: measure any ``keep_memory=False`` case before the first True one).
+    Each window is one ``train()`` call that continues the schedule where the last one stopped
+    (as a resumed run does), so windows of several variants can be interleaved and see the same
+    machine. ``keep_memory``: on the CPU, first switch the process to ``keep_freed_memory`` as
+    the CLI does (irreversible: create any ``keep_memory=False`` variant before the first True).
     """
-    from lthfast.data.loader import BatchStream, StreamSeeds
-    from lthfast.experiments.common import device_split, new_model
-    from lthfast.train.allocator import keep_freed_memory
-    from lthfast.train.loop import LoopConfig, train
-    from lthfast.train.schedule import Schedule
 
-    if keep_memory and device.type == "cpu":
-        keep_freed_memory()
-    rt = lthfast_runtime(device)
-    data = device_split(ds, "train", device)
-    indices = indices or [np.arange(ds.train_size)] * k
-    stream = BatchStream(data, indices, [StreamSeeds(10 + m, 20 + m) for m in range(k)],
-                         cfg.batch)
-    model = new_model(cfg.model, ds.num_classes, list(range(k)), device)
-    model.execution = execution
+    def __init__(self, ds, cfg: TrainStepConfig, device: torch.device, k: int = 1,
+                 indices: Optional[list[np.ndarray]] = None, execution: str = "auto",
+                 keep_memory: bool = True, data=None):
+        from lthfast.data.loader import BatchStream, StreamSeeds
+        from lthfast.experiments.common import device_split, new_model
+        from lthfast.train.allocator import keep_freed_memory
 
-    def run(start: int, end: int, log_every: int, progress=None):
-        train(model, stream, LoopConfig(
-            schedule=Schedule(cfg.lr), start_step=start, end_step=end, momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay, log_every=log_every, compile=rt.use_compile,
-            amp=rt.use_amp), progress=progress)
+        if keep_memory and device.type == "cpu":
+            keep_freed_memory()
+        self.cfg, self.device, self.rt = cfg, device, lthfast_runtime(device)
+        data = data if data is not None else device_split(ds, "train", device)  # shareable
+        indices = indices or [np.arange(ds.train_size)] * k
+        self.stream = BatchStream(data, indices,
+                                  [StreamSeeds(10 + m, 20 + m) for m in range(k)], cfg.batch)
+        self.model = new_model(cfg.model, ds.num_classes, list(range(k)), device)
+        self.model.execution = execution
+        self.step = 0
+        self.optimizer_state = None
+        if cfg.warmup:
+            self._run(cfg.warmup)
 
-    if cfg.warmup:
-        timed(lambda: run(0, cfg.warmup, 10**9), device)
-    # windows start at multiples of log_every: start the timed call on one
-    start = -(-cfg.warmup // cfg.steps) * cfg.steps
-    if start > cfg.warmup:
-        timed(lambda: run(cfg.warmup, start, 10**9), device)
-    marks: list[float] = []
-    sync(device)
-    marks.append(time.perf_counter())
-    run(start, start + cfg.repeats * cfg.steps, cfg.steps,
-        progress=lambda _step, _end, _losses: marks.append(time.perf_counter()))
-    return [b - a for a, b in zip(marks, marks[1:])]
+    def _run(self, steps: int) -> float:
+        from lthfast.train.loop import LoopConfig, train
+        from lthfast.train.schedule import Schedule
+
+        cfg = self.cfg
+        loop = LoopConfig(schedule=Schedule(cfg.lr), start_step=self.step,
+                          end_step=self.step + steps, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, log_every=steps,
+                          compile=self.rt.use_compile, amp=self.rt.use_amp)
+
+        def run():
+            result = train(self.model, self.stream, loop, optimizer_state=self.optimizer_state)
+            self.optimizer_state = result.optimizer_state
+
+        seconds = timed(run, self.device)
+        self.step += steps
+        return seconds
+
+    def window(self) -> float:
+        return self._run(self.cfg.steps)
 
 
-def bench_plain(ds, cfg: TrainStepConfig, device: torch.device) -> tuple[list[float], str]:
-    workers = cfg.workers or usable_cpus()
-    loader, label = make_dataloader(ds, np.arange(ds.train_size), cfg.batch, workers, device)
-    batches = endless(loader)
-    torch.manual_seed(0)
-    model = PlainResNet(cfg.depth, ds.num_classes).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
-    model.train()
+class PlainWindows:
+    """The plain PyTorch loop (DataLoader + nn.Module), timed a window at a time."""
 
-    def steps(n: int):
+    def __init__(self, ds, cfg: TrainStepConfig, device: torch.device):
+        workers = cfg.workers or usable_cpus()
+        self.loader, self.label = make_dataloader(ds, np.arange(ds.train_size), cfg.batch,
+                                                  workers, device)
+        self.batches = endless(self.loader)
+        self.cfg, self.device = cfg, device
+        torch.manual_seed(0)
+        self.model = PlainResNet(cfg.depth, ds.num_classes).to(device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)
+        self.model.train()
+        if cfg.warmup:
+            timed(lambda: self._steps(cfg.warmup), device)
+
+    def _steps(self, n: int) -> None:
         for _ in range(n):
-            x, y = to_device(next(batches), device)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
+            x, y = to_device(next(self.batches), self.device)
+            loss = F.cross_entropy(self.model(x), y)
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            self.opt.step()
 
-    if cfg.warmup:
-        timed(lambda: steps(cfg.warmup), device)
-    # one window at a time, so that bursts of load from other processes hit few windows
-    seconds = [timed(lambda: steps(cfg.steps), device) for _ in range(cfg.repeats)]
-    del batches, loader
-    return seconds, label
+    def window(self) -> float:
+        return timed(lambda: self._steps(self.cfg.steps), self.device)
+
+    def close(self) -> None:
+        del self.batches, self.loader  # stop the persistent workers
+
+
+def round_robin(windows: list[Callable[[], float]], repeats: int) -> list[list[float]]:
+    """Seconds of ``repeats`` windows of each variant, taken in turns (A B C A B C ...), so a
+    slow spell of a shared machine hits all variants alike instead of whichever ran then."""
+    seconds: list[list[float]] = [[] for _ in windows]
+    for _ in range(repeats):
+        for i, window in enumerate(windows):
+            seconds[i].append(window())
+    return seconds
 
 
 def matmul_gflops(device: torch.device, n: int = 4096, repeats: int = 5) -> list[float]:
@@ -201,13 +225,25 @@ def run(cfg: TrainStepConfig = TrainStepConfig(), device: Optional[torch.device]
     case = f"{cfg.model}, batch {cfg.batch}, {device.type}"
     command = rerun(SECTION, cfg.quick)
     log(f"[train_step] plain PyTorch loop ({cfg.model})")
-    plain, label = bench_plain(ds, cfg, device)
+    plain_windows = PlainWindows(ds, cfg, device)
+    label = plain_windows.label
     default_malloc = None
-    if device.type == "cpu":  # before keep_freed_memory, which cannot be undone
-        log(f"[train_step] lthfast loop ({cfg.model}), glibc's default malloc")
-        default_malloc = bench_lthfast(ds, cfg, device, keep_memory=False)
-    log(f"[train_step] lthfast loop ({cfg.model})")
-    ours = bench_lthfast(ds, cfg, device)
+    if device.type == "cpu":
+        # glibc's default malloc first (keep_freed_memory cannot be undone): the plain loop and
+        # lthfast under the default take turns window by window. lthfast with keep_freed_memory
+        # runs after them, alone: the plain loop must not run under lthfast's setting.
+        log(f"[train_step] lthfast loop ({cfg.model}), glibc's default malloc, in turns")
+        before = LthfastWindows(ds, cfg, device, keep_memory=False)
+        plain, default_malloc = round_robin([plain_windows.window, before.window], cfg.repeats)
+        plain_windows.close()
+        del before
+        log(f"[train_step] lthfast loop ({cfg.model})")
+        [ours] = round_robin([LthfastWindows(ds, cfg, device).window], cfg.repeats)
+    else:
+        log(f"[train_step] lthfast loop ({cfg.model}), in turns with the plain loop")
+        ours_windows = LthfastWindows(ds, cfg, device)
+        plain, ours = round_robin([plain_windows.window, ours_windows.window], cfg.repeats)
+        plain_windows.close()
     rt = lthfast_runtime(device)
     flags = ["channels_last"] + (["torch.compile"] if rt.use_compile else []) + (
         ["bf16 autocast"] if rt.use_amp else []) + (
@@ -226,7 +262,8 @@ def run(cfg: TrainStepConfig = TrainStepConfig(), device: Optional[torch.device]
         Row(SECTION, case, "plain PyTorch: " + label.replace("DataLoader", f"DataLoader "
                                                             f"({workers} workers)") +
             " + nn.Module ResNet", [images / s for s in plain], command=command,
-            note=f"fp32 eager, NCHW; {windows}"),
+            note=f"fp32 eager, NCHW; {windows}, in turns with the row below it"
+                 if device.type == "cpu" else f"fp32 eager, NCHW; {windows}, in turns with lthfast"),
     ]
     if device.type == "cpu":  # how close the step is to what the cores can do at all
         rows.append(Row(SECTION, f"matmul roofline, {device.type}",
@@ -237,5 +274,6 @@ def run(cfg: TrainStepConfig = TrainStepConfig(), device: Optional[torch.device]
         rows.insert(1, Row(
             SECTION, case, "lthfast without keep_freed_memory (glibc's default malloc)",
             [images / s for s in default_malloc], command=command,
-            note=f"what the allocator setting is worth; measured before it; {windows}"))
+            note=f"what the allocator setting is worth; measured before it, in turns with the "
+                 f"plain loop; {windows}"))
     return rows
