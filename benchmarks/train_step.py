@@ -4,7 +4,7 @@ lthfast: ``BatchStream`` (device-resident data, batched augmentation) + ``lthfas
 on ``lthfast.models.build('resnet20', 10)`` with lthfast's defaults for the device (channels_last;
 on CUDA also torch.compile and bf16 autocast; on the CPU ``keep_freed_memory``, which stops glibc
 from handing each step's activations back to the kernel, so steps stop page-faulting: a row
-measured before it is switched on shows what it is worth). Plain: a ``DataLoader`` with per-sample transforms
+measured without it shows what it is worth). Plain: a ``DataLoader`` with per-sample transforms
 (see ``benchmarks.loader``) feeding a ResNet-20 written plainly below with ordinary
 Conv2d/BatchNorm2d/Linear in the default memory format, fp32, eager, and the same SGD settings
 (lr 0.1, momentum 0.9, weight decay 1e-4, cross-entropy). Same synthetic 50,000-image set, same
@@ -13,9 +13,10 @@ architecture (3×3 convs, widths 16/32/64, 1×1 projection shortcuts with BN).
 images/s = batch × steps / wall time of a window of steps, median over windows, after warm-up
 steps: on the CPU 3 warm-up steps and 15 windows of one step (~0.25 s each on a quiet 2-core
 machine); short windows and a median keep bursts of load from other processes out of the figure.
-On a GPU, windows of 20 steps after 50 warm-up steps. Variants measured under the same malloc
-settings take turns window by window (``round_robin``), so slow spells of a shared machine hit
-them alike.
+On a GPU, windows of 20 steps after 50 warm-up steps. The plain loop and lthfast without
+``keep_freed_memory`` each run in a fresh spawned process (glibc's defaults, nothing of lthfast's
+set), and all three variants take turns window by window (``round_robin``), so slow spells of a
+shared machine (seen here: everything at 60% speed for minutes) hit them alike.
 
     python -m benchmarks --only train_step [--quick]
 """
@@ -198,6 +199,55 @@ class PlainWindows:
         del self.batches, self.loader  # stop the persistent workers
 
 
+def _serve(conn, make: Callable, args: tuple) -> None:
+    """Child side of ``InSubprocess``: build the windows object, then time windows on request."""
+    windows = make(*args)
+    conn.send(("ready", getattr(windows, "label", None)))
+    while conn.recv() == "window":
+        conn.send(windows.window())
+    if hasattr(windows, "close"):
+        windows.close()
+    conn.close()
+
+
+class InSubprocess:
+    """A windows object (``make(*args)``) in a fresh spawned process, timed from this one.
+
+    The child starts with glibc's default malloc whatever this process has set, so the plain
+    loop and lthfast-without-keep_freed_memory can take turns with lthfast window by window.
+    """
+
+    def __init__(self, make: Callable, *args):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child, make, args))
+        self.process.start()
+        child.close()
+        status, self.label = self.conn.recv()
+        if status != "ready":
+            raise RuntimeError("benchmark subprocess did not start")
+
+    def window(self) -> float:
+        self.conn.send("window")
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send("close")
+        self.process.join(timeout=60)
+
+
+def make_plain(cache, train: int, cfg: TrainStepConfig, device: str) -> PlainWindows:
+    return PlainWindows(open_synthetic(cache, train), cfg, torch.device(device))
+
+
+def make_lthfast(cache, train: int, cfg: TrainStepConfig, device: str,
+                 keep_memory: bool) -> LthfastWindows:
+    return LthfastWindows(open_synthetic(cache, train), cfg, torch.device(device),
+                          keep_memory=keep_memory)
+
+
 def round_robin(windows: list[Callable[[], float]], repeats: int) -> list[list[float]]:
     """Seconds of ``repeats`` windows of each variant, taken in turns (A B C A B C ...), so a
     slow spell of a shared machine hits all variants alike instead of whichever ran then."""
@@ -224,26 +274,20 @@ def run(cfg: TrainStepConfig = TrainStepConfig(), device: Optional[torch.device]
     images = cfg.batch * cfg.steps
     case = f"{cfg.model}, batch {cfg.batch}, {device.type}"
     command = rerun(SECTION, cfg.quick)
-    log(f"[train_step] plain PyTorch loop ({cfg.model})")
-    plain_windows = PlainWindows(ds, cfg, device)
+    # Each baseline in its own fresh process (glibc's defaults, none of lthfast's settings);
+    # the three take turns window by window.
+    log(f"[train_step] plain PyTorch loop ({cfg.model}), lthfast without keep_freed_memory "
+        f"and lthfast, in turns (baselines in subprocesses)")
+    plain_windows = InSubprocess(make_plain, cache, cfg.train, cfg, str(device))
+    before = InSubprocess(make_lthfast, cache, cfg.train, cfg, str(device), False)
+    ours_windows = LthfastWindows(ds, cfg, device)
+    ours, default_malloc, plain = round_robin(
+        [ours_windows.window, before.window, plain_windows.window], cfg.repeats)
+    plain_windows.close()
+    before.close()
     label = plain_windows.label
-    default_malloc = None
-    if device.type == "cpu":
-        # glibc's default malloc first (keep_freed_memory cannot be undone): the plain loop and
-        # lthfast under the default take turns window by window. lthfast with keep_freed_memory
-        # runs after them, alone: the plain loop must not run under lthfast's setting.
-        log(f"[train_step] lthfast loop ({cfg.model}), glibc's default malloc, in turns")
-        before = LthfastWindows(ds, cfg, device, keep_memory=False)
-        plain, default_malloc = round_robin([plain_windows.window, before.window], cfg.repeats)
-        plain_windows.close()
-        del before
-        log(f"[train_step] lthfast loop ({cfg.model})")
-        [ours] = round_robin([LthfastWindows(ds, cfg, device).window], cfg.repeats)
-    else:
-        log(f"[train_step] lthfast loop ({cfg.model}), in turns with the plain loop")
-        ours_windows = LthfastWindows(ds, cfg, device)
-        plain, ours = round_robin([plain_windows.window, ours_windows.window], cfg.repeats)
-        plain_windows.close()
+    if device.type != "cpu":  # keep_freed_memory is for CPUs only: the row says nothing there
+        default_malloc = None
     rt = lthfast_runtime(device)
     flags = ["channels_last"] + (["torch.compile"] if rt.use_compile else []) + (
         ["bf16 autocast"] if rt.use_amp else []) + (
@@ -262,8 +306,7 @@ def run(cfg: TrainStepConfig = TrainStepConfig(), device: Optional[torch.device]
         Row(SECTION, case, "plain PyTorch: " + label.replace("DataLoader", f"DataLoader "
                                                             f"({workers} workers)") +
             " + nn.Module ResNet", [images / s for s in plain], command=command,
-            note=f"fp32 eager, NCHW; {windows}, in turns with the row below it"
-                 if device.type == "cpu" else f"fp32 eager, NCHW; {windows}, in turns with lthfast"),
+            note=f"fp32 eager, NCHW; own process; {windows}, in turns with the rows above"),
     ]
     if device.type == "cpu":  # how close the step is to what the cores can do at all
         rows.append(Row(SECTION, f"matmul roofline, {device.type}",
@@ -274,6 +317,5 @@ def run(cfg: TrainStepConfig = TrainStepConfig(), device: Optional[torch.device]
         rows.insert(1, Row(
             SECTION, case, "lthfast without keep_freed_memory (glibc's default malloc)",
             [images / s for s in default_malloc], command=command,
-            note=f"what the allocator setting is worth; measured before it, in turns with the "
-                 f"plain loop; {windows}"))
+            note=f"what the allocator setting is worth; own process; {windows}, in turns"))
     return rows
