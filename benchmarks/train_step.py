@@ -15,8 +15,10 @@ steps: on the CPU 3 warm-up steps and 15 windows of one step (~0.25 s each on a 
 machine); short windows and a median keep bursts of load from other processes out of the figure.
 On a GPU, windows of 20 steps after 50 warm-up steps. The plain loop and lthfast without
 ``keep_freed_memory`` each run in a fresh spawned process (glibc's defaults, nothing of lthfast's
-set), and all three variants take turns window by window (``round_robin``), so slow spells of a
-shared machine (seen here: everything at 60% speed for minutes) hit them alike.
+set), and the three variants take turns of 5 windows with a second of rest after each
+(``round_robin``: the DataLoader's workers refill their queue after its turn and would slow the
+next variant), so slow spells of a shared machine (seen here: everything at 60% speed for
+minutes) hit them alike.
 
     python -m benchmarks --only train_step [--quick]
 """
@@ -48,6 +50,8 @@ class TrainStepConfig:
     steps: int = 1  # steps per timed window (the loop's log_every while timing)
     repeats: int = 15  # timed windows
     workers: int = 0  # DataLoader workers; 0: the usable CPUs
+    block: int = 5  # windows per turn when variants take turns (see round_robin)
+    settle: float = 1.0  # seconds of rest after each turn
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -248,13 +252,20 @@ def make_lthfast(cache, train: int, cfg: TrainStepConfig, device: str,
                           keep_memory=keep_memory)
 
 
-def round_robin(windows: list[Callable[[], float]], repeats: int) -> list[list[float]]:
+def round_robin(windows: list[Callable[[], float]], repeats: int, block: int = 1,
+                settle: float = 0.0) -> list[list[float]]:
     """Seconds of ``repeats`` windows of each variant, taken in turns (A B C A B C ...), so a
-    slow spell of a shared machine hits all variants alike instead of whichever ran then."""
+    slow spell of a shared machine hits all variants alike instead of whichever ran then.
+
+    ``block`` windows at a time per turn, then ``settle`` seconds of rest: a DataLoader's
+    workers go on prefetching after its turn, and would otherwise steal the cores from the
+    next variant's windows."""
     seconds: list[list[float]] = [[] for _ in windows]
-    for _ in range(repeats):
+    while len(seconds[-1]) < repeats:
         for i, window in enumerate(windows):
-            seconds[i].append(window())
+            for _ in range(min(block, repeats - len(seconds[i]))):
+                seconds[i].append(window())
+            time.sleep(settle)
     return seconds
 
 
@@ -282,7 +293,8 @@ def run(cfg: TrainStepConfig = TrainStepConfig(), device: Optional[torch.device]
     before = InSubprocess(make_lthfast, cache, cfg.train, cfg, str(device), False)
     ours_windows = LthfastWindows(ds, cfg, device)
     ours, default_malloc, plain = round_robin(
-        [ours_windows.window, before.window, plain_windows.window], cfg.repeats)
+        [ours_windows.window, before.window, plain_windows.window], cfg.repeats,
+        block=cfg.block, settle=cfg.settle)
     plain_windows.close()
     before.close()
     label = plain_windows.label
@@ -306,7 +318,8 @@ def run(cfg: TrainStepConfig = TrainStepConfig(), device: Optional[torch.device]
         Row(SECTION, case, "plain PyTorch: " + label.replace("DataLoader", f"DataLoader "
                                                             f"({workers} workers)") +
             " + nn.Module ResNet", [images / s for s in plain], command=command,
-            note=f"fp32 eager, NCHW; own process; {windows}, in turns with the rows above"),
+            note=f"fp32 eager, NCHW; own process; {windows}, in turns of {cfg.block} windows "
+                 f"with the rows above"),
     ]
     if device.type == "cpu":  # how close the step is to what the cores can do at all
         rows.append(Row(SECTION, f"matmul roofline, {device.type}",
