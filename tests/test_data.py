@@ -35,6 +35,7 @@ def test_digits_build_matches_source_and_meta(digits, data_root):
 
 def test_rebuild_is_noop_unless_forced(tmp_path):
     out = build_dataset("synthetic", tmp_path, source="train=40,test=20,size=8,classes=2", betons=False)
+    assert (out / "subsets").is_dir()  # made by the build, for index arrays
     stamp = (out / "meta.json").stat().st_mtime_ns
     build_dataset("synthetic", tmp_path, source="train=40,test=20,size=8,classes=2", betons=False)
     assert (out / "meta.json").stat().st_mtime_ns == stamp

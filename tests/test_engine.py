@@ -274,3 +274,22 @@ def test_divergence_is_recorded_not_raised(digits):
     result = train(model, stream, LoopConfig(Schedule(1e6), 0, 40, log_every=5))
     assert result.diverged[0] is not None and result.step < 40
     assert result.diverged[0]["step"] < 40
+
+
+def test_per_example_outputs_match_their_definitions():
+    from lthfast.train.evaluate import accuracy, el2n, example_losses
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 4)  # K=2 models, 6 examples, 4 classes
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    losses = example_losses(logits, labels)
+    assert losses.shape == (2, 6)
+    for k in range(2):
+        for i in range(6):
+            expected = -torch.log_softmax(logits[k, i], -1)[labels[i]]
+            assert losses[k, i] == pytest.approx(expected.item(), abs=1e-6)
+            onehot = torch.nn.functional.one_hot(labels[i], 4).float()
+            assert el2n(logits, labels)[k, i] == pytest.approx(
+                (logits[k, i].softmax(-1) - onehot).norm().item(), abs=1e-6)
+        assert accuracy(logits, labels)[k] == pytest.approx(
+            (logits[k].argmax(-1) == labels).float().mean().item())

@@ -337,3 +337,17 @@ def test_failed_download_or_extraction_leaves_no_new_folders(tmp_path):
     with pytest.raises(UserError, match="unsafe archive"):
         get_source("cinic10")(str(archive), root)
     assert not root.exists() and not (tmp_path / "evil").exists()
+
+
+def test_synthetic_is_seeded_and_shaped_as_asked():
+    from lthfast.data.sources.synthetic import load_synthetic
+
+    a = load_synthetic("train=50,test=10,size=12,classes=5,seed=3", Path("."))
+    b = load_synthetic("train=50,test=10,size=12,classes=5,seed=3", Path("."))
+    c = load_synthetic("train=50,test=10,size=12,classes=5,seed=4", Path("."))
+    assert a.train.images.shape == (50, 12, 12, 3) and a.test.images.shape == (10, 12, 12, 3)
+    assert a.train.images.dtype == np.uint8 and len(a.classes) == 5
+    assert np.bincount(a.train.labels).tolist() == [10] * 5  # balanced classes
+    assert np.array_equal(a.train.images, b.train.images)
+    assert np.array_equal(a.train.labels, b.train.labels)
+    assert not np.array_equal(a.train.images, c.train.images)

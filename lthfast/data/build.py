@@ -86,6 +86,7 @@ def write_dataset(raw: RawDataset, out: Path, betons: bool) -> None:
     if len(raw.train.labels) == 0 or len(raw.test.labels) == 0:
         raise UserError(f"dataset {raw.name} has an empty split")
     files = {}
+    (out / "subsets").mkdir(parents=True, exist_ok=True)  # where index arrays and noisy labels go
     for split_name, split in (("train", raw.train), ("test", raw.test)):
         for kind, array in (("images", split.images), ("labels", split.labels.astype(np.int64))):
             path = atomic_save_npy(out / f"{split_name}_{kind}.npy", array)
