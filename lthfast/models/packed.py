@@ -11,8 +11,8 @@ same results to float tolerance):
 - ``grouped``: one grouped-conv network over K·C channels (the GPU default);
 - ``looped``: model after model, each on views of its slice of the packed parameters (the CPU
   default). A CPU step is compute- and memory-bound, not launch-bound, and K·C-channel
-  activations (84 MB at K=10, batch 128) fall out of the caches and ran oneDNN's grouped
-  kernels ~1.3x slower than K single models one after another (BENCHMARKS.md, section c);
+  activations (84 MB at K=10, batch 128) fall out of the caches: oneDNN's grouped kernels ran
+  1.1-1.4x slower than K single models one after another (BENCHMARKS.md, section c);
 - ``auto``: looped on the CPU, grouped elsewhere.
 
 Parameters are stored so that ``param.view(K, -1)[k]`` is model k's slice (all packed dims are
@@ -153,11 +153,12 @@ class PackedResNet(nn.Module):
         return torch.cat(outs, dim=1)
 
     def _twin(self) -> "PackedResNet":
-        """A K=1 network of the same shape whose own weights are never used (not a submodule)."""
+        """A K=1 network of the same shape (not a submodule: it owns no state of this model).
+        Its own tensors are never used, every one is swapped for a view, so it stays on the CPU."""
         twin = self.__dict__.get("_twin_model")
         if twin is None:
-            twin = PackedResNet(self.depth, self.num_classes, 1, self.widths, "grouped")
-            self.__dict__["_twin_model"] = twin.to(next(self.parameters()).device)
+            twin = self.__dict__["_twin_model"] = PackedResNet(
+                self.depth, self.num_classes, 1, self.widths, "grouped")
         return twin
 
     def num_params(self) -> int:

@@ -142,7 +142,8 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
 
     state = ckpt.load_resumable(checkpoint_path, map_location=device) if checkpoint_path else None
     if state is not None:
-        check_same_masks(state.get("masks"), masks, checkpoint_path)
+        if "masks" in state:  # checkpoints from before masks were saved resume unchecked
+            check_same_masks(state["masks"], masks, checkpoint_path)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, loss_count = state["step"], state["loss_count"]
