@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import (DEFAULT_CACHE, Row, forward_flops_per_image, open_synthetic, rerun, timed, usable_cpus)
+from .common import (DEFAULT_CACHE, Row, forward_flops_per_image, open_synthetic, rerun, timed,
+                     usable_cpus)
 from .loader import endless, make_dataloader, to_device
 
 SECTION = "train_step"
