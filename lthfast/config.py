@@ -2,8 +2,8 @@
 
 A preset holds every per-dataset hyperparameter of Table 1 plus the EL2N defaults of appendix A.
 ``digits`` and ``synthetic`` presets are scaled down so a CPU finishes an IMP run in a minute.
-Run identity is ``store.config_hash`` of the canonical JSON of a config with fields at their
-default left out, so adding a field with a default keeps every old hash.
+``Recipe`` is how any stage trains (model, batch, schedule, momentum, weight decay, steps); the
+presets make the recipes of pre-training, IMP levels and score ensembles.
 
     python -c "from lthfast.config import PRESETS; print(PRESETS['cifar10'])"
 """
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from .errors import UserError
-from .store import config_hash
+from .train.schedule import Schedule
 
 
 @dataclass(frozen=True)
@@ -60,23 +60,44 @@ def scaled_milestones(preset: Preset, train_steps: int) -> tuple[int, ...]:
     return tuple(round(m * train_steps / preset.train_steps) for m in preset.milestones)
 
 
-def to_dict(obj: Any) -> dict:
-    """Dataclass -> JSON-able dict, with fields at their default dropped (keeps old hashes)."""
-    out = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if f.default is not dataclasses.MISSING and value == f.default:
-            continue
-        if dataclasses.is_dataclass(value):
-            value = to_dict(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[f.name] = value
-    return out
+@dataclass(frozen=True)
+class Recipe:
+    """How a network is trained: the one hyperparameter type of every training stage.
+
+    A stage trains iterations [start, ``steps``) of this schedule: pre-training runs [0, t_r) at
+    the pre-training lr, an IMP level [t_r, T) at the training lr, a score ensemble [0, t).
+    """
+
+    model: str = field(metadata={"help": "network, e.g. resnet20"})
+    batch_size: int = field(metadata={"help": "examples per iteration and model"})
+    lr: float = field(metadata={"help": "peak learning rate"})
+    milestones: tuple[int, ...] = field(metadata={"help": "iterations where lr is multiplied by gamma"})
+    steps: int = field(metadata={"help": "the iteration the stage trains up to (exclusive)"})
+    gamma: float = 0.1
+    warmup: int = field(default=0, metadata={"help": "linear lr warmup over this many iterations"})
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.lr, tuple(self.milestones), self.gamma, self.warmup)
 
 
-def hash_of(obj: Any) -> str:
-    return config_hash(to_dict(obj))
+def pretrain_recipe(preset: Preset, steps: int) -> Recipe:
+    """Pre-training: t_r iterations at the pre-training lr (same milestones as the full schedule)."""
+    return Recipe(preset.model, preset.batch_size, preset.pretrain_lr, preset.milestones, steps,
+                  preset.gamma, 0, preset.momentum, preset.weight_decay)
+
+
+def train_recipe(preset: Preset) -> Recipe:
+    """An IMP level (or any full training): the schedule of Table 1 up to T."""
+    return Recipe(preset.model, preset.batch_size, preset.lr, preset.milestones,
+                  preset.train_steps, preset.gamma, 0, preset.momentum, preset.weight_decay)
+
+
+def score_recipe(preset: Preset, steps: int) -> Recipe:
+    """A score ensemble: the score network on the training schedule, stopped after ``steps``."""
+    return dataclasses.replace(train_recipe(preset), model=preset.el2n_model, steps=steps)
 
 
 @dataclass(frozen=True)

@@ -9,3 +9,13 @@ never calls ``sys.exit``.
 
 class UserError(Exception):
     """A problem the user can fix; its message is shown as one line, without a traceback."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM: raised by the CLI's signal handlers so that no library code (nor
+    typer, which turns KeyboardInterrupt into an exit code) can mistake it for success. Finished
+    stages are kept; rerunning the same command resumes from the last checkpoint."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -1,8 +1,8 @@
 """Figures from the results table (``lthfast.results``): test accuracy vs weights remaining.
 
-One figure per dataset, one curve per pre-training recipe (subset, t_r, label noise): the mean
-over replicates with a ±1 std band, weights remaining on a log axis falling left to right, as in
-Figures 2 and 13 of the paper. Reads the CSV only.
+One figure per dataset, one curve per run (the whole config but the replicate: runs differing in
+any flag stay apart): the mean over replicates with a ±1 std band, weights remaining on a log axis
+falling left to right, as in Figures 2 and 13 of the paper. Reads the CSV only.
 
     lthfast report --out runs       # -> runs/report/imp_<dataset>.png
 """
@@ -16,17 +16,35 @@ from pathlib import Path
 import numpy as np
 
 
-def recipe(row: dict) -> str:
-    label = f"{row['subset'] or 'all'}, t_r={row['t_r']}"
-    return label + (f", noise {row['label_noise']:g}" if row["label_noise"] else "")
+# What a legend says about a run, when it differs between the runs of one figure.
+LABEL_FIELDS = ("subset", "subset_size", "rank_by", "class_balanced", "offset", "subset_seed",
+                "t_r", "model", "pretrain_lr", "lr", "train_steps", "batch_size", "label_noise",
+                "seed")
+
+
+def labels(rows: list[dict]) -> dict[str, str]:
+    """run -> a legend naming the subset, t_r and whatever else separates it from the others."""
+    configs = {row["run"]: row for row in rows}
+    varying = [f for f in LABEL_FIELDS
+               if len({str(c.get(f)) for c in configs.values()}) > 1 or f in ("subset", "t_r")]
+    out = {}
+    for run, c in configs.items():
+        parts = [f"{c['subset']}" + (f" {c['subset_size']}" if c.get("subset_size") else "")]
+        parts += [f"{f}={c[f]}" for f in varying if f not in ("subset", "subset_size")]
+        out[run] = ", ".join(parts)
+    if len(set(out.values())) < len(out):  # identical legends: tell the runs apart by name
+        out = {run: f"{label} ({run})" for run, label in out.items()}
+    return out
 
 
 def curves(rows: list[dict]) -> dict[str, dict[str, np.ndarray]]:
-    """recipe -> weights remaining, mean and std of test accuracy per level (finite runs only)."""
+    """legend -> weights remaining, mean and std of test accuracy per level (finite runs only);
+    one curve per run, i.e. per config."""
+    names = labels(rows)
     by = defaultdict(lambda: defaultdict(list))
     for row in rows:
         if row["test_acc"] is not None and not row["diverged"]:
-            by[recipe(row)][row["level"]].append((row["weights_remaining"], row["test_acc"]))
+            by[names[row["run"]]][row["level"]].append((row["weights_remaining"], row["test_acc"]))
     out = {}
     for name, levels in sorted(by.items()):
         order = sorted(levels)
@@ -46,7 +64,7 @@ def plot_dataset(rows: list[dict], dataset: str, path: Path) -> Path:
     matplotlib.use("Agg")  # files only; no display on servers
     import matplotlib.pyplot as plt
 
-    from .store import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, c in curves([r for r in rows if r["dataset"] == dataset]).items():

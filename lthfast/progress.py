@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Callable
 
-ProgressFn = Callable[[str, int, int], None]
+ProgressFn = Callable[[str, int, int], None]  # progress(label, step, total)
 
 
 def make_progress(enabled: bool = True) -> ProgressFn | None:

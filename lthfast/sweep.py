@@ -12,63 +12,81 @@ replicates). A sweep file says that once::
     subset = ["random", "easy", "hard"]
     size = [1024, 2048, 3200]
 
-Every flag is checked against the command before anything runs, so a typo fails at once, not
-after a day of training. Runs execute in this process one after another (torch.compile caches
-and the data already on the device are reused); a run that fails with a user error is reported
-and the sweep goes on; a diverged run is a result, not a failure. Finished stages are skipped,
-so rerunning a sweep trains only what is missing.
+Every grid point is turned into the command's typed request and checked before the first run
+starts (lazily, up to ``MAX_RUNS`` points), so a typo or a value of the wrong type fails at once,
+not after a day of training. Runs call the Python API in this process one after another, each
+from a clean torch global state; a run that fails with a user error is reported and the sweep
+goes on; a diverged run is a result, not a failure; Ctrl-C stops the sweep and records the run
+as interrupted. Finished stages are skipped, so rerunning a sweep trains only what is missing.
+``--root``, ``--out`` and ``--device`` belong to the sweep command, not to the file.
 
     lthfast sweep sweeps/fig2_cifar10.toml --dry-run   # prints the 9 commands
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
+import shlex
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Optional
 
-from .errors import UserError
+from .errors import Interrupted, UserError
 
-# Commands a sweep may run: the ones that train and print a run artifact.
-SWEEPABLE = ("imp", "scores")
+MAX_RUNS = 100_000  # more grid points than this is a mistake, not a sweep
+PER_SWEEP = ("root", "out", "device")  # flags of the sweep command itself
 
 
 @dataclass(frozen=True)
 class Sweep:
+    path: Path
     command: str
-    argument: str | None  # the positional argument, e.g. "el2n" for scores
+    argument: Optional[str]  # the positional argument, e.g. "el2n" for scores
     flags: dict[str, Any]
     grid: dict[str, list]
 
-    def runs(self) -> list[list[str]]:
-        """The argv of every run: shared flags, then one combination of the grid."""
+    @property
+    def size(self) -> int:
+        return math.prod(len(v) for v in self.grid.values())
+
+    def points(self) -> Iterator[dict[str, Any]]:
+        """Every run's values, lazily: shared flags, then one combination of the grid."""
         keys = list(self.grid)
-        out = []
         for values in itertools.product(*(self.grid[k] for k in keys)):
-            flags = self.flags | dict(zip(keys, values))
-            argv = [self.command] + ([self.argument] if self.argument else [])
-            for name, value in flags.items():
+            point = self.flags | dict(zip(keys, values))
+            yield point | ({"kind": self.argument} if self.argument else {})
+
+    def command_lines(self, root: Path, out: Path, device: Optional[str]) -> Iterator[str]:
+        common = {"root": str(root), "out": str(out)} | ({"device": device} if device else {})
+        for point in self.points():
+            argv = [self.command] + ([point.pop("kind")] if self.argument else [])
+            for name, value in (point | common).items():
                 argv += flag_argv(name, value)
-            out.append(argv)
-        return out
+            yield "lthfast " + shlex.join(argv)
 
 
 def flag_argv(name: str, value: Any) -> list[str]:
-    """TOML key/value -> CLI words: booleans are switches (``--compile`` / ``--no-compile``)."""
+    """Key/value -> CLI words: booleans are switches (``--compile`` / ``--no-compile``)."""
     flag = "--" + name.replace("_", "-")
     if isinstance(value, bool):
         return [flag] if value else ["--no-" + name.replace("_", "-")]
     return [flag, str(value)]
 
 
-def load_sweep(path: Path, options: dict[str, set[str]]) -> Sweep:
-    """Parse and check a sweep file. ``options``: command -> the flags it accepts."""
+def load_sweep(path: Path) -> Sweep:
+    """Parse a sweep file and check every one of its runs; nothing runs or is written."""
+    from .api import REQUESTS, request_from
+
     try:
         raw = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"sweep file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"sweep file {path} is a directory") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"malformed sweep file {path}: {exc}") from None
     unknown = set(raw) - {"command", "argument", "flags", "grid"}
@@ -76,17 +94,20 @@ def load_sweep(path: Path, options: dict[str, set[str]]) -> Sweep:
         raise UserError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))} "
                         "(expected command, argument, flags, grid)")
     command = raw.get("command")
-    if command not in SWEEPABLE:
-        raise UserError(f"{path}: 'command' must be one of {', '.join(SWEEPABLE)}, got {command!r}")
+    if command not in REQUESTS:
+        raise UserError(f"{path}: 'command' must be one of {', '.join(REQUESTS)}, got {command!r}")
     argument = raw.get("argument")
     if command == "scores" and not isinstance(argument, str):
         raise UserError(f"{path}: command 'scores' needs argument = \"el2n\" or \"forgetting\"")
+    if command != "scores" and argument is not None:
+        raise UserError(f"{path}: command '{command}' takes no argument (got {argument!r})")
     flags, grid = raw.get("flags", {}), raw.get("grid", {})
     if not isinstance(flags, dict) or not isinstance(grid, dict):
         raise UserError(f"{path}: [flags] and [grid] must be tables")
-    for name, value in list(flags.items()) + list(grid.items()):
-        if "--" + name.replace("_", "-") not in options[command]:
-            raise UserError(f"{path}: '{command}' has no flag --{name.replace('_', '-')}")
+    for name in list(flags) + list(grid):
+        if name in PER_SWEEP:
+            raise UserError(f"{path}: '{name}' belongs to the sweep command "
+                            f"(lthfast sweep FILE --{name} ...), not to the file")
     for name, value in flags.items():
         if isinstance(value, (list, dict)):
             raise UserError(f"{path}: flag '{name}' must be a single value (lists go in [grid])")
@@ -98,4 +119,53 @@ def load_sweep(path: Path, options: dict[str, set[str]]) -> Sweep:
     both = set(flags) & set(grid)
     if both:
         raise UserError(f"{path}: {', '.join(sorted(both))} in both [flags] and [grid]")
-    return Sweep(command=command, argument=argument, flags=flags, grid=grid)
+    spec = Sweep(path=Path(path), command=command, argument=argument, flags=flags, grid=grid)
+    if spec.size > MAX_RUNS:
+        raise UserError(f"{path}: the grid has {spec.size:,} runs, more than the limit of "
+                        f"{MAX_RUNS:,}; split it into several files")
+    for i, point in enumerate(spec.points(), 1):
+        try:
+            request_from(command, point)
+        except UserError as exc:
+            raise UserError(f"{path}: run {i} ({describe(point)}): {exc}") from None
+    return spec
+
+
+def describe(point: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items())
+
+
+def run_sweep(spec: Sweep, rt) -> Path:
+    """Run every point through the API; write and return ``<out>/sweep_<hash>.json``."""
+    from .api import RUNNERS, request_from
+    from .files import atomic_write_json, config_hash
+
+    points = list(spec.points())
+    records: list[dict] = []
+    summary = Path(rt.out) / f"sweep_{config_hash({'command': spec.command, 'runs': points})}.json"
+
+    def write() -> None:
+        atomic_write_json(summary, {"file": str(spec.path), "command": spec.command,
+                                    "runs": records})
+
+    for i, point in enumerate(points, 1):
+        print(f"[sweep {i}/{len(points)}] {spec.command} {describe(point)}", file=sys.stderr,
+              flush=True)
+        record = {"flags": point}
+        try:
+            request, flags = request_from(spec.command, point)
+            artifact = RUNNERS[spec.command](request, dataclasses.replace(rt, **flags))
+            records.append(record | {"status": "ok", "artifact": str(artifact)})
+            print(artifact)
+        except UserError as exc:  # this run's input is bad: say so, go on with the others
+            print(f"error: run {i}: {exc}", file=sys.stderr)
+            records.append(record | {"status": "error", "error": str(exc)})
+        except Interrupted:
+            records.append(record | {"status": "interrupted"})
+            write()
+            raise
+    write()
+    failed = sum(r["status"] != "ok" for r in records)
+    if failed:
+        raise UserError(f"{failed} of {len(points)} runs failed (see {summary})")
+    return summary

@@ -12,7 +12,7 @@ from lthfast.data.sources import get_source
 from lthfast.data.subsets import (SubsetSpec, load_subset, make_subset, noisy_labels,
                                   noisy_labels_path, write_subset)
 from lthfast.errors import UserError
-from lthfast.store import file_sha256
+from lthfast.files import file_sha256
 
 
 def test_digits_build_matches_source_and_meta(digits, data_root):

@@ -858,7 +858,7 @@ def _enospc(*_args, **_kwargs):
 
 @pytest.mark.parametrize("failing", ["replace", "fsync"])
 def test_disk_full_keeps_the_old_file(tmp_path, monkeypatch, failing):
-    import lthfast.store as store
+    import lthfast.files as store
 
     path = tmp_path / "results.json"
     store.atomic_write_json(path, {"old": True})
@@ -877,7 +877,7 @@ def test_disk_full_in_the_cli_is_one_error_line_and_results_survive(tmp_path, mo
     """A rerun of a finished IMP run rewrites results.json; with the disk full that must be
     ``error: disk full ...`` with exit 2, and the old results.json must survive intact."""
     import lthfast.cli as cli_module
-    import lthfast.store as store
+    import lthfast.files as store
 
     out = tmp_path / "out"
     shutil.copytree(imp_reference["out"], out)

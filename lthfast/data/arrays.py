@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..store import file_sha256, read_json
+from ..files import file_sha256, read_json
 from .sources import AugmentSpec
 
 

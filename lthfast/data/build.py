@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import UserError
-from ..store import atomic_save_npy, atomic_write_json, file_sha256, locked
+from ..files import atomic_save_npy, atomic_write_json, file_sha256, locked
 from .sources import RawDataset, RawSplit, get_source
 
 META_VERSION = 1

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..store import read_json
+from ..files import read_json
 from .loader import StreamSeeds
 
 

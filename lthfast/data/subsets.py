@@ -22,18 +22,75 @@ import numpy as np
 
 from ..errors import UserError
 from ..registry import Registry
-from ..store import atomic_save_npy, config_hash, file_sha256
+from ..files import atomic_save_npy, config_hash, file_sha256
 from .arrays import DatasetArrays
+from .loader import mix_seed
 
 
 @dataclass(frozen=True)
 class SubsetSpec:
+    """What a subset is made of. ``file`` names a ready index array (any kind then is ignored)."""
+
     kind: str
     size: Optional[int] = None
     seed: int = 0
     scores: Optional[str] = None  # path of a float .npy, one score per train example
     offset: int = 0
     class_balanced: Optional[bool] = None  # None: the rule's default (random: True, easy/hard: False)
+    file: Optional[str] = None  # a subset .npy given by the user
+    shared: bool = False  # random: one subset for every replicate (default: drawn per replicate)
+    rank_by: Optional[str] = None  # what the scores are (el2n, forgetting, ...), for reports
+
+    def for_replicate(self, replicate: int) -> "SubsetSpec":
+        """The subset replicate r trains on: random subsets are drawn afresh per replicate (as the
+        authors' code does, so the spread over replicates includes subset sampling), unless
+        ``shared``; score-ranked subsets are the same for all."""
+        if self.kind == "random" and not self.shared and self.file is None:
+            return dataclasses.replace(self, seed=mix_seed(self.seed, replicate))
+        return self
+
+    @property
+    def balanced(self) -> bool:
+        return (self.kind == "random") if self.class_balanced is None else self.class_balanced
+
+    def identity(self) -> dict:
+        """What determines the subset's content (files by their content, never their path)."""
+        if self.file is not None:
+            return {"kind": "file", "file": file_sha256(self.file)[:16]}
+        out: dict = {"kind": self.kind}
+        if self.kind == "all":
+            return out
+        out |= {"size": self.size, "offset": self.offset, "class_balanced": self.balanced}
+        if self.kind == "random":
+            out |= {"seed": self.seed, "shared": self.shared}
+        if self.scores is not None:
+            out |= {"scores": file_sha256(self.scores)[:16], "rank_by": self.rank_by}
+        return out
+
+    @property
+    def name(self) -> str:
+        """For people: ``random_m200``, ``easy_m300``, ``file:<name>``."""
+        if self.file is not None:
+            return f"file:{Path(self.file).name}"
+        return self.kind + (f"_m{self.size}" if self.size and self.kind != "all" else "")
+
+    def check(self) -> None:
+        """What is wrong without looking at any data: one line, before anything runs."""
+        if self.file is not None:
+            if self.kind != "all" or self.size is not None:
+                raise UserError("--subset-file names the subset; drop --subset and --size")
+            return
+        SUBSET_RULES.lookup(self.kind)
+        if self.kind == "all" and self.size is not None:
+            raise UserError("--size does not apply to --subset all (use --subset random)")
+        if self.kind != "all" and self.size is None:
+            raise UserError(f"--subset {self.kind} needs --size")
+        if self.size is not None and self.size < 1:
+            raise UserError(f"--size must be >= 1, got {self.size}")
+        if self.offset < 0:
+            raise UserError("--offset must be >= 0")
+        if self.seed < 0:
+            raise UserError(f"--subset-seed must be >= 0, got {self.seed}")
 
 
 SubsetRule = Callable[[DatasetArrays, SubsetSpec], np.ndarray]
@@ -96,12 +153,7 @@ def random_rule(ds: DatasetArrays, spec: SubsetSpec) -> np.ndarray:
 
 
 def load_scores(path: str | Path, n: int) -> np.ndarray:
-    try:
-        scores = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise UserError(f"scores file {path} does not exist") from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise UserError(f"cannot read scores file {path}: {exc}") from None
+    scores = _load_array(path, "scores")
     if scores.ndim != 1 or len(scores) != n:
         raise UserError(f"scores file {path} has shape {scores.shape}; expected ({n},), "
                         "one score per train example in dataset order")
@@ -128,6 +180,8 @@ register_rule("hard")(score_rule(descending=True))
 
 
 def make_subset(ds: DatasetArrays, spec: SubsetSpec) -> np.ndarray:
+    if spec.file is not None:
+        return load_subset(spec.file, ds.train_size)
     if spec.kind not in SUBSET_RULES:
         raise UserError(f"unknown subset kind '{spec.kind}' (known: {', '.join(SUBSET_RULES)})")
     if spec.offset < 0:
@@ -136,11 +190,9 @@ def make_subset(ds: DatasetArrays, spec: SubsetSpec) -> np.ndarray:
 
 
 def subset_path(ds: DatasetArrays, spec: SubsetSpec) -> Path:
-    identity = {k: v for k, v in dataclasses.asdict(spec).items() if v is not None}
-    if spec.scores is not None:  # name by content, not by path: moved score files still match
-        identity["scores"] = file_sha256(spec.scores)[:16]
+    # named by content, not by path: moved score files still match
     size = spec.size if spec.kind != "all" else ds.train_size
-    return ds.path / "subsets" / f"{spec.kind}_m{size}_{config_hash(identity)}.npy"
+    return ds.path / "subsets" / f"{spec.kind}_m{size}_{config_hash(spec.identity())}.npy"
 
 
 def write_subset(ds: DatasetArrays, spec: SubsetSpec) -> Path:
@@ -155,12 +207,7 @@ def write_subset(ds: DatasetArrays, spec: SubsetSpec) -> Path:
 
 def load_subset(path: str | Path, train_size: int) -> np.ndarray:
     """Read and validate a subset file: 1-D integers, in range, no duplicates, not empty."""
-    try:
-        indices = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise UserError(f"subset file {path} does not exist") from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise UserError(f"cannot read subset file {path}: {exc}") from None
+    indices = _load_array(path, "subset")
     if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer) or len(indices) == 0:
         raise UserError(f"subset file {path} must be a non-empty 1-D integer array")
     if indices.min() < 0 or indices.max() >= train_size:
@@ -168,6 +215,20 @@ def load_subset(path: str | Path, train_size: int) -> np.ndarray:
     if len(np.unique(indices)) != len(indices):
         raise UserError(f"subset file {path} has duplicate indices")
     return indices.astype(np.int64)
+
+
+def _load_array(path: str | Path, what: str) -> np.ndarray:
+    """One .npy array (not an .npz archive, not a pickle), or the one-line error."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"{what} file {path} does not exist") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"cannot read {what} file {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise UserError(f"{what} file {path} is an .npz archive; give one .npy array")
+    return array
 
 
 def noisy_labels(labels: np.ndarray, fraction: float, num_classes: int, seed: int) -> np.ndarray:
@@ -179,9 +240,11 @@ def noisy_labels(labels: np.ndarray, fraction: float, num_classes: int, seed: in
     return labels
 
 
-def check_noise_fraction(fraction: float) -> None:
+def check_noise_fraction(fraction: float, seed: int = 0) -> None:
     if not 0.0 <= fraction <= 1.0:
         raise UserError(f"--label-noise must be in [0, 1], got {fraction}")
+    if seed < 0:
+        raise UserError(f"--noise-seed must be >= 0, got {seed}")
 
 
 def noisy_labels_path(ds: DatasetArrays, fraction: float, seed: int) -> Path:

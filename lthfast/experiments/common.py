@@ -1,31 +1,31 @@
-"""What every experiment shares: the runtime (paths, device, flags), data on the device, seeds.
+"""What every experiment shares: the runtime (how to run), the context (dataset, device data
+and run store of one process), seeds, and one call of the training loop.
 
     python -c "from lthfast.experiments.common import Runtime; print(Runtime())"
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
+from ..config import Recipe
 from ..data.arrays import DatasetArrays
 from ..data.loader import DeviceData, StreamSeeds, mix_seed
 from ..data.streams import make_stream
+from ..data.subsets import train_labels
 from ..errors import UserError
 from ..models import build
 from ..models.packed import PackedResNet
-from ..store import atomic_write_bytes, to_json
+from ..progress import ProgressFn
+from ..runs import RunStore
 from ..train.allocator import keep_freed_memory
+from ..train.hooks import Hook
 from ..train.loop import LoopConfig, LoopResult, train
-from ..train.schedule import Schedule
-
-# progress(label, step, total)
-ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -60,30 +60,81 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def setup_torch(rt: Runtime) -> None:
-    if rt.torch_device.type == "cuda" and not torch.cuda.is_available():
+def check_device(device: str) -> None:
+    """Devices lthfast trains on: cpu and cuda[:n] (when present). One line for anything else."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device!r} is not a device (use cpu or cuda)") from None
+    if kind not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: lthfast trains on cpu or cuda")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda requested but CUDA is not available")
-    if rt.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif rt.torch_device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+
+
+def setup_torch(rt: Runtime) -> None:
+    """Put torch's global switches in the state this run asks for (and nothing left over from a
+    previous run of the same process, e.g. a sweep's deterministic grid point)."""
+    check_device(rt.device)
+    torch.use_deterministic_algorithms(rt.deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = rt.torch_device.type == "cuda" and not rt.deterministic
+    torch.manual_seed(0)  # nothing should draw from it; if something does, it draws the same
     if rt.torch_device.type == "cpu":
         keep_freed_memory()  # ~2x faster CPU steps: no page faults on activations (see module)
 
 
-def device_split(ds: DatasetArrays, split: str, device: torch.device,
-                 labels: Optional[np.ndarray] = None) -> DeviceData:
-    images = ds.train_images if split == "train" else ds.test_images
-    if labels is None:
-        labels = ds.train_labels if split == "train" else ds.test_labels
-    return DeviceData(images, labels, ds.meta["mean"], ds.meta["std"], ds.augment, device)
+@dataclass
+class Context:
+    """One dataset, one runtime and one run store: what every experiment function takes.
+
+    Device copies of the splits are made once and shared by every stage of the process (a
+    sweep's runs included), keyed by the labels they carry.
+    """
+
+    rt: Runtime
+    ds: DatasetArrays
+    _splits: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def store(self) -> RunStore:
+        return RunStore(self.rt.out)
+
+    @property
+    def device(self) -> torch.device:
+        return self.rt.torch_device
+
+    def train_split(self, label_noise: float = 0.0, noise_seed: int = 0) -> DeviceData:
+        """The training set on the device, with true labels or the saved noisy copy."""
+        key = ("train", label_noise, noise_seed if label_noise else 0)
+        if key not in self._splits:
+            labels = train_labels(self.ds, label_noise, noise_seed)
+            self._splits[key] = self._device_data(self.ds.train_images, labels)
+        return self._splits[key]
+
+    def test_split(self) -> DeviceData:
+        if "test" not in self._splits:
+            self._splits["test"] = self._device_data(self.ds.test_images, self.ds.test_labels)
+        return self._splits["test"]
+
+    def _device_data(self, images: np.ndarray, labels: np.ndarray) -> DeviceData:
+        return DeviceData(images, labels, self.ds.meta["mean"], self.ds.meta["std"],
+                          self.ds.augment, self.device)
 
 
-def replicate_seeds(seed: int, replicate: int) -> dict[str, int]:
-    """Separate seeds for init, data order and augmentation, per phase, per replicate."""
+# Seed domains: the networks of different purposes never share an init or a data order.
+IMP_SEEDS = 0
+SCORE_SEEDS = 1
+
+
+def replicate_seeds(seed: int, replicate: int, domain: int = IMP_SEEDS) -> dict[str, int]:
+    """Separate seeds for init, data order and augmentation, per phase, per replicate.
+
+    IMP replicates use domain 0 (the seeds lthfast always used); score ensembles their own, so
+    ensemble member m is not IMP replicate m's network (appendix A: "different random inits").
+    """
     names = ("init", "pretrain_order", "pretrain_augment", "order", "augment")
-    return {name: mix_seed(seed, replicate, i) for i, name in enumerate(names)}
+    prefix = (seed, replicate) if domain == IMP_SEEDS else (seed, domain, replicate)
+    return {name: mix_seed(*prefix, i) for i, name in enumerate(names)}
 
 
 def new_model(name: str, num_classes: int, init_seeds: Sequence[int],
@@ -93,31 +144,28 @@ def new_model(name: str, num_classes: int, init_seeds: Sequence[int],
     return model.to(device=device, memory_format=torch.channels_last)
 
 
-def run_training(rt: Runtime, model: PackedResNet, ds: DatasetArrays, data: DeviceData,
-                 indices: Sequence[np.ndarray], seeds: Sequence[StreamSeeds], batch_size: int,
-                 schedule: Schedule, start: int, end: int, stage_dir: Path, label: str,
-                 masks=None, on_batch=None, momentum: float = 0.9,
-                 weight_decay: float = 1e-4) -> LoopResult:
-    """One call of the training loop with the runtime's loader, flags, checkpoint and metrics."""
-    stream = make_stream(rt.loader, ds, data, indices, seeds, batch_size)
-    cfg = LoopConfig(schedule=schedule, start_step=start, end_step=end, momentum=momentum,
-                     weight_decay=weight_decay, log_every=rt.log_every,
-                     checkpoint_every=rt.checkpoint_every, compile=rt.use_compile, amp=rt.use_amp)
+def run_training(ctx: Context, model: PackedResNet, data: DeviceData,
+                 indices: Sequence[np.ndarray], seeds: Sequence[StreamSeeds],
+                 recipes: Sequence[Recipe], start: int, checkpoint: Path, label: str,
+                 masks=None, hooks: Sequence[Hook] = ()) -> LoopResult:
+    """One call of the training loop with the runtime's loader, flags and checkpoint; the K
+    recipes share model, batch size, momentum and end step, and may differ in schedule and
+    weight decay."""
+    rt, first = ctx.rt, recipes[0]
+    stream = make_stream(rt.loader, ctx.ds, data, indices, seeds, first.batch_size)
+    schedules = tuple(r.schedule for r in recipes)
+    decays = tuple(r.weight_decay for r in recipes)
+    cfg = LoopConfig(schedule=schedules[0] if len(set(schedules)) == 1 else schedules,
+                     weight_decay=decays[0] if len(set(decays)) == 1 else decays,
+                     start_step=start, end_step=first.steps, momentum=first.momentum,
+                     log_every=rt.log_every, checkpoint_every=rt.checkpoint_every,
+                     compile=rt.use_compile, amp=rt.use_amp)
     progress = None
     if rt.progress is not None:
         progress = lambda step, total, _losses: rt.progress(label, step - start, total - start)
     try:
-        result = train(model, stream, cfg, masks=masks,
-                       checkpoint_path=stage_dir / "checkpoint.pt", on_batch=on_batch,
-                       progress=progress)
+        return train(model, stream, cfg, masks=masks, checkpoint_path=checkpoint, hooks=hooks,
+                     progress=progress)
     finally:
         if hasattr(stream, "close"):  # ffcv's loaders run background threads
             stream.close()
-    # written whole and atomically: a resumed run's log already holds the checkpointed records
-    atomic_write_bytes(stage_dir / "metrics.jsonl",
-                       "".join(to_json(r) + "\n" for r in result.log).encode())
-    return result
-
-
-def replace(obj, **changes):
-    return dataclasses.replace(obj, **changes)

@@ -6,11 +6,10 @@ the schedule on the full training set with true labels, prune 20% of the remaini
 global magnitude, and rewind the survivors to w_{t_r}. Level k's test accuracy is that of the
 sparse network with 0.8^k of its weights.
 
-Stages and reuse: the pre-training result lives in ``pretrain_<hash>/replicate_<r>/`` keyed by
-what determines it (so IMP runs differing only after t_r share it); each level lives in
-``imp_<hash>/replicate_<r>/level_<k>/``. Levels and replicates are not part of the hash, so
-asking for more of either later trains only what is missing. Replicates that need the same stage
-are trained together as one packed model.
+IMP = a pre-training recipe + a level recipe + pruning. The pre-training result is its own run
+(``pretrain_<hash>``, keyed by what determines w_{t_r}), so IMP runs that differ only after t_r
+share it; each level is a stage ``imp_<hash>/replicate_<r>/level_<k>``. Both go through the stage
+runner, which trains the replicates that are missing as one packed model.
 
     lthfast imp --dataset digits --subset random --size 256 --steps 20 --levels 3
     # -> runs/imp_<hash> with results.json (test_acc per replicate and level)
@@ -18,191 +17,123 @@ are trained together as one packed model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-
+from dataclasses import dataclass
 import numpy as np
 
-from ..config import Preset, hash_of, to_dict
-from ..data.arrays import DatasetArrays
+from ..config import Recipe
 from ..data.loader import StreamSeeds
-from ..data.streams import check_loader
-from ..data.subsets import train_labels
+from ..data.subsets import SubsetSpec, make_subset
 from ..errors import UserError
-from ..models.packed import load_packed, pack_state, unpack_state
-from ..prune.magnitude import full_masks, prune, remaining_fraction
-from ..store import atomic_write_json, is_done, locked, mark_done, prepare_run_dir, read_json
+from ..files import atomic_write_json
+from ..prune.magnitude import full_masks, prune
+from ..runs import Run, Stage
 from ..train import checkpoint as ckpt
-from ..train.evaluate import predict, summary
-from ..train.schedule import Schedule
-from .common import Runtime, device_split, new_model, replicate_seeds, run_training
+from .common import Context, replicate_seeds
+from .stage import StageInputs, train_stage
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Everything that determines w_{t_r}."""
+    """Everything that determines w_{t_r}: the run identity of ``pretrain_<hash>``."""
 
     dataset: str
-    model: str
-    batch_size: int
-    lr: float
-    milestones: tuple[int, ...]
-    steps: int  # t_r
-    subset_sha: str  # content hash of the index array: the same indices share a pre-training
-    subset_size: int
+    recipe: Recipe  # steps = t_r
+    subset: dict  # SubsetSpec.identity(): what the subset is made of, files by content
     seed: int = 0
     label_noise: float = 0.0
     noise_seed: int = 0
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    gamma: float = 0.1
 
 
 @dataclass(frozen=True)
 class ImpConfig:
+    """The identity of ``imp_<hash>``: pre-training, the level recipe, the pruning rate."""
+
     pretrain: PretrainConfig
-    lr: float
-    milestones: tuple[int, ...]
-    train_steps: int  # T: each level trains iterations [t_r, T)
+    recipe: Recipe  # each level trains iterations [t_r, recipe.steps)
     prune_fraction: float = 0.2
-    subset_name: str = field(default="", compare=False)  # for humans; not part of the identity
-
-    def identity(self) -> dict:
-        d = to_dict(self)
-        d.pop("subset_name", None)
-        return d
 
 
-def make_config(preset: Preset, dataset: str, steps: int, subset_indices: np.ndarray,
-                subset_name: str, seed: int, label_noise: float, noise_seed: int) -> ImpConfig:
-    import hashlib
-
-    if steps < 0:
+def check_config(cfg: ImpConfig) -> None:
+    t_r, total = cfg.pretrain.recipe.steps, cfg.recipe.steps
+    if t_r < 0:
         raise UserError("--steps must be >= 0")
-    if steps >= preset.train_steps:
-        raise UserError(f"--steps {steps} must be smaller than the schedule's "
-                        f"{preset.train_steps} iterations (--train-steps)")
-    sha = hashlib.sha256(np.ascontiguousarray(subset_indices, dtype=np.int64).tobytes()).hexdigest()
-    pre = PretrainConfig(
-        dataset=dataset, model=preset.model, batch_size=preset.batch_size, lr=preset.pretrain_lr,
-        milestones=preset.milestones, steps=steps, subset_sha=sha[:16],
-        subset_size=len(subset_indices), seed=seed, label_noise=label_noise,
-        noise_seed=noise_seed, momentum=preset.momentum, weight_decay=preset.weight_decay,
-        gamma=preset.gamma)
-    return ImpConfig(pretrain=pre, lr=preset.lr, milestones=preset.milestones,
-                     train_steps=preset.train_steps, prune_fraction=preset.prune_fraction,
-                     subset_name=subset_name)
+    if t_r >= total:
+        raise UserError(f"--steps {t_r} must be smaller than the schedule's {total} iterations "
+                        "(--train-steps)")
+    if not 0 < cfg.prune_fraction < 1:
+        raise UserError(f"the pruning fraction must be in (0, 1), got {cfg.prune_fraction}")
 
 
-def imp_dir(rt: Runtime, cfg: ImpConfig) -> Path:
-    from ..store import config_hash
+def pretrain(ctx: Context, cfg: PretrainConfig, subset: SubsetSpec,
+             replicates: list[int]) -> list[dict]:
+    """w_{t_r} for each replicate (K=1 state dicts), training the missing ones packed.
 
-    return Path(rt.out) / f"imp_{config_hash(cfg.identity())}"
+    Each replicate's stage keeps the subset it trained on (``subset.npy``)."""
+    run = ctx.store.run("pretrain", cfg).create()
+    data = ctx.train_split(cfg.label_noise, cfg.noise_seed)
 
+    def prepare(stage: Stage) -> StageInputs:
+        seeds = replicate_seeds(cfg.seed, stage.replicate)
+        return StageInputs(init=seeds["init"],
+                           seeds=StreamSeeds(seeds["pretrain_order"], seeds["pretrain_augment"]),
+                           indices=subset_of(ctx, subset, stage.replicate))
 
-def pretrain_dir(rt: Runtime, cfg: PretrainConfig) -> Path:
-    return Path(rt.out) / f"pretrain_{hash_of(cfg)}"
+    def artifacts(model, hooks, trained: list[Stage]):
+        return {"subset": [subset_of(ctx, subset, s.replicate) for s in trained]}
 
-
-def run_pretrain(rt: Runtime, cfg: PretrainConfig, ds: DatasetArrays, subset: np.ndarray,
-                 replicates: list[int]) -> list[dict]:
-    """w_{t_r} for each replicate (K=1-shaped state dicts), training the missing ones packed."""
-    root = prepare_run_dir(pretrain_dir(rt, cfg), to_dict(cfg))
-    device = rt.torch_device
-    with locked(root):
-        todo = [r for r in replicates if not is_done(root / f"replicate_{r}")]
-        if todo:
-            seeds = [replicate_seeds(cfg.seed, r) for r in todo]
-            model = new_model(cfg.model, ds.num_classes, [s["init"] for s in seeds], device)
-            group_dir = root / ("group_" + "_".join(map(str, todo)))
-            result = None
-            if cfg.steps > 0:
-                labels = train_labels(ds, cfg.label_noise, cfg.noise_seed)
-                data = device_split(ds, "train", device, labels=labels)
-                streams = [StreamSeeds(s["pretrain_order"], s["pretrain_augment"]) for s in seeds]
-                result = run_training(
-                    rt, model, ds, data, [subset] * len(todo), streams, cfg.batch_size,
-                    Schedule(cfg.lr, cfg.milestones, cfg.gamma), 0, cfg.steps, group_dir,
-                    "pre-train", momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-            test = device_split(ds, "test", device)
-            metrics = summary(predict(model, test, amp=rt.use_amp), test.labels)
-            for i, (r, state) in enumerate(zip(todo, unpack_state(model))):
-                stage = root / f"replicate_{r}"
-                ckpt.save(stage / "weights.pt", state)
-                mark_done(stage, {"test_acc": metrics["acc"][i], "test_loss": metrics["loss"][i],
-                                  "diverged": result.diverged[i] if result else None,
-                                  "loader": rt.loader})
-            ckpt.remove(group_dir / "checkpoint.pt")
-        return [ckpt.load(root / f"replicate_{r}" / "weights.pt") for r in replicates]
+    with run.lock():
+        stages = [run.stage(r) for r in replicates]
+        train_stage(ctx, stages, prepare, cfg.recipe, data, label="pre-train",
+                    artifacts=artifacts)
+        return [ckpt.load(s.file("weights.pt")) for s in stages]
 
 
-def run_imp(rt: Runtime, cfg: ImpConfig, ds: DatasetArrays, subset: np.ndarray, levels: int,
-            replicates: int) -> Path:
-    """Run (or finish) IMP for ``levels`` pruning levels and ``replicates`` replicates."""
-    if levels < 0:
-        raise UserError("--levels must be >= 0")
-    if replicates < 1:
-        raise UserError("--replicates must be >= 1")
-    check_loader(rt.loader, ds, cfg.pretrain.label_noise, rt.deterministic)
+def subset_of(ctx: Context, subset: SubsetSpec, replicate: int) -> np.ndarray:
+    return make_subset(ctx.ds, subset.for_replicate(replicate))
+
+
+def run_imp(ctx: Context, cfg: ImpConfig, subset: SubsetSpec, levels: int,
+            replicates: int) -> Run:
+    """Run (or finish) IMP for ``levels`` pruning levels and ``replicates`` replicates.
+
+    A replicate whose level diverged is not pruned further: later levels would train from NaN
+    weights. Its record says where it diverged."""
+    check_config(cfg)
     reps = list(range(replicates))
     # pre-training first: if its weights turn out unreadable, no IMP directory is left behind
-    rewind = dict(zip(reps, run_pretrain(rt, cfg.pretrain, ds, subset, reps)))
-    root = prepare_run_dir(imp_dir(rt, cfg), cfg.identity() | {"subset_name": cfg.subset_name})
-    with locked(root):
+    rewind = dict(zip(reps, pretrain(ctx, cfg.pretrain, subset, reps)))
+    run = ctx.store.run("imp", cfg).create()
+    data = ctx.train_split()  # true labels: noise is for pre-training only
+    everything = np.arange(ctx.ds.train_size)
+
+    def prepare(stage: Stage) -> StageInputs:
+        seeds = replicate_seeds(cfg.pretrain.seed, stage.replicate)
+        return StageInputs(init=rewind[stage.replicate],
+                           seeds=StreamSeeds(seeds["order"], seeds["augment"]),
+                           indices=everything,
+                           mask=level_masks(run, stage, rewind[stage.replicate],
+                                            cfg.prune_fraction))
+
+    with run.lock():
+        alive = reps
         for level in range(levels + 1):
-            todo = [r for r in reps if not is_done(level_dir(root, r, level))]
-            if todo:
-                train_level(rt, cfg, ds, root, level, todo, rewind)
-        write_results(root, cfg)
-    return root
+            stages = [run.stage(r, level) for r in alive]
+            records = train_stage(ctx, stages, prepare, cfg.recipe, data,
+                                  start=cfg.pretrain.recipe.steps, label=f"level {level}")
+            alive = [r.replicate for r in records if r.diverged is None]
+        write_results(run)
+    return run
 
 
-def level_dir(root: Path, replicate: int, level: int) -> Path:
-    return root / f"replicate_{replicate}" / f"level_{level}"
-
-
-def level_masks(root: Path, replicate: int, level: int, rewind_state: dict, fraction: float):
+def level_masks(run: Run, stage: Stage, rewind_state: dict, fraction: float):
     """Level 0: all ones. Level k: prune the weights trained at level k-1 under its mask."""
-    if level == 0:
+    if stage.level == 0:
         return full_masks(rewind_state)
-    prev = level_dir(root, replicate, level - 1)
-    return prune(ckpt.load(prev / "trained.pt"), ckpt.load(prev / "mask.pt"), fraction)
+    prev = run.stage(stage.replicate, stage.level - 1)
+    return prune(ckpt.load(prev.file("weights.pt")), ckpt.load(prev.file("mask.pt")), fraction)
 
 
-def train_level(rt: Runtime, cfg: ImpConfig, ds: DatasetArrays, root: Path, level: int,
-                todo: list[int], rewind: dict[int, dict]) -> None:
-    device = rt.torch_device
-    pre = cfg.pretrain
-    masks = [level_masks(root, r, level, rewind[r], cfg.prune_fraction) for r in todo]
-    seeds = [replicate_seeds(pre.seed, r) for r in todo]
-    model = new_model(pre.model, ds.num_classes, [0] * len(todo), device)
-    load_packed(model, [rewind[r] for r in todo])  # rewind: weights, BN statistics, all of it
-    packed_masks = {n: t.to(device) for n, t in pack_state(masks).items()}
-    data = device_split(ds, "train", device)  # true labels: noise is for pre-training only
-    group_dir = root / f"level_{level}_group_{'_'.join(map(str, todo))}"
-    result = run_training(
-        rt, model, ds, data, [np.arange(ds.train_size)] * len(todo),
-        [StreamSeeds(s["order"], s["augment"]) for s in seeds], pre.batch_size,
-        Schedule(cfg.lr, cfg.milestones, pre.gamma), pre.steps, cfg.train_steps, group_dir,
-        f"level {level}", masks=packed_masks, momentum=pre.momentum,
-        weight_decay=pre.weight_decay)
-    test = device_split(ds, "test", device)
-    metrics = summary(predict(model, test, amp=rt.use_amp), test.labels)
-    for i, (r, state) in enumerate(zip(todo, unpack_state(model))):
-        stage = level_dir(root, r, level)
-        ckpt.save(stage / "mask.pt", masks[i])
-        ckpt.save(stage / "trained.pt", state)
-        mark_done(stage, {
-            "replicate": r, "level": level,
-            "weights_remaining": remaining_fraction(masks[i]),
-            "test_acc": metrics["acc"][i], "test_loss": metrics["loss"][i],
-            "diverged": result.diverged[i], "loader": rt.loader})
-    ckpt.remove(group_dir / "checkpoint.pt")
-
-
-def write_results(root: Path, cfg: ImpConfig) -> None:
+def write_results(run: Run) -> None:
     """results.json: every finished level of every replicate (also those of earlier, longer runs)."""
-    rows = [read_json(p) for p in root.glob("replicate_*/level_*/done.json")]
-    rows.sort(key=lambda x: (x["replicate"], x["level"]))
-    atomic_write_json(root / "results.json", {"config": cfg.identity(),
-                                              "subset": cfg.subset_name, "rows": rows})
+    atomic_write_json(run.file("results.json"), {
+        "config": run.config, "rows": [r.to_json() for r in run.records()]})

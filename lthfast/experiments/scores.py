@@ -1,11 +1,15 @@
 """Per-example scores of the training set: EL2N (Paul et al. 2021) and forgetting (Toneva et al.).
 
-Scores are registered by name; each trains K networks from different inits as one packed model
-and writes a float32 ``scores.npy`` in dataset order (one value per train example) in a run
-directory keyed by the config hash; lower means easier for both.
+Scores are registered by name; each trains K networks from different inits (seeds of their own,
+independent of the IMP replicates) as one packed model through the stage runner, saves each
+member's per-example values beside its weights (``replicate_<m>/<score>.npy``) and writes their
+mean as float32 ``scores.npy`` in dataset order (one value per train example) in a run directory
+keyed by the config hash; lower means easier for both.
 
 - ``el2n``: after t iterations, ‖softmax(f(x)) − onehot(y)‖₂ per example, averaged over K.
-  Defaults per dataset from appendix A (ResNet-20 / 7,800 iterations for CIFAR-10, ...).
+  Defaults per dataset from appendix A (ResNet-20 / 7,800 iterations for CIFAR-10, ...). The
+  logits are computed in fp32 even where training uses bf16 autocast: bf16 would coarsen the
+  small margins that separate the easiest examples.
 - ``forgetting``: during training, each time an example is in a mini-batch, a change from
   correctly to incorrectly classified is a forgetting event; the score is the count, averaged
   over K. An example never classified correctly ranks hardest: it gets one more than the
@@ -21,48 +25,51 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from ..config import hash_of, to_dict
-from ..data.arrays import DatasetArrays
-from ..data.loader import StreamSeeds
-from ..data.streams import check_loader
-from ..data.subsets import train_labels
+from ..config import Preset, Recipe
+from ..data.loader import DeviceData, StreamSeeds
 from ..errors import UserError
+from ..files import atomic_save_npy
+from ..models.packed import PackedResNet
 from ..registry import Registry
-from ..models.packed import unpack_state
-from ..store import atomic_save_npy, is_done, locked, mark_done, prepare_run_dir
-from ..train import checkpoint as ckpt
+from ..runs import Stage
 from ..train.evaluate import el2n, predict
-from ..train.schedule import Schedule
-from .common import Runtime, device_split, new_model, replicate_seeds, run_training
-
-
-# name -> fn(runtime, config, dataset, run dir) -> float scores, one per train example
-SCORES = Registry("score")
+from ..train.hooks import Hook
+from .common import SCORE_SEEDS, Context, replicate_seeds
+from .stage import StageInputs, train_stage
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
+    """The identity of ``<score>_<hash>``: K networks trained by ``recipe`` for recipe.steps."""
+
     score: str
     dataset: str
-    model: str
+    recipe: Recipe
     models: int  # K
-    steps: int
-    batch_size: int
-    lr: float
-    milestones: tuple[int, ...]
     seed: int = 0
     label_noise: float = 0.0
     noise_seed: int = 0
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    gamma: float = 0.1
 
 
-class ForgettingCounter:
+@dataclass(frozen=True)
+class ScoreKind:
+    """A registered score: its default length, the hooks it trains with, and each trained
+    member's per-example values (K arrays of N)."""
+
+    default_steps: Callable[[Preset], int]
+    per_model: Callable[[Context, PackedResNet, Sequence[Hook], DeviceData], Sequence[np.ndarray]]
+    hooks: Callable[[Context, int], Sequence[Hook]] = lambda ctx, k: ()
+
+
+SCORES = Registry("score")  # name -> ScoreKind
+
+
+class ForgettingCounter(Hook):
     """Counts forgetting events per (model, example) on the device, without host syncs."""
 
     def __init__(self, k: int, n: int, device: torch.device):
@@ -70,7 +77,8 @@ class ForgettingCounter:
         self.ever_correct = torch.zeros(k, n, dtype=torch.bool, device=device)
         self.forgotten = torch.zeros(k, n, dtype=torch.int32, device=device)
 
-    def __call__(self, step: int, logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
+    def on_batch(self, step: int, logits: torch.Tensor, y: torch.Tensor,
+                 idx: torch.Tensor) -> None:
         correct = (logits.argmax(-1) == y).T  # K×B
         idx = idx.T
         prev = torch.gather(self.last_correct, 1, idx)
@@ -86,16 +94,35 @@ class ForgettingCounter:
         for name, value in state.items():
             getattr(self, name).copy_(value)
 
-    def scores(self) -> np.ndarray:
+    def per_model(self) -> np.ndarray:
+        """K×N: each model's counts; an example it never got right scores its largest count + 1."""
         counts = self.forgotten.float()
-        never = ~self.ever_correct
         top = counts.max(dim=1, keepdim=True).values + 1
-        return torch.where(never, top, counts).mean(0).cpu().numpy()
+        return torch.where(~self.ever_correct, top, counts).cpu().numpy()
+
+    def scores(self) -> np.ndarray:
+        return self.per_model().mean(0)
 
 
 def forgetting_from_sequence(correct: list[bool]) -> int:
     """Reference for one example's presentations: the number of correct -> incorrect changes."""
     return sum(1 for a, b in zip(correct, correct[1:]) if a and not b)
+
+
+def el2n_per_model(ctx: Context, model: PackedResNet, hooks, data: DeviceData):
+    logits = predict(model, data, amp=False)  # fp32 logits, also on a bf16 GPU (module doc)
+    return el2n(logits, data.labels).cpu().numpy()
+
+
+def forgetting_per_model(ctx: Context, model: PackedResNet, hooks, data: DeviceData):
+    return hooks[0].per_model()
+
+
+# EL2N is read early in training (appendix A); forgetting looks at the whole course of it.
+SCORES.register("el2n")(ScoreKind(default_steps=lambda p: p.el2n_steps, per_model=el2n_per_model))
+SCORES.register("forgetting")(ScoreKind(
+    default_steps=lambda p: p.train_steps, per_model=forgetting_per_model,
+    hooks=lambda ctx, k: [ForgettingCounter(k, ctx.ds.train_size, ctx.device)]))
 
 
 def check_score_request(models: int, steps: int) -> None:
@@ -105,52 +132,33 @@ def check_score_request(models: int, steps: int) -> None:
         raise UserError("--steps must be >= 1")
 
 
-def score_dir(rt: Runtime, cfg: ScoreConfig) -> Path:
-    return Path(rt.out) / f"{cfg.score}_{hash_of(cfg)}"
-
-
-def compute_scores(rt: Runtime, cfg: ScoreConfig, ds: DatasetArrays) -> Path:
+def compute_scores(ctx: Context, cfg: ScoreConfig) -> Path:
     """Train the K networks (or reuse them) and write ``scores.npy``; returns its path."""
-    score_fn = SCORES.lookup(cfg.score)
-    check_score_request(cfg.models, cfg.steps)
-    check_loader(rt.loader, ds, cfg.label_noise, rt.deterministic)
-    root = prepare_run_dir(score_dir(rt, cfg), to_dict(cfg))
-    with locked(root):
-        if not is_done(root):
-            scores = score_fn(rt, cfg, ds, root)
-            if scores.shape != (ds.train_size,) or not np.all(np.isfinite(scores)):
-                raise UserError(f"{cfg.score} scores are not finite (training diverged?); "
-                                f"see {root}/metrics.jsonl")
-            atomic_save_npy(root / "scores.npy", scores.astype(np.float32))
-            mark_done(root, {"score": cfg.score, "loader": rt.loader})
-            ckpt.remove(root / "checkpoint.pt")
-    return root / "scores.npy"
+    kind = SCORES.lookup(cfg.score)
+    check_score_request(cfg.models, cfg.recipe.steps)
+    run = ctx.store.run(cfg.score, cfg).create()
+    data = ctx.train_split(cfg.label_noise, cfg.noise_seed)  # noisy examples score as hard
+    everything = np.arange(ctx.ds.train_size)
 
+    def prepare(stage: Stage) -> StageInputs:
+        seeds = replicate_seeds(cfg.seed, stage.replicate, domain=SCORE_SEEDS)
+        return StageInputs(init=seeds["init"], seeds=StreamSeeds(seeds["order"], seeds["augment"]),
+                           indices=everything)
 
-def train_ensemble(rt: Runtime, cfg: ScoreConfig, ds: DatasetArrays, root: Path, on_batch=None):
-    device = rt.torch_device
-    seeds = [replicate_seeds(cfg.seed, m) for m in range(cfg.models)]
-    model = new_model(cfg.model, ds.num_classes, [s["init"] for s in seeds], device)
-    labels = train_labels(ds, cfg.label_noise, cfg.noise_seed)
-    data = device_split(ds, "train", device, labels=labels)
-    run_training(rt, model, ds, data, [np.arange(ds.train_size)] * cfg.models,
-                 [StreamSeeds(s["order"], s["augment"]) for s in seeds], cfg.batch_size,
-                 Schedule(cfg.lr, cfg.milestones, cfg.gamma), 0, cfg.steps, root,
-                 f"{cfg.score} K={cfg.models}", on_batch=on_batch, momentum=cfg.momentum,
-                 weight_decay=cfg.weight_decay)
-    return model, data
-
-
-@SCORES.register("el2n")
-def el2n_scores(rt: Runtime, cfg: ScoreConfig, ds: DatasetArrays, root: Path) -> np.ndarray:
-    model, data = train_ensemble(rt, cfg, ds, root)
-    ckpt.save(root / "models.pt", {"states": unpack_state(model)})  # for analyses and checks
-    logits = predict(model, data, amp=rt.use_amp)
-    return el2n(logits, data.labels).mean(0).cpu().numpy()
-
-
-@SCORES.register("forgetting")
-def forgetting_scores(rt: Runtime, cfg: ScoreConfig, ds: DatasetArrays, root: Path) -> np.ndarray:
-    counter = ForgettingCounter(cfg.models, ds.train_size, rt.torch_device)
-    train_ensemble(rt, cfg, ds, root, on_batch=counter)  # the counter is checkpointed too
-    return counter.scores()
+    with run.lock():
+        if not run.is_done():
+            members = [run.stage(m) for m in range(cfg.models)]
+            records = train_stage(
+                ctx, members, prepare, cfg.recipe, data, label=f"{cfg.score} K={cfg.models}",
+                hooks=lambda k: kind.hooks(ctx, k),
+                artifacts=lambda model, hooks, _: {cfg.score: kind.per_model(ctx, model, hooks, data)})
+            if any(r.diverged for r in records):
+                raise UserError(f"{cfg.score} scores are not finite (training diverged); see "
+                                f"{run.path}/replicate_*/metrics.jsonl")
+            scores = np.mean([np.load(m.file(f"{cfg.score}.npy")) for m in members], axis=0)
+            if scores.shape != (ctx.ds.train_size,) or not np.all(np.isfinite(scores)):
+                raise UserError(f"{cfg.score} scores are not finite (training diverged?); see "
+                                f"{run.path}/replicate_*/metrics.jsonl")
+            atomic_save_npy(run.file("scores.npy"), scores.astype(np.float32))
+            run.mark_done({"score": cfg.score, "models": cfg.models})
+    return run.file("scores.npy")

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 
 from ..errors import UserError
-from ..store import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 
 def save(path: str | Path, obj: Any) -> None:

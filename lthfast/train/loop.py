@@ -27,19 +27,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..prune.magnitude import Masks
 from . import checkpoint as ckpt
+from .hooks import Hook
 from .optim import make_optimizer, optimizer_step
 from .schedule import Schedule
 
-Masks = dict[str, torch.Tensor]
-# on_batch(step, logits B×K×C (detached), labels B×K, indices B×K): for scores such as forgetting
-BatchHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 # progress(step, end_step, per-model mean losses or None)
 Progress = Callable[[int, int, Optional[list[float]]], None]
 
@@ -72,7 +71,7 @@ class LoopConfig:
 @dataclass
 class LoopResult:
     step: int
-    mean_losses: list[float]  # per model, over the last logging window
+    mean_losses: list[float]  # per model, mean finite loss over the last logging window
     diverged: list[Optional[dict]] = field(default_factory=list)  # per model: None or {step, last_finite_loss}
     log: list[dict] = field(default_factory=list)
     optimizer_state: Optional[dict] = None  # momentum buffers at ``step``, to continue from
@@ -109,20 +108,26 @@ def check_same_masks(saved: Optional[Masks], given: Optional[Masks], path: Path)
 
 
 def per_model_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """logits B×K×C, y B×K -> mean cross-entropy per model (K,)."""
-    return F.cross_entropy(logits.float().permute(0, 2, 1), y, reduction="none").mean(0)
+    """logits B×K×C, y B×K -> mean cross-entropy per model (K,).
+
+    Each model's mean is a reduction over one contiguous row of B losses, the same arithmetic
+    whatever K is: a replicate trained alone or packed with others gets bit-identical losses.
+    """
+    k = logits.shape[1]
+    flat = logits.float().transpose(0, 1).reshape(-1, logits.shape[-1])  # (K·B)×C, model-major
+    losses = F.cross_entropy(flat, y.T.reshape(-1), reduction="none")
+    return losses.view(k, -1).mean(1)
 
 
 def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks] = None,
-          checkpoint_path: Optional[Path] = None, on_batch: Optional[BatchHook] = None,
+          checkpoint_path: Optional[Path] = None, hooks: Sequence[Hook] = (),
           progress: Optional[Progress] = None,
           optimizer_state: Optional[dict] = None) -> LoopResult:
     """Train ``model`` in place over iterations [cfg.start_step, cfg.end_step).
 
     The optimizer starts from ``optimizer_state`` (a ``LoopResult.optimizer_state``) if given,
     else with no momentum, as a rewound network does; a checkpoint, if there is one, wins.
-    If ``on_batch`` has ``state_dict``/``load_state_dict`` (e.g. a forgetting counter), its state
-    is checkpointed with the model, so resumed runs see every batch exactly once.
+    Each hook's state is checkpointed with the model, so resumed runs see every batch once.
     """
     device = next(model.parameters()).device
     k = stream.k
@@ -133,7 +138,8 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
         opt.load_state_dict(optimizer_state)
     step = cfg.start_step
     loss_sum = torch.zeros(k, device=device)
-    loss_count = 0
+    loss_count = torch.zeros(k, device=device)  # finite losses only: a diverged model's mean
+    # is over the steps it still had a loss, not diluted by the steps after
     # Divergence bookkeeping stays on the device: the first non-finite step of each model and
     # its loss one step before (NaN: the model never had a finite loss in this run).
     first_bad = torch.full((k,), -1, dtype=torch.long, device=device)
@@ -146,12 +152,12 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
             check_same_masks(state["masks"], masks, checkpoint_path)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        step, loss_count = state["step"], state["loss_count"]
+        step, loss_count = state["step"], state["loss_count"].to(device)
         loss_sum, first_bad = state["loss_sum"].to(device), state["first_bad"].to(device)
         last_finite = state["last_finite"].to(device)
         result.log, result.diverged = state["log"], state["diverged"]
-        if hasattr(on_batch, "load_state_dict"):
-            on_batch.load_state_dict(state["hook"])
+        for hook, hook_state in zip(hooks, state["hooks"]):
+            hook.load_state_dict(hook_state)
         if state.get("rng") is not None:
             torch.set_rng_state(state["rng"].cpu())
     apply_masks(model, masks, opt)
@@ -159,6 +165,7 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
 
     forward = torch.compile(model) if cfg.compile else model
     use_amp = cfg.amp and device.type == "cuda"
+    grad_hooks = [h for h in hooks if h.wants_gradients]
     model.train()
     while step < cfg.end_step:
         lrs = lrs_at(step)
@@ -168,11 +175,15 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
             logits = forward(x)
         losses = per_model_loss(logits, y)
         losses.sum().backward()  # sum over models: each model's gradient is its own mean loss's
+        for hook in grad_hooks:
+            hook.after_backward(step, model)
         optimizer_step(opt, lrs, decays)
         opt.zero_grad(set_to_none=True)
         apply_masks(model, masks, opt)
-        if on_batch is not None:
-            on_batch(step, logits.detach(), y, idx)
+        if hooks:
+            detached_logits = logits.detach()
+            for hook in hooks:
+                hook.on_batch(step, detached_logits, y, idx)
 
         detached = losses.detach()
         bad = ~torch.isfinite(detached)
@@ -180,12 +191,12 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
         first_bad = torch.where(bad & healthy, torch.full_like(first_bad, step), first_bad)
         last_finite = torch.where(healthy & ~bad, detached.to(last_finite.dtype), last_finite)
         loss_sum += torch.where(bad, torch.zeros_like(detached), detached)
-        loss_count += 1
+        loss_count += (~bad).to(loss_count.dtype)
         step += 1
 
         at_log = step % cfg.log_every == 0 or step == cfg.end_step
         if at_log:  # the only host sync in the loop
-            means = (loss_sum / max(loss_count, 1)).tolist()
+            means = (loss_sum / loss_count).tolist()  # NaN for a model with no finite loss
             bad_steps, finite = first_bad.tolist(), last_finite.tolist()
             for m in range(k):
                 if bad_steps[m] >= 0 and result.diverged[m] is None:
@@ -195,7 +206,7 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
             result.log.append({"step": step, "lr": lr, "loss": means})
             result.mean_losses = means
             loss_sum.zero_()
-            loss_count = 0
+            loss_count.zero_()
             if progress is not None:
                 progress(step, cfg.end_step, means)
             if result.all_diverged:
@@ -206,7 +217,7 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                 "loss_sum": loss_sum, "loss_count": loss_count, "first_bad": first_bad,
                 "log": result.log, "last_finite": last_finite, "diverged": result.diverged,
-                "hook": on_batch.state_dict() if hasattr(on_batch, "state_dict") else None,
+                "hooks": [hook.state_dict() for hook in hooks],
                 # nothing in the step draws from torch's RNG today (batches are a function of
                 # the step); saved so that a hook or layer that does resumes identically too
                 "rng": torch.get_rng_state(), "masks": masks})

@@ -1,10 +1,11 @@
-"""Run directories keyed by config hash, atomic writes, finished-stage markers and file locks.
+"""Files: atomic writes (honouring the umask), strict JSON, checksums, locks, environment facts.
 
 Every write goes to a temporary file in the same directory and is moved into place with
-``os.replace``, so a reader never sees half a file, even after ``kill -9``. A stage is finished
-exactly when its ``done.json`` exists; it is written last.
+``os.replace``, so a reader never sees half a file, even after ``kill -9``. Files get the mode a
+plain ``open`` would give them (0644 under umask 022), so colleagues on a shared cluster can read
+each other's results. Where runs live is ``lthfast.runs``'s business, not this module's.
 
-    python -c "from lthfast.store import atomic_write_json; atomic_write_json('/tmp/x.json', {})"
+    python -c "from lthfast.files import atomic_write_json; atomic_write_json('/tmp/x.json', {})"
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -49,16 +51,27 @@ def _writable(path: Path) -> Iterator[None]:
         raise
 
 
+def _file_mode() -> int:
+    """0666 less the process umask: what ``open(path, "w")`` would create (mkstemp gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    from . import faults
+
     path = Path(path)
     with _writable(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, _file_mode())
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            faults.point("replace", path=str(path))
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -91,25 +104,6 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     return atomic_write_bytes(path, buf.getvalue())
-
-
-def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one metrics line; a torn last line from a kill is skipped by ``read_jsonl``."""
-    path = Path(path)
-    with _writable(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            f.write(to_json(record) + "\n")
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    records = []
-    if not Path(path).exists():
-        return records
-    for line in Path(path).read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            records.append(json.loads(line))
-    return records
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -147,38 +141,22 @@ def environment() -> dict:
     return env
 
 
-def prepare_run_dir(path: Path, config: dict) -> Path:
-    """Create a run directory with config.json and env.json; refuse a hash collision."""
-    cfg_path = path / "config.json"
-    if cfg_path.exists():
-        if read_json(cfg_path) != json.loads(canonical_json(config)):
-            raise UserError(f"{path} holds a different config; refusing to mix runs")
-    else:
-        atomic_write_json(cfg_path, config)
-        atomic_write_json(path / "env.json", environment())
-    return path
-
-
-def is_done(stage_dir: Path) -> bool:
-    return (stage_dir / "done.json").exists()
-
-
-def mark_done(stage_dir: Path, info: dict | None = None) -> None:
-    atomic_write_json(stage_dir / "done.json", info or {})
-
-
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Exclusive advisory lock on ``path/.lock``; a second process waits until the first is done.
 
     Waiting (not skipping) means both processes end up reporting the same finished results: the
-    second one finds every stage done and only reads them.
+    second one finds every stage done and only reads them. A waiting process says so on stderr.
     """
     with _writable(path):
         path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process working on {path}", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)

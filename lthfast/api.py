@@ -1,0 +1,276 @@
+"""The Python API: what the CLI, the sweeps and a notebook call.
+
+Each experiment is a frozen request (the flags a user sets, with the CLI's names and defaults)
+and one function that checks it whole, before any data is built or any file written, then
+ensures what it depends on and runs it. ``imp`` computes missing EL2N (or forgetting) scores for
+easy / hard subsets, then pre-trains and prunes; ``scores`` computes a score ensemble. Both
+return the run store's ``Run`` (its ``path`` is the run directory).
+
+    from lthfast import api
+    rt = api.runtime(out="runs", device="cpu")
+    run = api.imp(api.ImpRequest(dataset="digits", subset="random", size=256, steps=20,
+                                 levels=3, replicates=2), rt)
+    print(run.path, [r.test_acc for r in run.records()])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from .config import Overrides, Preset, pretrain_recipe, preset_for, score_recipe, train_recipe
+from .errors import UserError
+from .experiments.common import Context, Runtime, default_device, setup_torch
+from .runs import Run
+
+# Datasets that need no download or source: built on first use.
+EMBEDDED = ("digits",)
+
+
+def runtime(root: str | Path = "datasets", out: str | Path = "runs", device: Optional[str] = None,
+            deterministic: bool = False, compile: Optional[bool] = None,
+            checkpoint_every: int = 200, loader: str = "device", progress=None) -> Runtime:
+    """How to run (never part of a run's identity), checked."""
+    from .data.streams import STREAMS
+
+    if checkpoint_every < 0:
+        raise UserError(f"--checkpoint-every must be >= 0 (0: never), got {checkpoint_every}")
+    STREAMS.lookup(loader)
+    return Runtime(root=Path(root), out=Path(out), device=device or default_device(),
+                   deterministic=deterministic, compile=compile, progress=progress,
+                   checkpoint_every=checkpoint_every, loader=loader)
+
+
+def open_data(root: str | Path, dataset: str):
+    """A built dataset; the embedded ones are built on first use."""
+    from .data.arrays import open_dataset
+    from .data.build import build_dataset
+    from .data.sources import get_source
+
+    get_source(dataset)
+    if dataset in EMBEDDED and not (Path(root) / dataset / "meta.json").exists():
+        build_dataset(dataset, Path(root))
+    return open_dataset(root, dataset)
+
+
+def context(rt: Runtime, dataset: str) -> Context:
+    setup_torch(rt)  # also: this run starts from a clean torch global state
+    return Context(rt, open_data(rt.root, dataset))
+
+
+@dataclass(frozen=True)
+class Common:
+    """Flags shared by every training command: the dataset, the base seed and small overrides."""
+
+    dataset: str = "cifar10"
+    seed: int = 0
+    label_noise: float = 0.0
+    noise_seed: int = 0
+    model: Optional[str] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+
+    def check_common(self) -> None:
+        from .config import PRESETS
+        from .data.sources import SOURCES
+        from .data.subsets import check_noise_fraction
+
+        SOURCES.lookup(self.dataset)
+        if self.dataset not in PRESETS:
+            raise UserError(f"no preset for dataset '{self.dataset}' (known: {', '.join(PRESETS)})")
+        if self.seed < 0:
+            raise UserError(f"--seed must be >= 0, got {self.seed}")
+        check_noise_fraction(self.label_noise, self.noise_seed)
+
+
+@dataclass(frozen=True)
+class ScoreRequest(Common):
+    """``lthfast scores KIND``: K networks, per-example scores of the train set."""
+
+    kind: str = "el2n"
+    models: int = 10
+    steps: Optional[int] = None
+
+    def preset(self) -> Preset:
+        preset = Overrides(model=self.model, batch_size=self.batch_size,
+                           lr=self.lr).apply(preset_for(self.dataset))
+        return dataclasses.replace(preset, el2n_model=self.model) if self.model else preset
+
+    def check(self) -> None:
+        from .experiments.scores import SCORES, check_score_request
+        from .models import resolve
+
+        self.check_common()
+        kind = SCORES.lookup(self.kind)
+        preset = self.preset()
+        resolve(preset.el2n_model)
+        check_score_request(self.models, kind.default_steps(preset) if self.steps is None
+                            else self.steps)
+
+    def config(self):
+        from .experiments.scores import SCORES, ScoreConfig
+
+        preset = self.preset()
+        steps = SCORES.lookup(self.kind).default_steps(preset) if self.steps is None else self.steps
+        return ScoreConfig(score=self.kind, dataset=self.dataset,
+                           recipe=score_recipe(preset, steps), models=self.models,
+                           seed=self.seed, label_noise=self.label_noise,
+                           noise_seed=self.noise_seed)
+
+
+@dataclass(frozen=True)
+class ImpRequest(Common):
+    """``lthfast imp``: pre-train on a subset for t_r iterations, then IMP with rewinding."""
+
+    subset: str = "all"
+    size: Optional[int] = None
+    subset_file: Optional[Path] = None
+    subset_seed: int = 0
+    shared_subset: bool = False
+    class_balanced: Optional[bool] = None
+    offset: int = 0
+    scores: Optional[Path] = None
+    rank_by: str = "el2n"
+    steps: Optional[int] = None
+    levels: int = 12
+    replicates: int = 1
+    el2n_models: int = 10
+    el2n_steps: Optional[int] = None
+    pretrain_lr: Optional[float] = None
+    train_steps: Optional[int] = None
+
+    def preset(self) -> Preset:
+        return Overrides(self.model, self.batch_size, self.lr, self.pretrain_lr,
+                         self.train_steps).apply(preset_for(self.dataset))
+
+    def subset_spec(self, scores: Optional[Path] = None):
+        from .data.subsets import SubsetSpec
+
+        scores = scores or self.scores
+        return SubsetSpec(kind=self.subset, size=self.size, seed=self.subset_seed,
+                          scores=str(scores) if scores else None, offset=self.offset,
+                          class_balanced=self.class_balanced,
+                          file=str(self.subset_file) if self.subset_file else None,
+                          shared=self.shared_subset,
+                          rank_by=(self.rank_by if self.scores is None else "file")
+                          if scores else None)
+
+    def needs_scores(self) -> bool:
+        return self.subset_file is None and self.subset in ("easy", "hard") and self.scores is None
+
+    def score_request(self) -> ScoreRequest:
+        return ScoreRequest(dataset=self.dataset, seed=self.seed, label_noise=self.label_noise,
+                            noise_seed=self.noise_seed, model=self.model,
+                            batch_size=self.batch_size, lr=self.lr, kind=self.rank_by,
+                            models=self.el2n_models, steps=self.el2n_steps)
+
+    def config(self, subset_identity: dict):
+        from .experiments.imp import ImpConfig, PretrainConfig
+
+        preset = self.preset()
+        t_r = preset.t_star if self.steps is None else self.steps
+        pre = PretrainConfig(dataset=self.dataset, recipe=pretrain_recipe(preset, t_r),
+                             subset=subset_identity, seed=self.seed,
+                             label_noise=self.label_noise, noise_seed=self.noise_seed)
+        return ImpConfig(pretrain=pre, recipe=train_recipe(preset),
+                         prune_fraction=preset.prune_fraction)
+
+    def check(self) -> None:
+        """Everything checkable without data, so a typo never trains or writes anything."""
+        from .experiments.imp import check_config
+        from .experiments.scores import SCORES
+        from .models import resolve
+
+        self.check_common()
+        if self.levels < 0:
+            raise UserError("--levels must be >= 0")
+        if self.replicates < 1:
+            raise UserError("--replicates must be >= 1")
+        resolve(self.preset().model)
+        SCORES.lookup(self.rank_by)
+        self.subset_spec().check()
+        if self.subset_file is None and self.subset not in ("easy", "hard") and self.scores:
+            raise UserError(f"--scores ranks easy/hard subsets; --subset {self.subset} has none")
+        if self.scores is not None and not Path(self.scores).exists():
+            raise UserError(f"scores file {self.scores} does not exist")
+        if self.subset_file is not None and not Path(self.subset_file).is_file():
+            raise UserError(f"subset file {self.subset_file} does not exist")
+        check_config(self.config({}))
+        if self.needs_scores():
+            self.score_request().check()
+
+
+def scores(req: ScoreRequest, rt: Runtime) -> Path:
+    """Per-example scores (float32 .npy in dataset order), computed once; returns the path."""
+    from .data.streams import check_loader
+    from .experiments.scores import compute_scores
+
+    req.check()
+    ctx = context(rt, req.dataset)
+    check_loader(rt.loader, ctx.ds, req.label_noise, rt.deterministic)
+    return compute_scores(ctx, req.config())
+
+
+def imp(req: ImpRequest, rt: Runtime) -> Run:
+    """IMP after pre-training on the requested subset; computes missing scores first."""
+    from .data.streams import check_loader
+    from .data.subsets import make_subset
+    from .experiments.imp import run_imp
+    from .experiments.scores import compute_scores
+
+    req.check()
+    ctx = context(rt, req.dataset)
+    check_loader(rt.loader, ctx.ds, req.label_noise, rt.deterministic)
+    score_path = compute_scores(ctx, req.score_request().config()) if req.needs_scores() else None
+    spec = req.subset_spec(score_path)
+    make_subset(ctx.ds, spec)  # a subset that cannot be made fails here, before any training
+    return run_imp(ctx, req.config(spec.identity()), spec, req.levels, req.replicates)
+
+
+# ------------------------------------------------------------------------------------------------
+# requests from plain values (sweep files, JSON): every value checked against its field's type
+# ------------------------------------------------------------------------------------------------
+
+REQUESTS: dict[str, type] = {"imp": ImpRequest, "scores": ScoreRequest}
+# Runtime flags a sweep may set per run (how to run, not what): checked like request fields.
+RUNTIME_FLAGS = {"deterministic": bool, "compile": Optional[bool], "loader": str,
+                 "checkpoint_every": int}
+
+
+def coerce(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as type ``hint`` (int, float, str, bool, Path, Optional of one), or UserError."""
+    flag = "--" + name.replace("_", "-")
+    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else coerce(name, value, inner[0])
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str), Path: lambda v: isinstance(v, (str, Path))}[hint]
+    if not ok(value):
+        raise UserError(f"{flag} takes {hint.__name__ if hint is not Path else 'a path'}, "
+                        f"got {value!r}")
+    return hint(value) if hint in (float, Path) else value
+
+
+def request_from(command: str, values: dict[str, Any]):
+    """A checked request and runtime flags from plain values, e.g. one grid point of a sweep."""
+    cls = REQUESTS[command]
+    hints = typing.get_type_hints(cls)
+    fields, flags = {}, {}
+    for name, value in values.items():
+        if name in hints:
+            fields[name] = coerce(name, value, hints[name])
+        elif name in RUNTIME_FLAGS:
+            flags[name] = coerce(name, value, RUNTIME_FLAGS[name])
+        else:
+            raise UserError(f"'{command}' has no flag --{name.replace('_', '-')}")
+    request = cls(**fields)
+    request.check()
+    return request, flags
+
+
+RUNNERS = {"imp": lambda req, rt: imp(req, rt).path, "scores": scores}

@@ -1,0 +1,212 @@
+"""The run store: the only module that knows where runs, stages and their files live on disk.
+
+A run is one experiment config of one kind; its directory is ``<out>/<kind>_<hash>/`` where the
+hash is of the config's canonical JSON (fields at their default left out, so adding a field keeps
+old hashes), and it holds ``config.json`` and ``env.json``. Inside, one stage per unit of work:
+
+    <kind>_<hash>/replicate_<r>/                         pre-training, score ensemble members
+    <kind>_<hash>/replicate_<r>/level_<k>/               IMP levels
+    <kind>_<hash>/replicate_<r>/[level_<k>/]<branch>/    analyses hung under a stage (as open_lth)
+    <kind>_<hash>/scratch/<stages>/checkpoint.pt         packing groups: checkpoints only
+
+A stage is finished exactly when its ``done.json`` (a ``StageRecord``) exists; it is written
+last, after the stage's weights and metrics. Replicates and levels are not part of the hash, so
+asking for more of either later trains only what is missing.
+
+    python -c "from lthfast.runs import RunStore; print(RunStore('runs').run('pretrain', {'a': 1}).path)"
+    # -> runs/pretrain_<hash>
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from . import faults
+from .errors import UserError
+from .files import (atomic_write_json, canonical_json, config_hash, environment, locked,
+                    read_json)
+
+# Run kinds: what each ``<kind>_<hash>`` directory holds. New analyses add theirs here.
+KINDS = ("pretrain", "imp", "el2n", "forgetting")
+
+
+def to_dict(obj: Any) -> Any:
+    """A config (dataclass, possibly nested) as JSON-able data, fields at their default dropped:
+    adding a field with a default keeps every old hash."""
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.default is not dataclasses.MISSING and value == f.default:
+                continue
+            out[f.name] = to_dict(value)
+        return out
+    if isinstance(obj, (tuple, list)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def hash_of(cfg: Any) -> str:
+    return config_hash(to_dict(cfg))
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """What a finished stage reports (its ``done.json``). ``extra`` holds an analysis's own
+    scalar results; arrays go to ``.npy`` files beside it."""
+
+    replicate: int
+    start: int  # the stage trained iterations [start, end)
+    end: int
+    test_acc: Optional[float]
+    test_loss: Optional[float]
+    level: Optional[int] = None
+    branch: Optional[str] = None
+    weights_remaining: float = 1.0
+    diverged: Optional[dict] = None  # {"step", "last_finite_loss"} of the first non-finite loss
+    loader: str = "device"
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, path: Path) -> "StageRecord":
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or not {"replicate", "start", "end"} <= set(data):
+            raise UserError(f"{path} is not a stage record; delete it to redo that stage")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One replicate's unit of work in a run: a directory with weights, metrics and done.json."""
+
+    run: "Run"
+    replicate: int
+    level: Optional[int] = None
+    branch: Optional[str] = None
+
+    @property
+    def path(self) -> Path:
+        path = self.run.path / f"replicate_{self.replicate}"
+        if self.level is not None:
+            path = path / f"level_{self.level}"
+        return path / self.branch if self.branch else path
+
+    @property
+    def name(self) -> str:
+        """``<kind>/<path inside the run>``: how traces, faults and progress name a stage."""
+        return "/".join((self.run.kind, *self.path.relative_to(self.run.path).parts))
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def is_done(self) -> bool:
+        return (self.path / "done.json").exists()
+
+    def mark_done(self, record: StageRecord) -> None:
+        faults.point("mark_done", stage=self.name)
+        atomic_write_json(self.path / "done.json", record.to_json())
+        faults.trace(event="done", stage=self.name)
+
+    def record(self) -> StageRecord:
+        path = self.path / "done.json"
+        return StageRecord.from_json(read_json(path), path)
+
+
+_STAGE_DIR = re.compile(r"(replicate|level)_(\d+)")
+
+
+class Run:
+    """One run directory: its kind, config, stages, scratch space and run-level artifacts."""
+
+    def __init__(self, kind: str, config: dict, path: Path):
+        self.kind, self.config, self.path = kind, config, path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def create(self) -> "Run":
+        """Write config.json and env.json (once); refuse a directory that holds another config."""
+        cfg_path = self.path / "config.json"
+        if cfg_path.exists():
+            if read_json(cfg_path) != json.loads(canonical_json(self.config)):
+                raise UserError(f"{self.path} holds a different config; refusing to mix runs")
+        else:
+            atomic_write_json(cfg_path, self.config)
+            atomic_write_json(self.path / "env.json", environment())
+        return self
+
+    def exists(self) -> bool:
+        return (self.path / "config.json").exists()
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator["Run"]:
+        with locked(self.path):
+            yield self
+
+    def stage(self, replicate: int, level: Optional[int] = None,
+              branch: Optional[str] = None) -> Stage:
+        return Stage(self, replicate, level, branch)
+
+    def scratch(self, stages: list[Stage]) -> Path:
+        """Where a packed group of stages keeps its periodic checkpoint (nothing else)."""
+        first = stages[0]
+        parts = ([f"level_{first.level}"] if first.level is not None else []) + (
+            [first.branch] if first.branch else []) + [
+            "group_" + "_".join(str(s.replicate) for s in stages)]
+        return self.path / "scratch" / "_".join(parts)
+
+    def file(self, name: str) -> Path:
+        """A run-level artifact: ``results.json``, ``scores.npy``, ..."""
+        return self.path / name
+
+    def is_done(self) -> bool:
+        return (self.path / "done.json").exists()
+
+    def mark_done(self, info: dict) -> None:
+        faults.point("mark_done", stage=self.kind)
+        atomic_write_json(self.path / "done.json", info)
+        faults.trace(event="done", stage=self.kind)
+
+    def records(self) -> list[StageRecord]:
+        """Every finished stage (not branches), ordered by replicate and level."""
+        out = []
+        for path in self.path.glob("replicate_*/**/done.json"):
+            parts = path.parent.relative_to(self.path).parts
+            if all(_STAGE_DIR.fullmatch(p) for p in parts):
+                out.append(StageRecord.from_json(read_json(path), path))
+        return sorted(out, key=lambda r: (r.replicate, -1 if r.level is None else r.level))
+
+
+class RunStore:
+    """All runs under one ``--out`` folder."""
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+
+    def run(self, kind: str, cfg: Any) -> Run:
+        if kind not in KINDS:
+            raise ValueError(f"unknown run kind {kind!r} (known: {', '.join(KINDS)})")
+        config = to_dict(cfg)
+        return Run(kind, config, self.out / f"{kind}_{config_hash(config)}")
+
+    def runs(self, kind: str) -> Iterator[Run]:
+        """Every run of ``kind`` with a readable config (a run being created is skipped)."""
+        for path in sorted(self.out.glob(f"{kind}_*")):
+            if re.fullmatch(rf"{kind}_[0-9a-f]{{12}}", path.name) and (path / "config.json").exists():
+                try:
+                    config = read_json(path / "config.json")
+                except UserError:
+                    continue
+                yield Run(kind, config, path)
