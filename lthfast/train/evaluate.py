@@ -34,10 +34,11 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """K×N×C, N -> cross-entropy per model and example (K×N)."""
-    k = logits.shape[0]
-    return F.cross_entropy(logits.permute(1, 2, 0), labels[:, None].expand(-1, k),
-                           reduction="none").T
+    """K×N×C, N -> cross-entropy per model and example (K×N), row by row (model-major), so a
+    model's losses and their mean do not depend on which models it was packed with."""
+    k, n, c = logits.shape
+    losses = F.cross_entropy(logits.reshape(k * n, c), labels.repeat(k), reduction="none")
+    return losses.view(k, n)
 
 
 def el2n(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
