@@ -12,6 +12,7 @@ from lthfast.models import build
 from lthfast.models.packed import load_packed, unpack_state
 from lthfast.prune.magnitude import full_masks, prune
 from lthfast.train.evaluate import predict, summary
+from lthfast.train.hooks import Hook
 from lthfast.train.loop import LoopConfig, train
 from lthfast.train.schedule import Schedule
 
@@ -88,7 +89,7 @@ def fresh(k, seeds, execution="auto"):
 def test_short_run_lowers_loss_and_learns(digits):
     data, stream = digits_stream(digits, [StreamSeeds(0, 1)])
     model = fresh(1, [0])
-    result = train(model, stream, LoopConfig(Schedule(0.1), 0, 60, log_every=20))
+    result = train(model, stream, LoopConfig(Schedule(0.1), 0, 100, log_every=20))
     assert result.log[-1]["loss"][0] < 0.5 * result.log[0]["loss"][0]
     test = DeviceData(digits.test_images, digits.test_labels, digits.meta["mean"],
                       digits.meta["std"], digits.augment, "cpu")
@@ -201,13 +202,14 @@ def test_resume_equals_uninterrupted(digits, tmp_path):
         class Kill(Exception):
             pass
 
-        def die(step, *args):
-            if step == 13:
-                raise Kill
+        class Die(Hook):
+            def on_batch(self, step, *args):
+                if step == 13:
+                    raise Kill
 
         model = fresh(1, [9])
         with pytest.raises(Kill):
-            train(model, stream, cfg, checkpoint_path=tmp_path / "ck.pt", on_batch=die)
+            train(model, stream, cfg, checkpoint_path=tmp_path / "ck.pt", hooks=[Die()])
         resumed = fresh(1, [0])  # a different init: everything must come from the checkpoint
         result = train(resumed, stream, cfg, checkpoint_path=tmp_path / "ck.pt")
         for name, value in reference.state_dict().items():
@@ -228,26 +230,28 @@ def test_resume_restores_torch_rng_and_refuses_other_masks(digits, tmp_path):
     state = unpack_state(fresh(1, [9]))[0]
     mask, other = prune(state, full_masks(state), 0.2), prune(state, full_masks(state), 0.4)
 
-    def drawing(draws, stop_at=None):
-        def hook(step, *args):
-            if step == stop_at:
+    class drawing(Hook):
+        def __init__(self, draws, stop_at=None):
+            self.draws, self.stop_at = draws, stop_at
+
+        def on_batch(self, step, *args):
+            if step == self.stop_at:
                 raise KeyboardInterrupt
-            draws.append(torch.rand(()).item())
-        return hook
+            self.draws.append(torch.rand(()).item())
 
     torch.manual_seed(123)
     uninterrupted = []
-    train(fresh(1, [9]), stream, cfg, masks=mask, on_batch=drawing(uninterrupted))
+    train(fresh(1, [9]), stream, cfg, masks=mask, hooks=[drawing(uninterrupted)])
     torch.manual_seed(123)
     before, after = [], []
     with pytest.raises(KeyboardInterrupt):
         train(fresh(1, [9]), stream, cfg, masks=mask, checkpoint_path=tmp_path / "ck.pt",
-              on_batch=drawing(before, stop_at=6))
+              hooks=[drawing(before, stop_at=6)])
     torch.manual_seed(999)  # a fresh process would not share the RNG state
     with pytest.raises(UserError, match="other pruning masks"):
         train(fresh(1, [9]), stream, cfg, masks=other, checkpoint_path=tmp_path / "ck.pt")
     train(fresh(1, [9]), stream, cfg, masks=mask, checkpoint_path=tmp_path / "ck.pt",
-          on_batch=drawing(after))
+          hooks=[drawing(after)])
     assert before[:4] + after == uninterrupted  # steps 0-3, then 4-9 again from the checkpoint
 
 
@@ -293,3 +297,64 @@ def test_per_example_outputs_match_their_definitions():
                 (logits[k, i].softmax(-1) - onehot).norm().item(), abs=1e-6)
         assert accuracy(logits, labels)[k] == pytest.approx(
             (logits[k].argmax(-1) == labels).float().mean().item())
+
+
+def test_init_follows_open_lth_and_lth_diet():
+    """Kaiming-normal fan-in convs and linear weights (std √(2/fan_in)), BN weight U(0,1), BN
+    bias 0: what open_lth and the paper's code draw. Fan-out (the old init) would give a conv
+    std of √(2/(out·9)), a factor √(out/in) away for the widening convs."""
+    model = build("resnet56", 10, k=2)
+    model.reset_parameters([1, 2])
+    state = unpack_state(model)[0]
+    conv = state["blocks.9.conv1.weight"]  # 16 -> 32 channels: fan-in 144, fan-out 288
+    assert conv.std().item() == pytest.approx((2 / 144) ** 0.5, rel=0.05)
+    fc = state["fc.weight"]
+    assert fc.std().item() == pytest.approx((2 / 64) ** 0.5, rel=0.15)
+    bn_w = torch.cat([v for n, v in state.items() if n.endswith("bn1.weight")])
+    assert bn_w.min() >= 0 and bn_w.max() <= 1 and 0.4 < bn_w.mean() < 0.6 and bn_w.std() > 0.2
+    assert all(torch.count_nonzero(v) == 0 for n, v in state.items() if n.endswith("bn1.bias"))
+
+
+def test_after_backward_hook_sees_this_steps_gradients(digits):
+    """A gradient hook sees p.grad between backward and update, once per step, and the update
+    that follows is the one made from those gradients."""
+    _, stream = digits_stream(digits, [StreamSeeds(0, 1)])
+    model = fresh(1, [0])
+    seen = []
+
+    class Norms(Hook):
+        wants_gradients = True
+
+        def after_backward(self, step, model):
+            grads = [p.grad for p in model.parameters()]
+            assert all(g is not None for g in grads)
+            seen.append((step, torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).item()))
+
+    before = model.stem.weight.detach().clone()
+    train(model, stream, LoopConfig(Schedule(0.1), 0, 1, momentum=0.0, weight_decay=0.0),
+          hooks=[Norms()])
+    assert [s for s, _ in seen] == [0] and seen[0][1] > 0
+    assert not torch.equal(before, model.stem.weight)
+
+
+def test_a_replicate_trains_bit_identically_alone_or_packed(digits):
+    """On the CPU each packed model's arithmetic is independent of K and of its neighbours, so
+    '1 replicate, then a second' ends bit-equal to '2 at once'."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        cfg = LoopConfig(Schedule(0.1), 0, 12, log_every=4)
+        _, alone_stream = digits_stream(digits, [StreamSeeds(7, 8)])
+        alone = fresh(1, [5])
+        alone_result = train(alone, alone_stream, cfg)
+        _, pair_stream = digits_stream(digits, [StreamSeeds(7, 8), StreamSeeds(9, 10)])
+        pair = fresh(2, [5, 6])
+        pair_result = train(pair, pair_stream, cfg)
+        a, b = unpack_state(alone)[0], unpack_state(pair)[0]
+        assert all(torch.equal(a[n], b[n]) for n in a)
+        assert [r["loss"][0] for r in alone_result.log] == [r["loss"][0] for r in pair_result.log]
+        test = DeviceData(digits.test_images, digits.test_labels, digits.meta["mean"],
+                          digits.meta["std"], digits.augment, "cpu")
+        assert summary(predict(alone, test), test.labels)["loss"][0] == \
+            summary(predict(pair, test), test.labels)["loss"][0]
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -35,7 +35,7 @@ How it differs from ``BatchStream`` (use that one unless you are comparing loade
   order: ``loader.traversal_order.sample_order(epoch)`` is the order the loader's epoch iterator
   cuts into consecutive batches (single-process, non-distributed ``RANDOM`` order). The test
   checks pixels and labels against the ``.npy`` arrays at these indices, so hooks that need
-  indices (forgetting) work. Label noise (``DeviceData.with_labels``) is not supported: labels
+  indices (forgetting) work. Label noise is not supported: labels
   come from the beton.
 - Startup: every ``Loader`` compiles its pipeline with numba on its first epoch (~5-15 s each on
   a CPU), so K models cost K compiles.

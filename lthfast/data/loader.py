@@ -70,13 +70,6 @@ class DeviceData:
         rows = torch.arange(self.h, device=self.device)[:, None] * (self.w + 2 * p)
         self._run_offsets = {self.w: rows, 1: rows + torch.arange(self.w, device=self.device)}
 
-    def with_labels(self, labels: np.ndarray) -> "DeviceData":
-        """Same images, other labels (label noise) without a second copy of the images."""
-        clone = object.__new__(DeviceData)
-        clone.__dict__.update(self.__dict__)
-        clone.labels = torch.as_tensor(np.array(labels, dtype=np.int64), device=self.device)
-        return clone
-
     def normalise(self, x_uint8: torch.Tensor, k: int) -> torch.Tensor:
         """uint8 B×H×W×3K -> float B×3K×H×W (channels_last) normalised per channel."""
         if k not in self._tiled:

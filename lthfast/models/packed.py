@@ -97,9 +97,18 @@ class PackedResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.fc = PackedLinear(k, c_in, num_classes)
         self.reset_parameters()
+        if k > 1 or execution == "looped":  # here, not in forward: compile cannot trace its making
+            self.__dict__["_twin_model"] = PackedResNet(depth, num_classes, 1, widths, "grouped")
 
     def reset_parameters(self, seeds: list[int] | None = None) -> None:
-        """Initialise each packed model from its own seed (Kaiming-normal convs, as open_lth)."""
+        """Initialise each packed model from its own seed, as the lottery-ticket codebases do.
+
+        open_lth's CIFAR ResNets (``kaiming_normal`` + ``bn_initializers.uniform``) and the
+        paper's own code (lth_diet: Composer's ``KAIMING_NORMAL`` + ``BN_UNIFORM``) draw conv and
+        linear weights Kaiming-normal with fan-in and gain √2 (std √(2 / fan_in)), BatchNorm
+        weights U(0, 1) and BatchNorm biases 0; the linear bias keeps PyTorch's default
+        U(±1/√fan_in). All draws come from a generator seeded by the model's own seed.
+        """
         seeds = seeds if seeds is not None else list(range(self.k))
         assert len(seeds) == self.k
         for m in range(self.k):
@@ -107,17 +116,19 @@ class PackedResNet(nn.Module):
             for module in self.modules():
                 if isinstance(module, PackedConv):
                     w = module.weight.data.view(self.k, -1)[m]
-                    fan_out = module.weight.shape[0] // self.k * module.weight[0, 0].numel()
-                    w.copy_(torch.randn(w.shape, generator=g) * (2.0 / fan_out) ** 0.5)
+                    fan_in = module.weight[0].numel()  # in-channels (per group) × kh × kw
+                    w.copy_(torch.randn(w.shape, generator=g) * (2.0 / fan_in) ** 0.5)
                 elif isinstance(module, PackedLinear):
-                    bound = 1.0 / module.c_in ** 0.5
                     w = module.weight.data.view(self.k, -1)[m]
-                    w.copy_(torch.rand(w.shape, generator=g) * 2 * bound - bound)
+                    w.copy_(torch.randn(w.shape, generator=g) * (2.0 / module.c_in) ** 0.5)
+                    bound = 1.0 / module.c_in ** 0.5
                     b = module.bias.data.view(self.k, -1)[m]
                     b.copy_(torch.rand(b.shape, generator=g) * 2 * bound - bound)
-        for module in self.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.reset_parameters()
+                elif isinstance(module, nn.BatchNorm2d):
+                    module.reset_running_stats()
+                    w = module.weight.data.view(self.k, -1)[m]
+                    w.copy_(torch.rand(w.shape, generator=g))
+                    module.bias.data.view(self.k, -1)[m].zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: B×3K×H×W (model k's image in channels 3k..3k+2) -> logits B×K×classes."""
@@ -155,20 +166,11 @@ class PackedResNet(nn.Module):
     def _twin(self) -> "PackedResNet":
         """A K=1 network of the same shape (not a submodule: it owns no state of this model).
         Its own tensors are never used, every one is swapped for a view, so it stays on the CPU."""
-        twin = self.__dict__.get("_twin_model")
-        if twin is None:
-            twin = self.__dict__["_twin_model"] = PackedResNet(
-                self.depth, self.num_classes, 1, self.widths, "grouped")
-        return twin
+        return self.__dict__["_twin_model"]
 
     def num_params(self) -> int:
         """Parameters of one model."""
         return sum(p.numel() for p in self.parameters()) // self.k
-
-    def prunable(self) -> dict[str, nn.Parameter]:
-        """Conv and linear weights: what IMP prunes (never biases or BatchNorm)."""
-        return {name: p for name, p in self.named_parameters()
-                if name.endswith("weight") and p.dim() > 1}
 
 
 EXECUTIONS: dict[str, Callable[[PackedResNet, torch.Tensor], torch.Tensor]] = {
