@@ -24,7 +24,7 @@ ROOT = typer.Option(Path("datasets"), "--root", envvar="LTHFAST_DATA", help="dat
 OUT = typer.Option(Path("runs"), "--out", envvar="LTHFAST_RUNS", help="runs root")
 SEED = typer.Option(0, "--seed", help="base seed (init, order and augmentation seeds derive from it)")
 DEVICE = typer.Option(None, "--device", help="cuda or cpu (default: cuda if available)")
-DETERMINISTIC = typer.Option(False, "--deterministic", is_flag=True,
+DETERMINISTIC = typer.Option(False, "--deterministic",
                              help="deterministic kernels (CPU: bit-exact reruns)")
 CHECKPOINT_EVERY = typer.Option(200, "--checkpoint-every", envvar="LTHFAST_CHECKPOINT_EVERY",
                                 help="iterations between checkpoints of a training stage (0: never)")
@@ -92,7 +92,7 @@ def imp(dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="d
         size: Optional[int] = typer.Option(None, help="subset size M"),
         subset_file: Optional[Path] = typer.Option(None, help="pre-train on these train indices (.npy)"),
         subset_seed: int = typer.Option(0, help="seed of a random subset (replicate r draws its own from it)"),
-        shared_subset: bool = typer.Option(False, "--shared-subset", is_flag=True,
+        shared_subset: bool = typer.Option(False, "--shared-subset",
                                            help="random: one subset for all replicates"),
         class_balanced: Optional[bool] = typer.Option(None, "--class-balanced/--no-class-balanced",
                                                       help="equal share per class (default: yes for random, no for easy/hard)"),
@@ -155,7 +155,7 @@ def scores(kind: str = typer.Argument(..., help="el2n or forgetting"),
 
 @app.command()
 def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, \\[flags], \\[grid])"),
-          dry_run: bool = typer.Option(False, "--dry-run", is_flag=True,
+          dry_run: bool = typer.Option(False, "--dry-run",
                                        help="print the commands, run nothing"),
           root: Path = ROOT, out: Path = OUT, device: Optional[str] = DEVICE):
     """Run every grid point of a sweep file in this process; prints the sweep summary path."""

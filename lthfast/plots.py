@@ -25,12 +25,17 @@ LABEL_FIELDS = ("subset", "subset_size", "rank_by", "class_balanced", "offset", 
 def labels(rows: list[dict]) -> dict[str, str]:
     """run -> a legend naming the subset, t_r and whatever else separates it from the others."""
     configs = {row["run"]: row for row in rows}
-    varying = [f for f in LABEL_FIELDS
-               if len({str(c.get(f)) for c in configs.values()}) > 1 or f in ("subset", "t_r")]
+    unset = (None, "")  # e.g. the subset seed of an "all" run
+
+    def varies(f: str) -> bool:
+        return len({str(c.get(f)) for c in configs.values() if c.get(f) not in unset}) > 1
+
+    varying = [f for f in LABEL_FIELDS if f == "t_r" or varies(f)]
     out = {}
     for run, c in configs.items():
         parts = [f"{c['subset']}" + (f" {c['subset_size']}" if c.get("subset_size") else "")]
-        parts += [f"{f}={c[f]}" for f in varying if f not in ("subset", "subset_size")]
+        parts += [f"{f}={c[f]}" for f in varying
+                  if f not in ("subset", "subset_size") and c.get(f) not in unset]
         out[run] = ", ".join(parts)
     if len(set(out.values())) < len(out):  # identical legends: tell the runs apart by name
         out = {run: f"{label} ({run})" for run, label in out.items()}

@@ -24,7 +24,8 @@ SMALL = ["imp", "--dataset", "digits", "--steps", "5", "--levels", "2", "--train
 def two_runs(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     mp = pytest.MonkeyPatch()
-    for extra in (["--subset", "all"], ["--subset", "random", "--size", "128"]):
+    for extra in (["--subset", "all"], ["--subset", "random", "--size", "128"],
+                  ["--subset", "all", "--lr", "0.05"]):
         mp.setattr(sys, "argv", ["lthfast", *SMALL, *extra, "--root", str(data_root),
                                  "--out", str(out)])
         cli_module.main()
@@ -38,30 +39,56 @@ def test_report_table_holds_every_finished_level(two_runs, run_cli):
     paths = [Path(line) for line in stdout.split()]
     assert paths[-1] == two_runs / "report" / "imp.csv"
     rows = read_csv(paths[-1])
-    assert len(rows) == 2 * 2 * 3  # runs × replicates × levels 0..2
+    assert len(rows) == 3 * 2 * 3  # runs × replicates × levels 0..2
     for results in two_runs.glob("imp_*/results.json"):
         data = json.loads(results.read_text())
         mine = [r for r in rows if r["run"] == results.parent.name]
         assert [(r["replicate"], r["level"], r["test_acc"]) for r in mine] == [
             (r["replicate"], r["level"], r["test_acc"]) for r in data["rows"]]
         assert {r["t_r"] for r in mine} == {5}
-    assert {r["subset"] for r in rows} == {"all", "random_m128"}
-    assert {r["subset_size"] for r in rows} == {128, 1438}
+    assert {r["subset"] for r in rows} == {"all", "random"}
+    assert {r["subset_size"] for r in rows} == {128, None}
+    assert {r["lr"] for r in rows} == {0.1, 0.05}
+    assert all(r["finished"] for r in rows)
+    # pre-training accuracy of each replicate, from the pre-training run's records
+    assert all(0 < r["pretrain_acc"] <= 1 for r in rows)
 
     [png] = [p for p in paths if p.suffix == ".png"]
     assert png.name == "imp_digits.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_curves_average_replicates_and_skip_diverged(two_runs, tmp_path):
+def test_curves_average_true_replicates_only_and_skip_diverged(two_runs, tmp_path):
+    """A curve is one run (its whole config but the replicate): two runs that differ only in
+    --lr stay two curves with n = 2 each, never one curve with n = 4."""
     rows = read_csv(write_csv(imp_rows(two_runs), tmp_path / "imp.csv"))
     c = curves(rows)
-    assert set(c) == {"all, t_r=5", "random_m128, t_r=5"}
-    ref = [r["test_acc"] for r in rows if r["subset"] == "all" and r["level"] == 1]
-    assert c["all, t_r=5"]["mean"][1] == pytest.approx(np.mean(ref))
-    assert c["all, t_r=5"]["std"][1] == pytest.approx(np.std(ref))
-    np.testing.assert_allclose(c["all, t_r=5"]["weights"], [1, 0.8, 0.64], atol=1e-3)
-    rows[0]["diverged"] = True  # a diverged replicate is left out of the mean, not averaged in
-    assert curves(rows)[f"{rows[0]['subset']}, t_r=5"]["n"][rows[0]["level"]] == 1
+    assert set(c) == {"all, t_r=5, lr=0.1", "all, t_r=5, lr=0.05", "random 128, t_r=5, lr=0.1"}
+    assert all(list(curve["n"]) == [2, 2, 2] for curve in c.values())
+    ref = [r["test_acc"] for r in rows
+           if r["subset"] == "all" and r["lr"] == 0.1 and r["level"] == 1]
+    assert len(ref) == 2
+    assert c["all, t_r=5, lr=0.1"]["mean"][1] == pytest.approx(np.mean(ref))
+    assert c["all, t_r=5, lr=0.1"]["std"][1] == pytest.approx(np.std(ref))
+    np.testing.assert_allclose(c["all, t_r=5, lr=0.1"]["weights"], [1, 0.8, 0.64], atol=1e-3)
+    first = rows[0]
+    first["diverged"] = True  # a diverged replicate is left out of the mean, not averaged in
+    label = [name for name, curve in curves(rows).items() if list(curve["n"]).count(1) == 1]
+    assert len(label) == 1
+
+
+def test_report_shows_finished_levels_of_an_unfinished_run_flagged(two_runs, tmp_path, run_cli):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(two_runs, out)
+    [run] = [p for p in out.glob("imp_*") if '"lr": 0.05' in (p / "config.json").read_text()]
+    (run / "results.json").unlink()  # as if the process had been killed before the end
+    code, stdout, err = run_cli(["report", "--out", out, "--no-plots"])
+    assert code == 0, err
+    rows = read_csv(Path(stdout.split()[-1]))
+    mine = [r for r in rows if r["run"] == run.name]
+    assert len(mine) == 6 and not any(r["finished"] for r in mine)
+    assert all(r["finished"] for r in rows if r["run"] != run.name)
 
 
 def test_report_without_runs_is_a_user_error(tmp_path, run_cli):
