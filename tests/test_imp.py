@@ -7,15 +7,17 @@ per layer, and never ones already pruned), and masks exist only for conv/linear 
 ResNet-8, never for biases or BatchNorm. End to end, on the embedded digits dataset with a tiny
 schedule (t_r = 20 of T = 60 iterations, batch 32, ResNet-8, CPU): every level's training starts
 from the saved pre-training weights w_{t_r} under that level's mask (checked by replaying the level
-from ``pretrain_<hash>/replicate_0/weights.pt`` and ``mask.pt`` and getting its ``trained.pt`` bit
+from ``pretrain_<hash>/replicate_0/weights.pt`` and ``mask.pt`` and getting its ``weights.pt`` bit
 for bit), each mask is the pruning of the previous level's trained weights, a three-level run beats
 chance at every level with 0.8^k of its weights and writes config.json, env.json and results.json,
-and rerunning with more levels or more replicates trains only what is missing and leaves every
-existing file untouched.
+random subsets are drawn afresh per replicate (or shared on request), and rerunning with more
+levels or more replicates trains only what is missing (seen through the fault seam's trace) and
+leaves every existing file untouched.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -25,18 +27,16 @@ import pytest
 import torch
 from torch import nn
 
-import lthfast.experiments.imp as imp
-from lthfast.config import PRESETS, Overrides
+from lthfast import api
+from lthfast.api import ImpRequest
 from lthfast.data.loader import StreamSeeds
-from lthfast.data.subsets import SubsetSpec, make_subset
-from lthfast.experiments.common import (Runtime, device_split, new_model, replicate_seeds,
+from lthfast.experiments.common import (Context, Runtime, new_model, replicate_seeds,
                                         run_training)
-from lthfast.experiments.imp import level_dir, make_config, pretrain_dir, run_imp
 from lthfast.models import build
 from lthfast.models.packed import PackedLinear, load_packed, unpack_state
 from lthfast.prune.magnitude import full_masks, prune, remaining_fraction
 from lthfast.train import checkpoint as ckpt
-from lthfast.train.schedule import Schedule
+from lthfast.runs import RunStore
 
 T_R, TRAIN_STEPS, BATCH = 20, 60, 32
 
@@ -150,24 +150,22 @@ def test_masks_cover_only_conv_and_linear_weights_of_a_real_model():
 # ---------------------------------------------------------------------------------------------
 
 
-def tiny_config(ds):
-    preset = Overrides(train_steps=TRAIN_STEPS, batch_size=BATCH).apply(PRESETS["digits"])
-    indices = make_subset(ds, SubsetSpec(kind="random", size=256, seed=0))
-    cfg = make_config(preset, "digits", T_R, indices, "random_m256", seed=0, label_noise=0.0,
-                      noise_seed=0)
-    return cfg, indices
+def tiny_request(**changes) -> ImpRequest:
+    base = dict(dataset="digits", subset="random", size=256, steps=T_R, levels=3,
+                train_steps=TRAIN_STEPS, batch_size=BATCH)
+    return ImpRequest(**(base | changes))
 
 
-def runtime(out: Path) -> Runtime:
-    return Runtime(out=out, device="cpu", checkpoint_every=0, progress=None)
+def runtime(out: Path, root: Path) -> Runtime:
+    return Runtime(root=root, out=out, device="cpu", checkpoint_every=0, progress=None)
 
 
 @pytest.fixture(scope="module")
-def three_levels(digits, tmp_path_factory):
+def three_levels(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("imp3")
-    cfg, indices = tiny_config(digits)
-    root = run_imp(runtime(out), cfg, digits, indices, levels=3, replicates=1)
-    return out, root, cfg
+    request = tiny_request()
+    run = api.imp(request, runtime(out, data_root))
+    return out, run, request
 
 
 def prunable_total() -> int:
@@ -175,13 +173,21 @@ def prunable_total() -> int:
 
 
 def test_three_level_digits_run_beats_chance_with_0_8_pow_k_weights(three_levels):
-    out, root, cfg = three_levels
+    out, run, request = three_levels
+    root = run.path
     assert sorted(p.name for p in root.iterdir() if p.is_file()) == [
         ".lock", "config.json", "env.json", "results.json"]
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["replicate_0"]  # no scratch
     config = json.loads((root / "config.json").read_text())
-    assert config == json.loads(json.dumps(cfg.identity() | {"subset_name": "random_m256"}))
+    assert config["pretrain"]["recipe"]["steps"] == T_R and config["recipe"]["steps"] == TRAIN_STEPS
+    assert config["pretrain"]["subset"] == {"kind": "random", "size": 256, "offset": 0,
+                                            "class_balanced": True, "seed": 0, "shared": False}
     assert {"python", "torch", "numpy"} <= set(json.loads((root / "env.json").read_text()))
-    assert (pretrain_dir(runtime(out), cfg.pretrain) / "config.json").exists()
+    pre = RunStore(out).run("pretrain", config["pretrain"])
+    assert (pre.path / "config.json").exists()
+    # the subset replicate 0 trained on is kept beside its weights, class-balanced
+    subset = np.load(pre.stage(0).file("subset.npy"))
+    assert len(subset) == 256 and len(np.unique(subset)) == 256
 
     results = json.loads((root / "results.json").read_text())
     rows = results["rows"]
@@ -190,51 +196,72 @@ def test_three_level_digits_run_beats_chance_with_0_8_pow_k_weights(three_levels
     for r in rows:
         k = r["level"]
         assert r["test_acc"] > 0.5, r  # chance is 0.1
-        assert r["diverged"] is None
+        assert r["diverged"] is None and (r["start"], r["end"]) == (T_R, TRAIN_STEPS)
         assert r["weights_remaining"] == pytest.approx(want[k] / want[0], abs=1e-12)
         assert r["weights_remaining"] == pytest.approx(0.8 ** k, abs=1e-4)
-        mask = ckpt.load(level_dir(root, 0, k) / "mask.pt")
+        mask = ckpt.load(run.stage(0, k).file("mask.pt"))
         assert alive(mask) == want[k]
-        assert json.loads((level_dir(root, 0, k) / "done.json").read_text()) == r
+        assert json.loads(run.stage(0, k).file("done.json").read_text()) == r
+        metrics = [json.loads(line) for line in
+                   run.stage(0, k).file("metrics.jsonl").read_text().splitlines()]
+        assert metrics[-1]["step"] == TRAIN_STEPS and isinstance(metrics[-1]["loss"], float)
 
 
 def test_levels_start_from_masked_pretrain_weights_and_prune_the_previous_level(
-        three_levels, digits, tmp_path):
-    """Replay each level from w_{t_r} (pretrain weights.pt) under its mask.pt: same trained.pt."""
-    out, root, cfg = three_levels
-    pre = cfg.pretrain
-    rewind = ckpt.load(pretrain_dir(runtime(out), pre) / "replicate_0" / "weights.pt")
-    seeds = replicate_seeds(pre.seed, 0)
-    init = unpack_state(new_model(pre.model, 10, [seeds["init"]], torch.device("cpu")))[0]
+        three_levels, digits, data_root, tmp_path):
+    """Replay each level from w_{t_r} (pretrain weights.pt) under its mask.pt: same weights."""
+    out, run, request = three_levels
+    config = run.config
+    pre = RunStore(out).run("pretrain", config["pretrain"])
+    rewind = ckpt.load(pre.stage(0).file("weights.pt"))
+    seeds = replicate_seeds(0, 0)
+    init = unpack_state(new_model("resnet8", 10, [seeds["init"]], torch.device("cpu")))[0]
     # pre-training really moved the weights: a run rewinding to init would replay differently
     assert not torch.equal(rewind["stem.weight"], init["stem.weight"])
 
-    data = device_split(digits, "train", torch.device("cpu"))
+    ctx = Context(runtime(tmp_path, data_root), digits)
+    recipe = request.config({}).recipe
     prev_trained = prev_mask = None
     for level in range(4):
-        d = level_dir(root, 0, level)
-        mask, trained = ckpt.load(d / "mask.pt"), ckpt.load(d / "trained.pt")
+        stage = run.stage(0, level)
+        mask, trained = ckpt.load(stage.file("mask.pt")), ckpt.load(stage.file("weights.pt"))
         if level == 0:
             assert all(bool(m.all()) for m in mask.values())
         else:  # the mask prunes the previous level's *trained* weights under its mask
-            expected = prune(prev_trained, prev_mask, cfg.prune_fraction)
+            expected = prune(prev_trained, prev_mask, 0.2)
             assert set(mask) == set(expected)
             assert all(torch.equal(mask[n], expected[n]) for n in mask), level
         for n, m in mask.items():  # pruned weights are exactly zero after training
             assert torch.all(trained[n][m == 0] == 0), (level, n)
 
-        model = new_model(pre.model, 10, [0], torch.device("cpu"))
+        model = new_model("resnet8", 10, [0], torch.device("cpu"))
         load_packed(model, [rewind])
-        run_training(runtime(tmp_path), model, digits, data, [np.arange(digits.train_size)],
-                     [StreamSeeds(seeds["order"], seeds["augment"])], pre.batch_size,
-                     Schedule(cfg.lr, cfg.milestones, pre.gamma), pre.steps, cfg.train_steps,
-                     tmp_path / f"replay_{level}", "replay", masks=mask,
-                     momentum=pre.momentum, weight_decay=pre.weight_decay)
+        run_training(ctx, model, ctx.train_split(), [np.arange(digits.train_size)],
+                     [StreamSeeds(seeds["order"], seeds["augment"])], [recipe], T_R,
+                     tmp_path / f"replay_{level}.pt", "replay", masks=mask)
         replay = unpack_state(model)[0]
         assert set(replay) == set(trained)
         for n, value in trained.items():
             assert torch.equal(replay[n], value), (level, n)
         prev_trained, prev_mask = trained, mask
+
+
+def test_random_subsets_are_drawn_per_replicate_unless_shared(three_levels, digits, data_root,
+                                                              tmp_path):
+    out, _, request = three_levels
+    run = api.imp(dataclasses.replace(request, levels=0, replicates=2), runtime(out, data_root))
+    pre = RunStore(out).run("pretrain", run.config["pretrain"])
+    a, b = (np.load(pre.stage(r).file("subset.npy")) for r in (0, 1))
+    assert len(a) == len(b) == 256 and not np.array_equal(a, b)
+    for subset in (a, b):  # each is class-balanced
+        counts = np.bincount(np.asarray(digits.train_labels)[subset], minlength=10)
+        assert counts.max() - counts.min() <= 1
+
+    shared = api.imp(dataclasses.replace(request, levels=0, replicates=2, shared_subset=True),
+                     runtime(tmp_path, data_root))
+    pre = RunStore(tmp_path).run("pretrain", shared.config["pretrain"])
+    a, b = (np.load(pre.stage(r).file("subset.npy")) for r in (0, 1))
+    assert np.array_equal(a, b)
 
 
 def file_ids(paths) -> dict:
@@ -246,55 +273,56 @@ def file_ids(paths) -> dict:
     return out
 
 
-def stage_files(root: Path, replicate: int, levels) -> list[Path]:
-    return [level_dir(root, replicate, k) / f for k in levels
-            for f in ("done.json", "trained.pt", "mask.pt")]
+def stage_files(run, replicate: int, levels) -> list[Path]:
+    return [run.stage(replicate, k).file(f) for k in levels
+            for f in ("done.json", "weights.pt", "mask.pt")]
+
+
+def trained(trace: Path) -> list[str]:
+    """Stages that trained, in order, from the fault seam's trace (LTHFAST_TRACE)."""
+    if not trace.exists():
+        return []
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    trace.unlink()
+    return [e["stage"] for e in events if e["event"] == "train"]
 
 
 def test_rerun_with_more_levels_or_replicates_trains_only_what_is_missing(
-        digits, tmp_path, monkeypatch):
-    calls = []
-    real = imp.run_training
+        data_root, tmp_path, monkeypatch):
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv("LTHFAST_TRACE", str(trace))
+    rt = runtime(tmp_path / "out", data_root)
+    request = tiny_request(levels=1, shared_subset=True)
 
-    def spy(rt, model, ds, data, indices, seeds, batch_size, schedule, start, end, stage_dir,
-            label, **kw):
-        calls.append((label, model.k))
-        return real(rt, model, ds, data, indices, seeds, batch_size, schedule, start, end,
-                    stage_dir, label, **kw)
+    run = api.imp(request, rt)
+    pre = RunStore(rt.out).run("pretrain", run.config["pretrain"])
+    pre_weights = pre.stage(0).file("weights.pt")
+    assert trained(trace) == ["pretrain/replicate_0", "imp/replicate_0/level_0",
+                              "imp/replicate_0/level_1"]
+    before = file_ids(stage_files(run, 0, [0, 1]) + [pre_weights])
+    assert not run.stage(0, 2).path.exists()
 
-    monkeypatch.setattr(imp, "run_training", spy)
-    cfg, indices = tiny_config(digits)
-    rt = runtime(tmp_path)
-    pre_weights = pretrain_dir(rt, cfg.pretrain) / "replicate_0" / "weights.pt"
-
-    root = run_imp(rt, cfg, digits, indices, levels=1, replicates=1)
-    assert calls == [("pre-train", 1), ("level 0", 1), ("level 1", 1)]
-    before = file_ids(stage_files(root, 0, [0, 1]) + [pre_weights])
-    assert not level_dir(root, 0, 2).exists()
-
-    calls.clear()
-    assert run_imp(rt, cfg, digits, indices, levels=2, replicates=1) == root
-    assert calls == [("level 2", 1)]
+    assert api.imp(dataclasses.replace(request, levels=2), rt).path == run.path
+    assert trained(trace) == ["imp/replicate_0/level_2"]
     assert file_ids(before) == before
-    assert all(p.exists() for p in stage_files(root, 0, [2]))
-    assert not level_dir(root, 0, 3).exists()
-    rows = json.loads((root / "results.json").read_text())["rows"]
+    assert all(p.exists() for p in stage_files(run, 0, [2]))
+    assert not run.stage(0, 3).path.exists()
+    rows = json.loads(run.file("results.json").read_text())["rows"]
     assert [(r["replicate"], r["level"]) for r in rows] == [(0, 0), (0, 1), (0, 2)]
 
-    before = file_ids(stage_files(root, 0, [0, 1, 2]) + [pre_weights])
-    calls.clear()
-    assert run_imp(rt, cfg, digits, indices, levels=2, replicates=2) == root
-    # only replicate 1 is trained (a K=1 packed model), replicate 0 is reused as it is
-    assert calls == [("pre-train", 1), ("level 0", 1), ("level 1", 1), ("level 2", 1)]
+    before = file_ids(stage_files(run, 0, [0, 1, 2]) + [pre_weights])
+    assert api.imp(dataclasses.replace(request, levels=2, replicates=2), rt).path == run.path
+    # only replicate 1 is trained, replicate 0 is reused as it is
+    assert trained(trace) == ["pretrain/replicate_1", "imp/replicate_1/level_0",
+                              "imp/replicate_1/level_1", "imp/replicate_1/level_2"]
     assert file_ids(before) == before
-    assert all(p.exists() for p in stage_files(root, 1, [0, 1, 2]))
-    rows = json.loads((root / "results.json").read_text())["rows"]
+    assert all(p.exists() for p in stage_files(run, 1, [0, 1, 2]))
+    rows = json.loads(run.file("results.json").read_text())["rows"]
     assert [(r["replicate"], r["level"]) for r in rows] == [
         (0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
-    rep1 = ckpt.load(pretrain_dir(rt, cfg.pretrain) / "replicate_1" / "weights.pt")
+    rep1 = ckpt.load(pre.stage(1).file("weights.pt"))
     assert not torch.equal(rep1["stem.weight"], ckpt.load(pre_weights)["stem.weight"])
 
-    calls.clear()
-    run_imp(rt, cfg, digits, indices, levels=1, replicates=2)  # fewer: nothing to train
-    assert calls == []
+    api.imp(dataclasses.replace(request, levels=1, replicates=2), rt)  # fewer: nothing to train
+    assert trained(trace) == []
     assert file_ids(before) == before

@@ -1,7 +1,7 @@
 """Per-example scores (``lthfast.experiments.scores``): EL2N and forgetting, against references.
 
 EL2N: after a tiny ``compute_scores`` run (digits, ResNet-8, K=2 models, 40 iterations, CPU),
-``scores.npy`` must equal a computation by hand from the saved ``models.pt``: each K=1 network
+``scores.npy`` must equal a computation by hand from the members' saved ``weights.pt``: each K=1 network
 rebuilt from its state dict, run in eval mode over the un-augmented train images normalised here
 with the dataset's mean/std, then ‖softmax − onehot(y)‖₂ averaged over the models. Forgetting:
 ``ForgettingCounter`` is fed hand-made logits, labels and per-model index batches over eight steps
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from lthfast.experiments.common import Runtime
+from lthfast.config import Recipe
+from lthfast.experiments.common import IMP_SEEDS, Context, Runtime, new_model, replicate_seeds
 from lthfast.experiments.scores import (ForgettingCounter, ScoreConfig, compute_scores,
                                         forgetting_from_sequence)
 from lthfast.models import build
@@ -27,18 +28,27 @@ from lthfast.train import checkpoint as ckpt
 # ---------------------------------------------------------------------------------------------
 
 
-def test_el2n_scores_equal_a_direct_computation_from_the_saved_models(digits, tmp_path):
-    cfg = ScoreConfig(score="el2n", dataset="digits", model="resnet8", models=2, steps=40,
-                      batch_size=32, lr=0.1, milestones=())
-    path = compute_scores(Runtime(out=tmp_path, device="cpu", checkpoint_every=0, progress=None),
-                          cfg, digits)
-    scores = np.load(path)
-    assert path.parent.name.startswith("el2n_") and (path.parent / "done.json").exists()
-    assert scores.dtype == np.float32 and scores.shape == (digits.train_size,)
+def score_context(digits, out):
+    return Context(Runtime(out=out, device="cpu", checkpoint_every=0, progress=None), digits)
 
-    states = ckpt.load(path.parent / "models.pt")["states"]
-    assert len(states) == 2
+
+def el2n_config(**changes) -> ScoreConfig:
+    recipe = Recipe("resnet8", 32, 0.1, (), 40)
+    return ScoreConfig(**({"score": "el2n", "dataset": "digits", "recipe": recipe, "models": 2}
+                          | changes))
+
+
+def test_el2n_scores_equal_a_direct_computation_from_the_saved_models(digits, tmp_path):
+    path = compute_scores(score_context(digits, tmp_path), el2n_config())
+    scores = np.load(path)
+    run = path.parent
+    assert run.name.startswith("el2n_") and (run / "done.json").exists()
+    assert scores.dtype == np.float32 and scores.shape == (digits.train_size,)
+    assert not (run / "scratch").exists()  # the packing group's checkpoint space is gone
+
+    states = [ckpt.load(run / f"replicate_{m}" / "weights.pt") for m in range(2)]
     assert not torch.equal(states[0]["stem.weight"], states[1]["stem.weight"])
+    members = [np.load(run / f"replicate_{m}" / "el2n.npy") for m in range(2)]
 
     mean = torch.tensor(digits.meta["mean"], dtype=torch.float32)
     std = torch.tensor(digits.meta["std"], dtype=torch.float32)
@@ -58,6 +68,8 @@ def test_el2n_scores_equal_a_direct_computation_from_the_saved_models(digits, tm
     expected = np.mean(per_model, axis=0)
 
     np.testing.assert_allclose(scores, expected, atol=1e-5, rtol=0)
+    for member, reference in zip(members, per_model):  # each member's own values are kept
+        np.testing.assert_allclose(member, reference, atol=1e-5, rtol=0)
     # the check has teeth: scores vary, and one model alone is not the average
     assert scores.std() > 0.05 and scores.max() > 0.5
     assert np.abs(per_model[0] - expected).max() > 1e-2
@@ -100,7 +112,7 @@ def feed(counter: ForgettingCounter, models: list[int]) -> None:
                 seen[m, e] += 1
                 pred = int(y[b, j]) if right else (int(y[b, j]) + 1) % C
                 logits[b, j, pred] += 10.0  # the argmax, whatever the noise
-        counter(step, logits, y, idx)
+        counter.on_batch(step, logits, y, idx)
     assert all(v == 4 for v in seen.values())
 
 
@@ -137,3 +149,20 @@ def test_never_correct_example_ranks_hardest_with_max_count_plus_one(model):
     assert scores[never] == max(COUNTS[model]) + 1
     assert int(np.argmax(scores)) == never
     assert np.sum(scores == scores.max()) == 1  # strictly hardest
+
+
+def test_ensemble_members_are_not_the_imp_replicates_and_reruns_repeat_scores(digits, tmp_path):
+    """Appendix A trains the K networks "from different random initializations": member m must
+    not start from IMP replicate m's w0 (same seed would mean same network, data order and
+    augmentation). Two identical default runs give bit-identical scores."""
+    path = compute_scores(score_context(digits, tmp_path / "a"), el2n_config(recipe=Recipe(
+        "resnet8", 32, 0.1, (), 1)))
+    again = compute_scores(score_context(digits, tmp_path / "b"), el2n_config(recipe=Recipe(
+        "resnet8", 32, 0.1, (), 1)))
+    assert np.load(path).tobytes() == np.load(again).tobytes()
+    for m in range(2):
+        imp_init = new_model("resnet8", 10, [replicate_seeds(0, m, IMP_SEEDS)["init"]],
+                             torch.device("cpu")).stem.weight.detach()
+        member = ckpt.load(path.parent / f"replicate_{m}" / "weights.pt")["stem.weight"]
+        # one step of training moves the weights a little; a shared init would stay close
+        assert (member - imp_init[: member.shape[0]]).abs().mean() > 0.1
