@@ -87,13 +87,14 @@ def train_run(ds, cfg: GpuConfig, device: torch.device, k: int, iterations: int,
               compile: bool) -> dict:
     """One lthfast training run; returns wall time and per-window images/s (all K models)."""
     from lthfast.data.loader import BatchStream, StreamSeeds
-    from lthfast.experiments.common import device_split, new_model
+    from lthfast.data.loader import DeviceData
+    from lthfast.experiments.common import new_model
     from lthfast.train.loop import LoopConfig, train
     from lthfast.train.schedule import Schedule
 
     if compile:
         torch._dynamo.reset()  # each run pays its own compile, as a fresh process would
-    data = device_split(ds, "train", device)
+    data = DeviceData.from_dataset(ds, "train", device)
     stream = BatchStream(data, [np.arange(ds.train_size)] * k,
                          [StreamSeeds(100 + m, 200 + m) for m in range(k)], cfg.batch)
     model = new_model(cfg.model, ds.num_classes, list(range(k)), device)

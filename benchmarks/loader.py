@@ -157,10 +157,10 @@ def _subsets(ds, cfg: LoaderConfig) -> list[tuple[str, np.ndarray]]:
 
 def bench_lthfast(ds, indices: np.ndarray, cfg: LoaderConfig, device: torch.device):
     from lthfast.data.loader import BatchStream, StreamSeeds
-    from lthfast.experiments.common import device_split
+    from lthfast.data.loader import DeviceData
 
     def first_epoch():
-        data = device_split(ds, "train", device)
+        data = DeviceData.from_dataset(ds, "train", device)
         stream = BatchStream(data, [indices], [StreamSeeds(1, 2)], cfg.batch)
         for step in range(len(indices) // cfg.batch):
             stream.batch(step)
@@ -173,7 +173,8 @@ def bench_lthfast(ds, indices: np.ndarray, cfg: LoaderConfig, device: torch.devi
         sync(device)
         first = time.perf_counter() - start
     else:
-        stream = BatchStream(device_split(ds, "train", device), [indices], [StreamSeeds(1, 2)],
+        stream = BatchStream(DeviceData.from_dataset(ds, "train", device), [indices],
+                             [StreamSeeds(1, 2)],
                              cfg.batch)
     steps = itertools.count(len(indices) // cfg.batch)
     return _steady(lambda: stream.batch(next(steps)), cfg, device), first

@@ -61,12 +61,12 @@ def run(cfg: PackedConfig = PackedConfig(), device: Optional[torch.device] = Non
     command = rerun(SECTION, cfg.quick)
     rng = np.random.default_rng(0)
     rows: list[Row] = []
-    from lthfast.experiments.common import device_split
+    from lthfast.data.loader import DeviceData
     from lthfast.train.allocator import keep_freed_memory
 
     if device.type == "cpu":
         keep_freed_memory()  # as the CLI does; before the data are copied in
-    data = device_split(ds, "train", device)  # one copy on the device, shared by every variant
+    data = DeviceData.from_dataset(ds, "train", device)  # one device copy, shared by all variants
     default = "looped" if device.type == "cpu" else "grouped"  # what execution="auto" picks
     for k in cfg.ks:
         # each model its own data order (as in an EL2N ensemble): same full set, own seeds

@@ -132,13 +132,15 @@ class LthfastWindows:
                  indices: Optional[list[np.ndarray]] = None, execution: str = "auto",
                  keep_memory: bool = True, data=None):
         from lthfast.data.loader import BatchStream, StreamSeeds
-        from lthfast.experiments.common import device_split, new_model
+        from lthfast.data.loader import DeviceData
+        from lthfast.experiments.common import new_model
         from lthfast.train.allocator import keep_freed_memory
 
         if keep_memory and device.type == "cpu":
             keep_freed_memory()
         self.cfg, self.device, self.rt = cfg, device, lthfast_runtime(device)
-        data = data if data is not None else device_split(ds, "train", device)  # shareable
+        if data is None:  # shareable between variants
+            data = DeviceData.from_dataset(ds, "train", device)
         indices = indices or [np.arange(ds.train_size)] * k
         self.stream = BatchStream(data, indices,
                                   [StreamSeeds(10 + m, 20 + m) for m in range(k)], cfg.batch)

@@ -166,7 +166,7 @@ def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, \\[f
         for line in spec.command_lines(root, out, device):
             print(line)
         return
-    print(run_sweep(spec, runtime(root, out, device, False, None, 200)))
+    run_sweep(spec, runtime(root, out, device, False, None, 200))  # prints what it writes
 
 
 @app.command()

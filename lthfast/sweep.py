@@ -136,7 +136,8 @@ def describe(point: dict[str, Any]) -> str:
 
 
 def run_sweep(spec: Sweep, rt) -> Path:
-    """Run every point through the API; write and return ``<out>/sweep_<hash>.json``."""
+    """Run every point through the API; print each artifact and, last, the summary
+    ``<out>/sweep_<hash>.json``, which is returned (UserError if a run failed)."""
     from .api import RUNNERS, request_from
     from .files import atomic_write_json, config_hash
 
@@ -165,6 +166,7 @@ def run_sweep(spec: Sweep, rt) -> Path:
             write()
             raise
     write()
+    print(summary)
     failed = sum(r["status"] != "ok" for r in records)
     if failed:
         raise UserError(f"{failed} of {len(points)} runs failed (see {summary})")

@@ -48,6 +48,17 @@ BAD_SWEEPS = [
      "both"),
     ("scores without argument", 'command = "scores"\n', "argument"),
     ("stray key", 'command = "imp"\nrepeat = 3\n', "repeat"),
+    ("wrong type in the grid", 'command = "imp"\n[flags]\nsubset = "random"\n'
+     '[grid]\nsize = [50, "abc"]\n', "run 2 (subset=random, size=abc): --size takes int"),
+    ("argument for imp", 'command = "imp"\nargument = "el2n"\n', "takes no argument"),
+    ("string for a switch", 'command = "imp"\n[flags]\ndeterministic = "yes"\n',
+     "--deterministic takes bool"),
+    ("out in the file", 'command = "imp"\n[flags]\nout = "elsewhere"\n',
+     "belongs to the sweep command"),
+    ("bad value in a later point", 'command = "imp"\n[grid]\nlevels = [1, -1]\n',
+     "run 2 (levels=-1): --levels must be >= 0"),
+    ("huge grid", 'command = "imp"\n[grid]\nseed = [%s]\nnoise_seed = [%s]\nlevels = [1, 2, 3]\n'
+     % (", ".join(map(str, range(1000))), ", ".join(map(str, range(1000)))), "limit of 100,000"),
 ]
 
 
@@ -91,3 +102,28 @@ def test_sweep_runs_every_point_and_reruns_nothing(data_root, tmp_path, run_cli)
     assert code == 2 and out2 == out
     assert "level 0:" not in err2 and "pre-train:" not in err2  # nothing was trained again
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("done.json")} == done
+
+
+def test_each_run_starts_from_a_clean_torch_state(tmp_path):
+    """A deterministic run must not leave deterministic mode on for the next run of a sweep."""
+    import torch
+
+    from lthfast.api import runtime
+    from lthfast.experiments.common import setup_torch
+
+    setup_torch(runtime(out=tmp_path, device="cpu", deterministic=True))
+    assert torch.are_deterministic_algorithms_enabled()
+    setup_torch(runtime(out=tmp_path, device="cpu"))
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_sweep_records_paths_with_spaces_exactly(data_root, tmp_path, run_cli):
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('command = "scores"\nargument = "el2n"\n[flags]\ndataset = "digits"\n'
+                     'models = 1\nsteps = 2\nbatch_size = 16\n[grid]\nseed = [0]\n')
+    out = tmp_path / "my runs"
+    code, stdout, err = run_cli(["sweep", sweep, "--root", data_root, "--out", out])
+    assert code == 0, err
+    summary = json.loads(Path(stdout.splitlines()[-1]).read_text())
+    artifact = Path(summary["runs"][0]["artifact"])
+    assert artifact.exists() and artifact.parent.parent == out

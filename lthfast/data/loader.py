@@ -70,6 +70,16 @@ class DeviceData:
         rows = torch.arange(self.h, device=self.device)[:, None] * (self.w + 2 * p)
         self._run_offsets = {self.w: rows, 1: rows + torch.arange(self.w, device=self.device)}
 
+    @classmethod
+    def from_dataset(cls, ds, split: str, device: torch.device | str,
+                     labels: np.ndarray | None = None) -> "DeviceData":
+        """``split`` ("train" or "test") of a built dataset (``DatasetArrays``) on ``device``,
+        with its own labels or the given ones (e.g. noisy train labels)."""
+        images = ds.train_images if split == "train" else ds.test_images
+        if labels is None:
+            labels = ds.train_labels if split == "train" else ds.test_labels
+        return cls(images, labels, ds.meta["mean"], ds.meta["std"], ds.augment, device)
+
     def normalise(self, x_uint8: torch.Tensor, k: int) -> torch.Tensor:
         """uint8 B×H×W×3K -> float B×3K×H×W (channels_last) normalised per channel."""
         if k not in self._tiled:

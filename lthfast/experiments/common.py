@@ -108,17 +108,13 @@ class Context:
         key = ("train", label_noise, noise_seed if label_noise else 0)
         if key not in self._splits:
             labels = train_labels(self.ds, label_noise, noise_seed)
-            self._splits[key] = self._device_data(self.ds.train_images, labels)
+            self._splits[key] = DeviceData.from_dataset(self.ds, "train", self.device, labels)
         return self._splits[key]
 
     def test_split(self) -> DeviceData:
         if "test" not in self._splits:
-            self._splits["test"] = self._device_data(self.ds.test_images, self.ds.test_labels)
+            self._splits["test"] = DeviceData.from_dataset(self.ds, "test", self.device)
         return self._splits["test"]
-
-    def _device_data(self, images: np.ndarray, labels: np.ndarray) -> DeviceData:
-        return DeviceData(images, labels, self.ds.meta["mean"], self.ds.meta["std"],
-                          self.ds.augment, self.device)
 
 
 # Seed domains: the networks of different purposes never share an init or a data order.

@@ -1,0 +1,106 @@
+"""The run store (``lthfast.runs``): pinned hashes per run kind, the layout, records, file modes.
+
+A pinned hash fails when a config field is renamed or a default changes, which would otherwise
+orphan every finished run silently (a rerun would start from nothing in a new directory).
+
+    python -m pytest -q tests/test_runs.py
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from lthfast import api
+from lthfast.data.subsets import SubsetSpec
+from lthfast.errors import UserError
+from lthfast.files import atomic_write_json
+from lthfast.runs import KINDS, RunStore, StageRecord, hash_of
+
+# The Fig. 2 point "CIFAR-10, random 2,048, t_r = 200" and the appendix-A score ensembles.
+CIFAR10_RANDOM_2048 = api.ImpRequest(dataset="cifar10", subset="random", size=2048, steps=200)
+PINNED = {
+    "imp": "3e2478886ebc",
+    "pretrain": "168e324e7140",
+    "el2n": "aed86b1eb704",
+    "forgetting": "1b0d92802e88",
+}
+
+
+def pinned_config(kind: str):
+    if kind in ("el2n", "forgetting"):
+        return api.ScoreRequest(dataset="cifar10", kind=kind).config()
+    cfg = CIFAR10_RANDOM_2048.config(SubsetSpec(kind="random", size=2048).identity())
+    return cfg if kind == "imp" else cfg.pretrain
+
+
+def test_every_run_kind_has_a_pinned_hash():
+    assert set(PINNED) == set(KINDS)
+
+
+@pytest.mark.parametrize("kind", sorted(PINNED))
+def test_config_hash_is_pinned(kind, tmp_path):
+    cfg = pinned_config(kind)
+    assert hash_of(cfg) == PINNED[kind], (
+        f"the {kind} config hash changed: finished runs would be orphaned. If on purpose, say so "
+        "in the change and update the pin")
+    assert RunStore(tmp_path).run(kind, cfg).path == tmp_path / f"{kind}_{PINNED[kind]}"
+
+
+def test_a_field_at_its_default_is_left_out_of_the_hash():
+    from lthfast.runs import to_dict
+
+    data = to_dict(pinned_config("imp"))
+    assert "prune_fraction" not in data and "momentum" not in data["recipe"]
+    changed = CIFAR10_RANDOM_2048.config(SubsetSpec(kind="random", size=2048, seed=1).identity())
+    assert hash_of(changed) != PINNED["imp"]
+
+
+def test_stage_layout_scratch_and_names(tmp_path):
+    run = RunStore(tmp_path).run("imp", pinned_config("imp"))
+    assert run.stage(1, 3).path == run.path / "replicate_1" / "level_3"
+    assert run.stage(0, 2, "lmc").path == run.path / "replicate_0" / "level_2" / "lmc"
+    assert run.stage(1, 3).name == "imp/replicate_1/level_3"
+    stages = [run.stage(0, 2), run.stage(3, 2)]
+    assert run.scratch(stages) == run.path / "scratch" / "level_2_group_0_3"
+    pre = RunStore(tmp_path).run("pretrain", pinned_config("pretrain"))
+    assert pre.scratch([pre.stage(0)]) == pre.path / "scratch" / "group_0"
+    with pytest.raises(ValueError):
+        RunStore(tmp_path).run("nosuchkind", {})
+
+
+def test_records_are_typed_ordered_and_skip_branches(tmp_path):
+    run = RunStore(tmp_path).run("imp", pinned_config("imp")).create()
+    for replicate, level in [(1, 0), (0, 1), (0, 0)]:
+        run.stage(replicate, level).mark_done(StageRecord(
+            replicate=replicate, level=level, start=200, end=62400, test_acc=0.5, test_loss=1.0))
+    run.stage(0, 0, "lmc").mark_done(StageRecord(replicate=0, level=0, branch="lmc", start=0,
+                                                 end=0, test_acc=None, test_loss=None))
+    records = run.records()
+    assert [(r.replicate, r.level) for r in records] == [(0, 0), (0, 1), (1, 0)]
+    assert all(isinstance(r, StageRecord) and r.branch is None for r in records)
+    assert run.stage(0, 0, "lmc").record().branch == "lmc"
+    atomic_write_json(run.stage(2, 0).file("done.json"), [])  # hand-edited nonsense
+    with pytest.raises(UserError, match="not a stage record"):
+        run.records()
+
+
+def test_a_directory_holding_another_config_is_refused(tmp_path):
+    run = RunStore(tmp_path).run("imp", pinned_config("imp")).create()
+    atomic_write_json(run.path / "config.json", {"something": "else"})
+    with pytest.raises(UserError, match="different config"):
+        RunStore(tmp_path).run("imp", pinned_config("imp")).create()
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_honour_the_umask(tmp_path, umask, mode):
+    """Colleagues on a shared cluster read each other's results (mkstemp alone gives 0600)."""
+    old = os.umask(umask)
+    try:
+        run = RunStore(tmp_path).run("pretrain", pinned_config("pretrain")).create()
+    finally:
+        os.umask(old)
+    for name in ("config.json", "env.json"):
+        assert stat.S_IMODE((run.path / name).stat().st_mode) == mode
