@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from .config import Overrides, Preset, pretrain_recipe, preset_for, score_recipe, train_recipe
 from .errors import UserError
-from .experiments.common import Context, Runtime, default_device, setup_torch
+from .experiments.common import Context, Runtime, check_device, default_device, setup_torch
 from .runs import Run
 
 # Datasets that need no download or source: built on first use.
@@ -39,6 +39,7 @@ def runtime(root: str | Path = "datasets", out: str | Path = "runs", device: Opt
     if checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0 (0: never), got {checkpoint_every}")
     STREAMS.lookup(loader)
+    check_device(device or default_device())
     return Runtime(root=Path(root), out=Path(out), device=device or default_device(),
                    deterministic=deterministic, compile=compile, progress=progress,
                    checkpoint_every=checkpoint_every, loader=loader)
@@ -180,6 +181,7 @@ class ImpRequest(Common):
 
     def check(self) -> None:
         """Everything checkable without data, so a typo never trains or writes anything."""
+        from .data.subsets import load_array
         from .experiments.imp import check_config
         from .experiments.scores import SCORES
         from .models import resolve
@@ -194,10 +196,11 @@ class ImpRequest(Common):
         self.subset_spec().check()
         if self.subset_file is None and self.subset not in ("easy", "hard") and self.scores:
             raise UserError(f"--scores ranks easy/hard subsets; --subset {self.subset} has none")
-        if self.scores is not None and not Path(self.scores).exists():
-            raise UserError(f"scores file {self.scores} does not exist")
-        if self.subset_file is not None and not Path(self.subset_file).is_file():
-            raise UserError(f"subset file {self.subset_file} does not exist")
+        # the files' format now; their length and range once the dataset is open
+        if self.scores is not None and load_array(self.scores, "scores").ndim != 1:
+            raise UserError(f"scores file {self.scores} must be a 1-D array")
+        if self.subset_file is not None and load_array(self.subset_file, "subset").ndim != 1:
+            raise UserError(f"subset file {self.subset_file} must be a 1-D array")
         check_config(self.config({}))
         if self.needs_scores():
             self.score_request().check()

@@ -8,6 +8,7 @@ print one line on stderr and exit 2.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -24,7 +25,8 @@ ROOT = typer.Option(Path("datasets"), "--root", envvar="LTHFAST_DATA", help="dat
 OUT = typer.Option(Path("runs"), "--out", envvar="LTHFAST_RUNS", help="runs root")
 SEED = typer.Option(0, "--seed", help="base seed (init, order and augmentation seeds derive from it)")
 DEVICE = typer.Option(None, "--device", help="cuda or cpu (default: cuda if available)")
-DETERMINISTIC = typer.Option(False, "--deterministic",
+# metavar "": a switch takes no value, so help shows none (typer would print "<bool>")
+DETERMINISTIC = typer.Option(False, "--deterministic", metavar="",
                              help="deterministic kernels (CPU: bit-exact reruns)")
 CHECKPOINT_EVERY = typer.Option(200, "--checkpoint-every", envvar="LTHFAST_CHECKPOINT_EVERY",
                                 help="iterations between checkpoints of a training stage (0: never)")
@@ -92,7 +94,7 @@ def imp(dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="d
         size: Optional[int] = typer.Option(None, help="subset size M"),
         subset_file: Optional[Path] = typer.Option(None, help="pre-train on these train indices (.npy)"),
         subset_seed: int = typer.Option(0, help="seed of a random subset (replicate r draws its own from it)"),
-        shared_subset: bool = typer.Option(False, "--shared-subset",
+        shared_subset: bool = typer.Option(False, "--shared-subset", metavar="",
                                            help="random: one subset for all replicates"),
         class_balanced: Optional[bool] = typer.Option(None, "--class-balanced/--no-class-balanced",
                                                       help="equal share per class (default: yes for random, no for easy/hard)"),
@@ -124,7 +126,6 @@ def imp(dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="d
         offset=offset, scores=scores, rank_by=rank_by, steps=steps, levels=levels,
         replicates=replicates, el2n_models=el2n_models, el2n_steps=el2n_steps,
         pretrain_lr=pretrain_lr, train_steps=train_steps)
-    request.check()  # before the runtime: a typo never touches a device or a file
     rt = runtime(root, out, device, deterministic, compile, checkpoint_every, loader)
     print(api.imp(request, rt).path)
 
@@ -148,14 +149,13 @@ def scores(kind: str = typer.Argument(..., help="el2n or forgetting"),
     request = api.ScoreRequest(dataset=dataset, seed=seed, label_noise=label_noise,
                                noise_seed=noise_seed, model=model, batch_size=batch_size, lr=lr,
                                kind=kind, models=models, steps=steps)
-    request.check()
     rt = runtime(root, out, device, deterministic, compile, checkpoint_every, loader)
     print(api.scores(request, rt))
 
 
 @app.command()
 def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, \\[flags], \\[grid])"),
-          dry_run: bool = typer.Option(False, "--dry-run",
+          dry_run: bool = typer.Option(False, "--dry-run", metavar="",
                                        help="print the commands, run nothing"),
           root: Path = ROOT, out: Path = OUT, device: Optional[str] = DEVICE):
     """Run every grid point of a sweep file in this process; prints the sweep summary path."""
@@ -199,7 +199,9 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # one line, always: messages that quote a library's multi-line error are joined
+        lines = (re.sub(r"^\s*-\s+", "", line).strip() for line in str(exc).splitlines())
+        print("error: " + "; ".join(line for line in lines if line), file=sys.stderr)
         sys.exit(2)
     except Interrupted as exc:
         print("interrupted; rerun the same command to resume", file=sys.stderr)

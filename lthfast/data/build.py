@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -74,11 +75,17 @@ def build_dataset(name: str, root: Path, source: Optional[str] = None, force: bo
     load = get_source(name)  # unknown names fail before anything is written
     if (out / "meta.json").exists() and not force:
         return out
-    with locked(out):
-        if (out / "meta.json").exists() and not force:  # built by a concurrent process
-            return out
-        raw = load(source, Path(root))
-        write_dataset(raw, out, betons=betons and ffcv_available())
+    created = not out.exists()
+    try:
+        with locked(out):
+            if (out / "meta.json").exists() and not force:  # built by a concurrent process
+                return out
+            raw = load(source, Path(root))
+            write_dataset(raw, out, betons=betons and ffcv_available())
+    except BaseException:
+        if created and not (out / "meta.json").exists():  # leave no lock or half a dataset
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return out
 
 

@@ -153,7 +153,7 @@ def random_rule(ds: DatasetArrays, spec: SubsetSpec) -> np.ndarray:
 
 
 def load_scores(path: str | Path, n: int) -> np.ndarray:
-    scores = _load_array(path, "scores")
+    scores = load_array(path, "scores")
     if scores.ndim != 1 or len(scores) != n:
         raise UserError(f"scores file {path} has shape {scores.shape}; expected ({n},), "
                         "one score per train example in dataset order")
@@ -207,7 +207,7 @@ def write_subset(ds: DatasetArrays, spec: SubsetSpec) -> Path:
 
 def load_subset(path: str | Path, train_size: int) -> np.ndarray:
     """Read and validate a subset file: 1-D integers, in range, no duplicates, not empty."""
-    indices = _load_array(path, "subset")
+    indices = load_array(path, "subset")
     if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer) or len(indices) == 0:
         raise UserError(f"subset file {path} must be a non-empty 1-D integer array")
     if indices.min() < 0 or indices.max() >= train_size:
@@ -217,7 +217,7 @@ def load_subset(path: str | Path, train_size: int) -> np.ndarray:
     return indices.astype(np.int64)
 
 
-def _load_array(path: str | Path, what: str) -> np.ndarray:
+def load_array(path: str | Path, what: str) -> np.ndarray:
     """One .npy array (not an .npz archive, not a pickle), or the one-line error."""
     try:
         array = np.load(path, allow_pickle=False)

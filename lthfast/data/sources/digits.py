@@ -2,7 +2,7 @@
 
 Kept at the native 8×8 resolution (upsampling would only cost compute), gray values 0..16 scaled
 to 0..255 and replicated to 3 channels so every model and loader path is the same as for CIFAR.
-A fixed, seeded, stratified 80/20 split gives 1,437 train and 360 test images. Augmentation is
+A fixed, seeded, stratified 80/20 split gives 1,438 train and 359 test images. Augmentation is
 scaled to the size: pad 1 pixel and crop (the 4 of CIFAR would shift a digit by half its width),
 and no flip (a mirrored 3 is not a 3).
 
@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from ...errors import UserError
 from . import AugmentSpec, RawDataset, RawSplit, register_source
 
 SPLIT_SEED = 0
@@ -24,6 +25,8 @@ TEST_FRACTION = 0.2
 
 @register_source("digits")
 def load_digits(source: Optional[str], root: Path) -> RawDataset:
+    if source is not None:
+        raise UserError("digits ships with scikit-learn; build it without --source")
     from sklearn.datasets import load_digits as sk_load_digits
 
     bunch = sk_load_digits()

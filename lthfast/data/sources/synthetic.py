@@ -45,6 +45,8 @@ class SyntheticSpec:
         spec = cls(**values)
         if min(spec.train, spec.test, spec.size, spec.classes) < 1:
             raise UserError("synthetic sizes must be positive")
+        if spec.seed < 0:
+            raise UserError(f"synthetic seed must be >= 0, got {spec.seed}")
         return spec
 
 

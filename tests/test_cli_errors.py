@@ -1,0 +1,84 @@
+"""Errors before work: every flag is checked before any data is built, any file is written or
+any network is trained; each bad value gets one ``error:`` line and exit 2, no traceback.
+
+Each case runs the real entry point in-process in a fresh directory holding ``root/`` (an
+empty data root: nothing may be built there) and asserts that afterwards no file exists under
+it, nor an ``out/``.
+
+    python -m pytest -q tests/test_cli_errors.py
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+IMP = ["imp", "--dataset", "digits", "--root", "root", "--out", "out", "--steps", "5",
+       "--train-steps", "20", "--levels", "1", "--batch-size", "32"]
+
+
+def npz(path) -> str:
+    np.savez(path, a=np.arange(3))
+    return str(path)
+
+
+CASES = [
+    ("negative-subset-seed", IMP + ["--subset", "random", "--size", "64", "--subset-seed", "-1"],
+     "--subset-seed"),
+    ("negative-noise-seed", IMP + ["--label-noise", "0.1", "--noise-seed", "-3"], "--noise-seed"),
+    ("negative-seed", IMP + ["--seed", "-1"], "--seed"),
+    ("subset-negative-seed", ["subset", "random", "--dataset", "digits", "--root", "root",
+                              "--size", "8", "--seed", "-1"], "--seed"),
+    ("synthetic-negative-seed", ["build-beton", "synthetic", "--root", "root", "--source",
+                                 "seed=-1"], "seed"),
+    ("device-bogus", IMP + ["--device", "bogus"], "not a device"),
+    ("device-meta", IMP + ["--device", "meta"], "cpu or cuda"),
+    ("device-mps", IMP + ["--device", "mps"], "cpu or cuda"),
+    ("subset-file-npz", lambda tmp: IMP + ["--subset-file", npz(tmp / "s.npz")], ".npz"),
+    ("scores-npz", lambda tmp: IMP + ["--subset", "easy", "--size", "8", "--scores",
+                                      npz(tmp / "s.npz")], ".npz"),
+    ("checkpoint-every-negative", IMP + ["--checkpoint-every", "-5"], "--checkpoint-every"),
+    ("all-with-size", IMP + ["--subset", "all", "--size", "5"], "--size does not apply"),
+    ("subset-file-and-kind", lambda tmp: IMP + ["--subset-file", str(np.save(
+        tmp / "f.npy", np.arange(8)) or tmp / "f.npy"), "--subset", "hard", "--size", "7"],
+     "--subset-file names the subset"),
+    ("digits-with-source", ["build-beton", "digits", "--root", "root", "--source",
+                            "/nonexistent"], "without --source"),
+    # the EL2N ensemble would train first and only then find t_r too large
+    ("steps-past-schedule-with-easy", IMP + ["--subset", "easy", "--size", "50", "--steps",
+                                             "500"], "--steps 500 must be smaller"),
+    ("levels-negative", IMP + ["--levels", "-1"], "--levels"),
+    ("random-without-size", IMP + ["--subset", "random"], "needs --size"),
+    ("scores-for-random", lambda tmp: IMP + ["--subset", "random", "--size", "8", "--scores",
+                                             str(np.save(tmp / "sc.npy", np.zeros(1438)) or
+                                                 tmp / "sc.npy")], "--scores ranks"),
+]
+
+
+@pytest.mark.parametrize("args,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_flag_fails_before_any_work(args, message, tmp_path, monkeypatch, run_cli):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "root").mkdir()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    args = args(inputs) if callable(args) else args
+    code, out, err = run_cli(args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in err and out == ""
+    assert list((tmp_path / "root").rglob("*")) == [], "data was built or written"
+    assert not (tmp_path / "out").exists(), "a run directory was created"
+
+
+def test_failed_build_leaves_no_lock_or_partial_dataset(tmp_path, run_cli):
+    for source in ("empty.tar.gz", "random.tar.gz", "folder"):
+        path = tmp_path / source
+        if source == "folder":
+            path.mkdir()
+        else:
+            path.write_bytes(b"" if source.startswith("empty") else np.random.bytes(4096))
+        code, _, err = run_cli(["build-beton", "cifar10", "--root", tmp_path / "root",
+                                "--source", path])
+        assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "root" / "cifar10").exists(), source
