@@ -326,3 +326,41 @@ def test_rerun_with_more_levels_or_replicates_trains_only_what_is_missing(
     api.imp(dataclasses.replace(request, levels=1, replicates=2), rt)  # fewer: nothing to train
     assert trained(trace) == []
     assert file_ids(before) == before
+
+
+def test_a_diverged_replicate_is_not_pruned_further_and_logs_no_fake_losses(data_root, tmp_path):
+    """Level 0 at an absurd lr turns NaN: the replicate stops there (later levels would train
+    from NaN weights), its record says where, and metrics.jsonl has no finite loss after it."""
+    request = tiny_request(levels=2, lr=1e6, shared_subset=True)
+    rt = dataclasses.replace(runtime(tmp_path, data_root), log_every=1)
+    run = api.imp(request, rt)
+    records = run.records()
+    assert [(r.replicate, r.level) for r in records] == [(0, 0)]
+    diverged = records[0].diverged
+    assert diverged is not None and T_R <= diverged["step"] < TRAIN_STEPS
+    metrics = [json.loads(line) for line in
+               run.stage(0, 0).file("metrics.jsonl").read_text().splitlines()]
+    # one record per step: finite up to the divergence, then null (no finite stand-in), then
+    # the stage stops (every packed model diverged)
+    assert [m["step"] for m in metrics] == list(range(T_R + 1, diverged["step"] + 2))
+    assert all(m["loss"] is not None for m in metrics[:-1]) and metrics[-1]["loss"] is None
+    assert not run.stage(0, 1).path.exists()
+    rows = json.loads(run.file("results.json").read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["diverged"] == diverged
+
+
+def test_one_replicate_then_a_second_equals_both_at_once(data_root, tmp_path):
+    """Deterministic CPU runs: a replicate's files do not depend on its packing neighbours."""
+    import dataclasses as dc
+
+    request = tiny_request(levels=1, replicates=1)
+    rt = dc.replace(runtime(tmp_path / "a", data_root), deterministic=True)
+    api.imp(request, rt)
+    a = api.imp(dc.replace(request, replicates=2), rt)
+    b = api.imp(dc.replace(request, replicates=2),
+                dc.replace(rt, out=tmp_path / "b"))
+    files = sorted(p.relative_to(a.path.parent) for p in a.path.parent.rglob("*")
+                   if p.is_file() and p.name not in ("env.json", ".lock"))
+    assert len(files) > 20
+    for rel in files:
+        assert (a.path.parent / rel).read_bytes() == (b.path.parent / rel).read_bytes(), rel
