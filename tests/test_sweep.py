@@ -127,3 +127,35 @@ def test_sweep_records_paths_with_spaces_exactly(data_root, tmp_path, run_cli):
     summary = json.loads(Path(stdout.splitlines()[-1]).read_text())
     artifact = Path(summary["runs"][0]["artifact"])
     assert artifact.exists() and artifact.parent.parent == out
+
+
+def test_ctrl_c_stops_a_sweep_and_records_the_run_as_interrupted(data_root, tmp_path):
+    """SIGINT during the first run: exit 130 with the resume hint, that run recorded as
+    interrupted (not ok), the later runs never started."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('command = "imp"\n[flags]\ndataset = "digits"\nsteps = 5\nlevels = 1\n'
+                     'train_steps = 400\nbatch_size = 32\n[grid]\nseed = [0, 1]\n')
+    trace = tmp_path / "trace.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LTHFAST_")}
+    env["LTHFAST_TRACE"] = str(trace)
+    proc = subprocess.Popen([sys.executable, "-m", "lthfast", "sweep", str(sweep), "--root",
+                             str(data_root), "--out", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60  # wait until the first run's level 0 is training
+    while time.time() < deadline and not (
+            trace.exists() and "imp/replicate_0/level_0" in trace.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted; rerun the same command to resume" in err
+    [summary] = (tmp_path / "out").glob("sweep_*.json")
+    runs = json.loads(summary.read_text())["runs"]
+    assert [r["status"] for r in runs] == ["interrupted"]
+    assert runs[0]["flags"]["seed"] == 0
