@@ -206,6 +206,82 @@ class ImpRequest(Common):
             self.score_request().check()
 
 
+@dataclass(frozen=True)
+class LmcRequest(ImpRequest):
+    """``lthfast lmc``: children spawned from the parent that ``imp`` with the same flags would
+    pre-train (or, with ``level``, from that IMP level's rewound sparse network)."""
+
+    children: int = 2
+    alphas: str = "0.5"  # comma-separated interpolation points in [0, 1]
+    level: Optional[int] = None
+    levels: int = 0  # not used: the parent's level is ``level``
+
+    def alpha_values(self) -> tuple[float, ...]:
+        try:
+            values = tuple(float(a) for a in self.alphas.split(","))
+        except ValueError:
+            raise UserError(f"--alphas takes numbers separated by commas, got {self.alphas!r}") \
+                from None
+        if not values or not all(0.0 <= a <= 1.0 for a in values):
+            raise UserError(f"--alphas must lie in [0, 1], got {self.alphas!r}")
+        return values
+
+    def check(self) -> None:
+        super().check()
+        if self.children < 2:
+            raise UserError(f"--children must be >= 2 (barriers are between pairs), got "
+                            f"{self.children}")
+        if self.level is not None and self.level < 0:
+            raise UserError(f"--level must be >= 0, got {self.level}")
+        self.alpha_values()
+
+
+def lmc(req: LmcRequest, rt: Runtime) -> Path:
+    """Barriers between children of the requested parent; returns the summary JSON's path."""
+    from .experiments.analyses import lmc as analysis
+    from .experiments.imp import pretrain, run_imp
+    from .train import checkpoint as ckpt
+
+    req.check()
+    ctx, spec, cfg = _prepared(req, rt)
+    reps = list(range(req.replicates))
+    if req.level is None:
+        states = dict(zip(reps, pretrain(ctx, cfg.pretrain, spec, reps)))
+        run = ctx.store.run("pretrain", cfg.pretrain)
+        parent = analysis.Parent(run, [run.stage(r) for r in reps], states, dict.fromkeys(reps))
+    else:
+        run = run_imp(ctx, cfg, spec, req.level, req.replicates)
+        stages = [run.stage(r, req.level) for r in reps if run.stage(r, req.level).is_done()]
+        if not stages:
+            raise UserError(f"every replicate diverged before level {req.level}; nothing to spawn")
+        pre = ctx.store.run("pretrain", cfg.pretrain)
+        masks = {s.replicate: ckpt.load(s.file("mask.pt")) for s in stages}
+        states = {}
+        for s in stages:  # the rewound sparse network: w_{t_r} under the level's mask
+            state = ckpt.load(pre.stage(s.replicate).file("weights.pt"))
+            states[s.replicate] = {n: t * masks[s.replicate][n] if n in masks[s.replicate] else t
+                                   for n, t in state.items()}
+        parent = analysis.Parent(run, stages, states, masks)
+    lcfg = analysis.LmcConfig(recipe=cfg.recipe, start=cfg.pretrain.recipe.steps,
+                              children=req.children, alphas=req.alpha_values(), level=req.level,
+                              seed=req.seed)
+    return analysis.write_summary(parent, lcfg, analysis.run(ctx, parent, lcfg))
+
+
+def _prepared(req: ImpRequest, rt: Runtime):
+    """Context, subset and IMP config of a checked request (scores computed when missing)."""
+    from .data.streams import check_loader
+    from .data.subsets import make_subset
+    from .experiments.scores import compute_scores
+
+    ctx = context(rt, req.dataset)
+    check_loader(rt.loader, ctx.ds, req.label_noise, rt.deterministic)
+    score_path = compute_scores(ctx, req.score_request().config()) if req.needs_scores() else None
+    spec = req.subset_spec(score_path)
+    make_subset(ctx.ds, spec)  # a subset that cannot be made fails here, before any training
+    return ctx, spec, req.config(spec.identity())
+
+
 def scores(req: ScoreRequest, rt: Runtime) -> Path:
     """Per-example scores (float32 .npy in dataset order), computed once; returns the path."""
     from .data.streams import check_loader
@@ -219,25 +295,18 @@ def scores(req: ScoreRequest, rt: Runtime) -> Path:
 
 def imp(req: ImpRequest, rt: Runtime) -> Run:
     """IMP after pre-training on the requested subset; computes missing scores first."""
-    from .data.streams import check_loader
-    from .data.subsets import make_subset
     from .experiments.imp import run_imp
-    from .experiments.scores import compute_scores
 
     req.check()
-    ctx = context(rt, req.dataset)
-    check_loader(rt.loader, ctx.ds, req.label_noise, rt.deterministic)
-    score_path = compute_scores(ctx, req.score_request().config()) if req.needs_scores() else None
-    spec = req.subset_spec(score_path)
-    make_subset(ctx.ds, spec)  # a subset that cannot be made fails here, before any training
-    return run_imp(ctx, req.config(spec.identity()), spec, req.levels, req.replicates)
+    ctx, spec, cfg = _prepared(req, rt)
+    return run_imp(ctx, cfg, spec, req.levels, req.replicates)
 
 
 # ------------------------------------------------------------------------------------------------
 # requests from plain values (sweep files, JSON): every value checked against its field's type
 # ------------------------------------------------------------------------------------------------
 
-REQUESTS: dict[str, type] = {"imp": ImpRequest, "scores": ScoreRequest}
+REQUESTS: dict[str, type] = {"imp": ImpRequest, "scores": ScoreRequest, "lmc": LmcRequest}
 # Runtime flags a sweep may set per run (how to run, not what): checked like request fields.
 RUNTIME_FLAGS = {"deterministic": bool, "compile": Optional[bool], "loader": str,
                  "checkpoint_every": int}
@@ -276,4 +345,4 @@ def request_from(command: str, values: dict[str, Any]):
     return request, flags
 
 
-RUNNERS = {"imp": lambda req, rt: imp(req, rt).path, "scores": scores}
+RUNNERS = {"imp": lambda req, rt: imp(req, rt).path, "scores": scores, "lmc": lmc}

@@ -88,30 +88,41 @@ def subset(kind: str = typer.Argument(..., help="all, random, easy or hard"),
     print(write_subset(ds, spec))
 
 
+# The flags that name a pre-training point: shared by imp and the analyses that spawn from it.
+DATASET = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="dataset (preset from Table 1)")
+SUBSET = typer.Option("all", help="pre-training subset: all, random, easy, hard")
+SIZE = typer.Option(None, help="subset size M")
+SUBSET_FILE = typer.Option(None, help="pre-train on these train indices (.npy)")
+SUBSET_SEED = typer.Option(0, help="seed of a random subset (replicate r draws its own from it)")
+SHARED_SUBSET = typer.Option(False, "--shared-subset", metavar="",
+                             help="random: one subset for all replicates")
+CLASS_BALANCED = typer.Option(None, "--class-balanced/--no-class-balanced",
+                              help="equal share per class (default: yes for random, no for easy/hard)")
+OFFSET = typer.Option(0, help="easy/hard: skip this many first")
+SCORES = typer.Option(None, help="easy/hard: score file (default: EL2N, computed or reused)")
+STEPS = typer.Option(None, help="pre-training iterations t_r (default: t* of the preset)")
+REPLICATES = typer.Option(1, help="independent replicates (trained packed)")
+RANK_BY = typer.Option("el2n", help="easy/hard without --scores: el2n or forgetting")
+EL2N_MODELS = typer.Option(10, help="K networks in the score ensemble")
+EL2N_STEPS = typer.Option(None, help="score iterations (default per dataset)")
+MODEL = typer.Option(None, help="override the preset's network")
+BATCH_SIZE = typer.Option(None, help="override the preset's batch size")
+LR = typer.Option(None, help="override the training lr")
+PRETRAIN_LR = typer.Option(None, help="override the pre-training lr")
+TRAIN_STEPS = typer.Option(None, help="override T, the schedule's iterations")
+
+
 @app.command()
-def imp(dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="dataset (preset from Table 1)"),
-        subset: str = typer.Option("all", help="pre-training subset: all, random, easy, hard"),
-        size: Optional[int] = typer.Option(None, help="subset size M"),
-        subset_file: Optional[Path] = typer.Option(None, help="pre-train on these train indices (.npy)"),
-        subset_seed: int = typer.Option(0, help="seed of a random subset (replicate r draws its own from it)"),
-        shared_subset: bool = typer.Option(False, "--shared-subset", metavar="",
-                                           help="random: one subset for all replicates"),
-        class_balanced: Optional[bool] = typer.Option(None, "--class-balanced/--no-class-balanced",
-                                                      help="equal share per class (default: yes for random, no for easy/hard)"),
-        offset: int = typer.Option(0, help="easy/hard: skip this many first"),
-        scores: Optional[Path] = typer.Option(None, help="easy/hard: score file (default: EL2N, computed or reused)"),
-        steps: Optional[int] = typer.Option(None, help="pre-training iterations t_r (default: t* of the preset)"),
+def imp(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE,
+        subset_file: Optional[Path] = SUBSET_FILE, subset_seed: int = SUBSET_SEED,
+        shared_subset: bool = SHARED_SUBSET, class_balanced: Optional[bool] = CLASS_BALANCED,
+        offset: int = OFFSET, scores: Optional[Path] = SCORES, steps: Optional[int] = STEPS,
         levels: int = typer.Option(12, help="pruning levels (level k keeps 0.8^k of the weights)"),
-        replicates: int = typer.Option(1, help="independent replicates (trained packed)"),
-        label_noise: float = LABEL_NOISE, noise_seed: int = NOISE_SEED,
-        rank_by: str = typer.Option("el2n", help="easy/hard without --scores: el2n or forgetting"),
-        el2n_models: int = typer.Option(10, help="K networks in the score ensemble"),
-        el2n_steps: Optional[int] = typer.Option(None, help="score iterations (default per dataset)"),
-        model: Optional[str] = typer.Option(None, help="override the preset's network"),
-        batch_size: Optional[int] = typer.Option(None, help="override the preset's batch size"),
-        lr: Optional[float] = typer.Option(None, help="override the training lr"),
-        pretrain_lr: Optional[float] = typer.Option(None, help="override the pre-training lr"),
-        train_steps: Optional[int] = typer.Option(None, help="override T, the schedule's iterations"),
+        replicates: int = REPLICATES, label_noise: float = LABEL_NOISE,
+        noise_seed: int = NOISE_SEED, rank_by: str = RANK_BY, el2n_models: int = EL2N_MODELS,
+        el2n_steps: Optional[int] = EL2N_STEPS, model: Optional[str] = MODEL,
+        batch_size: Optional[int] = BATCH_SIZE, lr: Optional[float] = LR,
+        pretrain_lr: Optional[float] = PRETRAIN_LR, train_steps: Optional[int] = TRAIN_STEPS,
         compile: Optional[bool] = COMPILE, loader: str = LOADER,
         root: Path = ROOT, out: Path = OUT, seed: int = SEED,
         device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
@@ -128,6 +139,39 @@ def imp(dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="d
         pretrain_lr=pretrain_lr, train_steps=train_steps)
     rt = runtime(root, out, device, deterministic, compile, checkpoint_every, loader)
     print(api.imp(request, rt).path)
+
+
+@app.command()
+def lmc(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE,
+        subset_file: Optional[Path] = SUBSET_FILE, subset_seed: int = SUBSET_SEED,
+        shared_subset: bool = SHARED_SUBSET, class_balanced: Optional[bool] = CLASS_BALANCED,
+        offset: int = OFFSET, scores: Optional[Path] = SCORES, steps: Optional[int] = STEPS,
+        level: Optional[int] = typer.Option(
+            None, help="spawn from this IMP level's rewound sparse network (default: w_{t_r})"),
+        children: int = typer.Option(2, help="children per replicate; barriers of every pair"),
+        alphas: str = typer.Option("0.5", help="interpolation points, e.g. 0.25,0.5,0.75"),
+        replicates: int = REPLICATES, label_noise: float = LABEL_NOISE,
+        noise_seed: int = NOISE_SEED, rank_by: str = RANK_BY, el2n_models: int = EL2N_MODELS,
+        el2n_steps: Optional[int] = EL2N_STEPS, model: Optional[str] = MODEL,
+        batch_size: Optional[int] = BATCH_SIZE, lr: Optional[float] = LR,
+        pretrain_lr: Optional[float] = PRETRAIN_LR, train_steps: Optional[int] = TRAIN_STEPS,
+        compile: Optional[bool] = COMPILE, loader: str = LOADER,
+        root: Path = ROOT, out: Path = OUT, seed: int = SEED,
+        device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
+        checkpoint_every: int = CHECKPOINT_EVERY):
+    """Linear mode connectivity of children spawned from the pre-training point imp would use
+    (or an IMP level); prints the summary JSON (loss_barrier, error_barrier)."""
+    from . import api
+
+    request = api.LmcRequest(
+        dataset=dataset, seed=seed, label_noise=label_noise, noise_seed=noise_seed, model=model,
+        batch_size=batch_size, lr=lr, subset=subset, size=size, subset_file=subset_file,
+        subset_seed=subset_seed, shared_subset=shared_subset, class_balanced=class_balanced,
+        offset=offset, scores=scores, rank_by=rank_by, steps=steps, replicates=replicates,
+        el2n_models=el2n_models, el2n_steps=el2n_steps, pretrain_lr=pretrain_lr,
+        train_steps=train_steps, children=children, alphas=alphas, level=level)
+    rt = runtime(root, out, device, deterministic, compile, checkpoint_every, loader)
+    print(api.lmc(request, rt))
 
 
 @app.command()

@@ -163,7 +163,7 @@ class Run:
         """Where a packed group of stages keeps its periodic checkpoint (nothing else)."""
         first = stages[0]
         parts = ([f"level_{first.level}"] if first.level is not None else []) + (
-            [first.branch] if first.branch else []) + [
+            [first.branch.replace("/", "_")] if first.branch else []) + [
             "group_" + "_".join(str(s.replicate) for s in stages)]
         return self.path / "scratch" / "_".join(parts)
 
