@@ -216,18 +216,27 @@ def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, \\[f
 @app.command()
 def report(out: Path = OUT,
            plots: bool = typer.Option(True, "--plots/--no-plots", help="also draw one PNG per dataset")):
-    """Collect finished IMP runs into OUT/report/imp.csv (+ plots); prints the CSV path."""
+    """Collect runs into tables under OUT/report (imp.csv; lmc.csv and schemes.csv when LMC
+    was measured) and plots; prints the paths, imp.csv last."""
     from .plots import plot_dataset
-    from .results import imp_rows, read_csv, write_csv
+    from .results import (LMC_COLUMNS, SCHEME_COLUMNS, imp_rows, lmc_rows, read_csv,
+                          scheme_rows, write_csv)
 
-    rows = imp_rows(out)
+    rows, lmc = imp_rows(out), lmc_rows(out)
+    if not rows and not lmc:
+        raise UserError(f"no finished IMP or LMC runs under {out}")
+    report_dir = Path(out) / "report"
+    if lmc:
+        print(write_csv(lmc, report_dir / "lmc.csv", LMC_COLUMNS))
+        if rows:
+            print(write_csv(scheme_rows(rows, lmc), report_dir / "schemes.csv", SCHEME_COLUMNS))
     if not rows:
-        raise UserError(f"no finished IMP runs under {out}")
-    table = write_csv(rows, Path(out) / "report" / "imp.csv")
+        return
+    table = write_csv(rows, report_dir / "imp.csv")
     if plots:
         rows = read_csv(table)  # plots read the table, nothing else
         for dataset in sorted({r["dataset"] for r in rows}):
-            print(plot_dataset(rows, dataset, Path(out) / "report" / f"imp_{dataset}.png"))
+            print(plot_dataset(rows, dataset, report_dir / f"imp_{dataset}.png"))
     print(table)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 from .errors import UserError
@@ -66,9 +67,79 @@ def imp_rows(out: Path) -> list[dict]:
     return rows
 
 
-def write_csv(rows: list[dict], path: Path) -> Path:
+def pretrain_columns(pre: dict) -> dict:
+    """A pre-training config (``pretrain_<hash>/config.json``) as identity columns."""
+    return config_columns({"pretrain": pre, "recipe": {
+        "model": pre["recipe"]["model"], "lr": "", "steps": "", "batch_size": pre["recipe"][
+            "batch_size"]}})
+
+
+LMC_COLUMNS = ("run", "parent", *CONFIG_COLUMNS, "spawn_step", "level", "children", "replicate",
+               "loss_barrier", "error_barrier", "loss_barrier_naive_bn",
+               "error_barrier_naive_bn", "linearly_connected")
+
+
+def lmc_rows(out: Path) -> list[dict]:
+    """One row per LMC summary and replicate, under pre-training points and IMP runs."""
+    store = RunStore(out)
+    rows = []
+    for kind in ("pretrain", "imp"):
+        for run in store.runs(kind):
+            try:
+                identity = (pretrain_columns(run.config) if kind == "pretrain"
+                            else config_columns(run.config))
+            except (KeyError, TypeError):
+                continue
+            for path in sorted(run.path.glob("lmc_*.json")):
+                try:
+                    summary = json.loads(path.read_text())
+                    reps = summary["replicates"]
+                except (OSError, ValueError, KeyError):
+                    continue
+                for r, rep in sorted(reps.items(), key=lambda kv: int(kv[0])):
+                    rows.append({"run": path.stem, "parent": run.name, **identity,
+                                 "spawn_step": summary["spawn_step"], "level": summary["level"],
+                                 "children": summary["children"], "replicate": int(r),
+                                 **{k: rep[k] for k in LMC_COLUMNS[-5:]}})
+    return rows
+
+
+SCHEME_COLUMNS = (*CONFIG_COLUMNS, "run", "replicates", "pretrain_acc", "loss_barrier",
+                  "error_barrier", "level", "weights_remaining", "test_acc")
+
+
+def scheme_rows(imp: list[dict], lmc: list[dict]) -> list[dict]:
+    """Fig. 5 (right): per pre-training scheme and level, the mean pre-training accuracy, the
+    mean barrier of children spawned at w_{t_r} (dense parent; empty when not measured) and
+    the mean final sparse accuracy."""
+    barriers: dict[tuple, list] = {}
+    for row in lmc:
+        if row["level"] in (None, ""):
+            key = tuple(row[c] for c in CONFIG_COLUMNS if c not in ("lr", "train_steps"))
+            barriers.setdefault(key, []).append((row["loss_barrier"], row["error_barrier"]))
+    groups: dict[tuple, list] = {}
+    for row in imp:
+        if row["test_acc"] is not None and not row["diverged"]:
+            groups.setdefault((row["run"], row["level"]), []).append(row)
+    out = []
+    for (run, level), rows in sorted(groups.items()):
+        first = rows[0]
+        key = tuple(first[c] for c in CONFIG_COLUMNS if c not in ("lr", "train_steps"))
+        found = barriers.get(key, [])
+        mean = lambda xs: sum(xs) / len(xs) if xs else ""  # noqa: E731
+        out.append({**{c: first[c] for c in CONFIG_COLUMNS}, "run": run, "replicates": len(rows),
+                    "pretrain_acc": mean([r["pretrain_acc"] for r in rows
+                                          if r["pretrain_acc"] is not None]),
+                    "loss_barrier": mean([b[0] for b in found]),
+                    "error_barrier": mean([b[1] for b in found]), "level": level,
+                    "weights_remaining": mean([r["weights_remaining"] for r in rows]),
+                    "test_acc": mean([r["test_acc"] for r in rows])})
+    return out
+
+
+def write_csv(rows: list[dict], path: Path, columns=COLUMNS) -> Path:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return atomic_write_bytes(path, buf.getvalue().encode())

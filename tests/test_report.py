@@ -93,5 +93,30 @@ def test_report_shows_finished_levels_of_an_unfinished_run_flagged(two_runs, tmp
 
 def test_report_without_runs_is_a_user_error(tmp_path, run_cli):
     code, stdout, err = run_cli(["report", "--out", tmp_path])
-    assert code == 2 and err.startswith("error: no finished IMP runs") and stdout == ""
+    assert code == 2 and err.startswith("error: no finished IMP or LMC runs") and stdout == ""
     assert not (tmp_path / "report").exists()
+
+
+def test_report_joins_barriers_to_schemes_for_fig5(data_root, tmp_path, run_cli):
+    """lmc.csv has one row per LMC summary and replicate; schemes.csv puts a scheme's
+    pre-training accuracy, mean barrier at w_{t_r} and final accuracy per level side by side."""
+    common = ["--dataset", "digits", "--steps", "5", "--train-steps", "15", "--batch-size", "32",
+              "--root", data_root, "--out", tmp_path]
+    code, out, err = run_cli(["lmc", *common])
+    assert code == 0, err
+    barrier = json.loads(Path(out.split()[-1]).read_text())["loss_barrier"]
+    code, _, err = run_cli(["imp", *common, "--levels", "1"])
+    assert code == 0, err
+    code, out, err = run_cli(["report", "--out", tmp_path, "--no-plots"])
+    assert code == 0, err
+    paths = [Path(p) for p in out.split()]
+    assert [p.name for p in paths] == ["lmc.csv", "schemes.csv", "imp.csv"]
+    import csv
+
+    [lmc] = list(csv.DictReader(open(paths[0])))
+    assert float(lmc["loss_barrier"]) == pytest.approx(barrier) and lmc["spawn_step"] == "5"
+    schemes = list(csv.DictReader(open(paths[1])))
+    assert [s["level"] for s in schemes] == ["0", "1"]
+    assert all(float(s["loss_barrier"]) == pytest.approx(barrier) for s in schemes)
+    assert all(0 < float(s["pretrain_acc"]) <= 1 and 0 < float(s["test_acc"]) <= 1
+               for s in schemes)
