@@ -92,12 +92,15 @@ class ScoreRequest(Common):
     """``lthfast scores KIND``: K networks, per-example scores of the train set."""
 
     kind: str = "el2n"
-    models: int = 10
+    models: Optional[int] = None  # default: the score's (10 networks; lmc: 2 replicates)
     steps: Optional[int] = None
+    children: int = 3  # lmc: children per replicate (3 pairs each)
+    train_steps: Optional[int] = None
+    pretrain_lr: Optional[float] = None  # lmc: the parent's pre-training lr
 
     def preset(self) -> Preset:
-        preset = Overrides(model=self.model, batch_size=self.batch_size,
-                           lr=self.lr).apply(preset_for(self.dataset))
+        preset = Overrides(self.model, self.batch_size, self.lr, self.pretrain_lr,
+                           self.train_steps).apply(preset_for(self.dataset))
         return dataclasses.replace(preset, el2n_model=self.model) if self.model else preset
 
     def check(self) -> None:
@@ -108,18 +111,24 @@ class ScoreRequest(Common):
         kind = SCORES.lookup(self.kind)
         preset = self.preset()
         resolve(preset.el2n_model)
-        check_score_request(self.models, kind.default_steps(preset) if self.steps is None
-                            else self.steps)
+        check_score_request(kind.default_models if self.models is None else self.models,
+                            kind.default_steps(preset) if self.steps is None else self.steps)
+        if self.kind == "lmc" and self.children < 2:
+            raise UserError(f"--children must be >= 2, got {self.children}")
 
     def config(self):
         from .experiments.scores import SCORES, ScoreConfig
 
         preset = self.preset()
-        steps = SCORES.lookup(self.kind).default_steps(preset) if self.steps is None else self.steps
-        return ScoreConfig(score=self.kind, dataset=self.dataset,
-                           recipe=score_recipe(preset, steps), models=self.models,
-                           seed=self.seed, label_noise=self.label_noise,
-                           noise_seed=self.noise_seed)
+        kind = SCORES.lookup(self.kind)
+        steps = kind.default_steps(preset) if self.steps is None else self.steps
+        models = kind.default_models if self.models is None else self.models
+        common = dict(score=self.kind, dataset=self.dataset, models=models, seed=self.seed,
+                      label_noise=self.label_noise, noise_seed=self.noise_seed)
+        if self.kind == "lmc":  # a dense parent pre-trained to t; children to the end
+            return ScoreConfig(recipe=train_recipe(preset), parent=pretrain_recipe(preset, steps),
+                               children=self.children, **common)
+        return ScoreConfig(recipe=score_recipe(preset, steps), **common)
 
 
 @dataclass(frozen=True)
@@ -138,7 +147,7 @@ class ImpRequest(Common):
     steps: Optional[int] = None
     levels: int = 12
     replicates: int = 1
-    el2n_models: int = 10
+    el2n_models: Optional[int] = None  # default: the score's (10; lmc: 2)
     el2n_steps: Optional[int] = None
     pretrain_lr: Optional[float] = None
     train_steps: Optional[int] = None
@@ -163,10 +172,13 @@ class ImpRequest(Common):
         return self.subset_file is None and self.subset in ("easy", "hard") and self.scores is None
 
     def score_request(self) -> ScoreRequest:
+        """The scores that rank easy / hard subsets. ``el2n_models`` and ``el2n_steps`` are
+        the score's two knobs: for ``--rank-by lmc`` the parent's replicates and spawn step."""
         return ScoreRequest(dataset=self.dataset, seed=self.seed, label_noise=self.label_noise,
                             noise_seed=self.noise_seed, model=self.model,
                             batch_size=self.batch_size, lr=self.lr, kind=self.rank_by,
-                            models=self.el2n_models, steps=self.el2n_steps)
+                            models=self.el2n_models, steps=self.el2n_steps,
+                            train_steps=self.train_steps, pretrain_lr=self.pretrain_lr)
 
     def config(self, subset_identity: dict):
         from .experiments.imp import ImpConfig, PretrainConfig

@@ -102,9 +102,9 @@ OFFSET = typer.Option(0, help="easy/hard: skip this many first")
 SCORES = typer.Option(None, help="easy/hard: score file (default: EL2N, computed or reused)")
 STEPS = typer.Option(None, help="pre-training iterations t_r (default: t* of the preset)")
 REPLICATES = typer.Option(1, help="independent replicates (trained packed)")
-RANK_BY = typer.Option("el2n", help="easy/hard without --scores: el2n or forgetting")
-EL2N_MODELS = typer.Option(10, help="K networks in the score ensemble")
-EL2N_STEPS = typer.Option(None, help="score iterations (default per dataset)")
+RANK_BY = typer.Option("el2n", help="easy/hard without --scores: el2n, forgetting or lmc")
+EL2N_MODELS = typer.Option(None, help="networks of the score (default 10; lmc: 2 replicates)")
+EL2N_STEPS = typer.Option(None, help="score iterations (lmc: spawn step; default per dataset)")
 MODEL = typer.Option(None, help="override the preset's network")
 BATCH_SIZE = typer.Option(None, help="override the preset's batch size")
 LR = typer.Option(None, help="override the training lr")
@@ -119,7 +119,7 @@ def imp(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE
         offset: int = OFFSET, scores: Optional[Path] = SCORES, steps: Optional[int] = STEPS,
         levels: int = typer.Option(12, help="pruning levels (level k keeps 0.8^k of the weights)"),
         replicates: int = REPLICATES, label_noise: float = LABEL_NOISE,
-        noise_seed: int = NOISE_SEED, rank_by: str = RANK_BY, el2n_models: int = EL2N_MODELS,
+        noise_seed: int = NOISE_SEED, rank_by: str = RANK_BY, el2n_models: Optional[int] = EL2N_MODELS,
         el2n_steps: Optional[int] = EL2N_STEPS, model: Optional[str] = MODEL,
         batch_size: Optional[int] = BATCH_SIZE, lr: Optional[float] = LR,
         pretrain_lr: Optional[float] = PRETRAIN_LR, train_steps: Optional[int] = TRAIN_STEPS,
@@ -151,7 +151,7 @@ def lmc(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE
         children: int = typer.Option(2, help="children per replicate; barriers of every pair"),
         alphas: str = typer.Option("0.5", help="interpolation points, e.g. 0.25,0.5,0.75"),
         replicates: int = REPLICATES, label_noise: float = LABEL_NOISE,
-        noise_seed: int = NOISE_SEED, rank_by: str = RANK_BY, el2n_models: int = EL2N_MODELS,
+        noise_seed: int = NOISE_SEED, rank_by: str = RANK_BY, el2n_models: Optional[int] = EL2N_MODELS,
         el2n_steps: Optional[int] = EL2N_STEPS, model: Optional[str] = MODEL,
         batch_size: Optional[int] = BATCH_SIZE, lr: Optional[float] = LR,
         pretrain_lr: Optional[float] = PRETRAIN_LR, train_steps: Optional[int] = TRAIN_STEPS,
@@ -175,10 +175,15 @@ def lmc(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE
 
 
 @app.command()
-def scores(kind: str = typer.Argument(..., help="el2n or forgetting"),
+def scores(kind: str = typer.Argument(..., help="el2n, forgetting or lmc"),
            dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="dataset"),
-           models: int = typer.Option(10, help="K networks, trained packed; scores average over them"),
-           steps: Optional[int] = typer.Option(None, help="iterations (default: appendix A per dataset)"),
+           models: Optional[int] = typer.Option(
+               None, help="K networks, trained packed, scores average over them (default 10; "
+                          "lmc: replicates of the parent, default 2)"),
+           steps: Optional[int] = typer.Option(
+               None, help="iterations (default: appendix A per dataset; lmc: spawn step, t*)"),
+           children: int = typer.Option(3, help="lmc: children per replicate (pairs of them)"),
+           train_steps: Optional[int] = TRAIN_STEPS, pretrain_lr: Optional[float] = PRETRAIN_LR,
            label_noise: float = LABEL_NOISE, noise_seed: int = NOISE_SEED,
            model: Optional[str] = typer.Option(None, help="override the network"),
            batch_size: Optional[int] = typer.Option(None, help="override the batch size"),
@@ -192,7 +197,8 @@ def scores(kind: str = typer.Argument(..., help="el2n or forgetting"),
 
     request = api.ScoreRequest(dataset=dataset, seed=seed, label_noise=label_noise,
                                noise_seed=noise_seed, model=model, batch_size=batch_size, lr=lr,
-                               kind=kind, models=models, steps=steps)
+                               kind=kind, models=models, steps=steps, children=children,
+                               train_steps=train_steps, pretrain_lr=pretrain_lr)
     rt = runtime(root, out, device, deterministic, compile, checkpoint_every, loader)
     print(api.scores(request, rt))
 

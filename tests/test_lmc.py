@@ -137,3 +137,32 @@ def test_lmc_resumes_bit_exactly_after_kill9(data_root, tmp_path):
         [x] = (tmp_path / "ref").glob(f"pretrain_*/replicate_0/lmc_*/{name}")
         [y] = (tmp_path / "kill").glob(f"pretrain_*/replicate_0/lmc_*/{name}")
         assert x.read_bytes() == y.read_bytes()
+
+
+def test_lmc_scores_are_the_mean_per_example_barrier_and_rank_imp_subsets(data_root, tmp_path):
+    """Definition D.1: per-example loss barrier at spawn step t averaged over pairs and
+    replicates, in the score format; ``imp --rank-by lmc`` ranks its easy subset by them."""
+    from lthfast.files import file_sha256
+    from lthfast.runs import RunStore
+
+    small = dict(dataset="digits", train_steps=60, batch_size=32)
+    request = api.ScoreRequest(kind="lmc", steps=10, models=2, children=3, **small)
+    path = api.scores(request, rt(tmp_path, data_root))
+    scores = np.load(path)
+    assert path.parent.name.startswith("lmc_") and scores.dtype == np.float32
+    [pre] = [r for r in RunStore(tmp_path).runs("pretrain")]
+    assert pre.config["subset"] == {"kind": "all"} and pre.config["recipe"]["steps"] == 10
+    [summary] = pre.path.glob("lmc_*.json")
+    data = json.loads(summary.read_text())
+    assert data["children"] == 3 and set(data["replicates"]) == {"0", "1"}
+    assert all(len(rep["pairs"]) == 3 for rep in data["replicates"].values())  # 6 instances
+    barriers = [np.load(Path(p) / "loss_barrier.npy") for p in data["per_example"].values()]
+    np.testing.assert_allclose(scores, np.mean(barriers, axis=0), rtol=0, atol=1e-7)
+    assert scores.std() > 0  # a ranking, not a constant
+
+    run = api.imp(api.ImpRequest(subset="easy", size=300, rank_by="lmc", el2n_models=2,
+                                 el2n_steps=10, steps=10, levels=0, **small),
+                  rt(tmp_path, data_root))
+    subset = RunStore(tmp_path).run("pretrain", run.config["pretrain"]).config["subset"]
+    assert subset["rank_by"] == "lmc" and subset["scores"] == file_sha256(path)[:16]
+    assert len(list(tmp_path.glob("lmc_*"))) == 1  # the scores were reused, not recomputed

@@ -26,11 +26,12 @@ PINNED = {
     "pretrain": "168e324e7140",
     "el2n": "aed86b1eb704",
     "forgetting": "1b0d92802e88",
+    "lmc": "7785bacd4f7d",
 }
 
 
 def pinned_config(kind: str):
-    if kind in ("el2n", "forgetting"):
+    if kind in ("el2n", "forgetting", "lmc"):
         return api.ScoreRequest(dataset="cifar10", kind=kind).config()
     cfg = CIFAR10_RANDOM_2048.config(SubsetSpec(kind="random", size=2048).identity())
     return cfg if kind == "imp" else cfg.pretrain

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from ..errors import UserError
 from ..files import atomic_save_npy
 from ..models.packed import PackedResNet
 from ..registry import Registry
-from ..runs import Stage
+from ..runs import Run, Stage
 from ..train.evaluate import el2n, predict
 from ..train.hooks import Hook
 from .common import SCORE_SEEDS, Context, replicate_seeds
@@ -50,20 +50,26 @@ class ScoreConfig:
     score: str
     dataset: str
     recipe: Recipe
-    models: int  # K
+    models: int  # K (lmc: replicates of the parent)
     seed: int = 0
     label_noise: float = 0.0
     noise_seed: int = 0
+    parent: Optional[Recipe] = None  # lmc: the parent's pre-training, up to the spawn step
+    children: int = 0  # lmc: children per replicate
 
 
 @dataclass(frozen=True)
 class ScoreKind:
-    """A registered score: its default length, the hooks it trains with, and each trained
-    member's per-example values (K arrays of N)."""
+    """A registered score: its default length and models, and either an ensemble (the hooks it
+    trains with and each trained member's per-example values, K arrays of N) or a ``compute``
+    of its own (ctx, config, run) -> N values."""
 
     default_steps: Callable[[Preset], int]
-    per_model: Callable[[Context, PackedResNet, Sequence[Hook], DeviceData], Sequence[np.ndarray]]
+    per_model: Optional[Callable[[Context, PackedResNet, Sequence[Hook], DeviceData],
+                                 Sequence[np.ndarray]]] = None
     hooks: Callable[[Context, int], Sequence[Hook]] = lambda ctx, k: ()
+    compute: Optional[Callable[[Context, "ScoreConfig", Run], np.ndarray]] = None
+    default_models: int = 10
 
 
 SCORES = Registry("score")  # name -> ScoreKind
@@ -118,11 +124,39 @@ def forgetting_per_model(ctx: Context, model: PackedResNet, hooks, data: DeviceD
     return hooks[0].per_model()
 
 
-# EL2N is read early in training (appendix A); forgetting looks at the whole course of it.
+def lmc_scores(ctx: Context, cfg: ScoreConfig, run: Run) -> np.ndarray:
+    """Definition D.1: the per-example train loss barrier of children spawned from the dense
+    network at iteration t (all data), averaged over instances: ``children`` choose 2 pairs in
+    each of ``models`` replicates (3 pairs × 2 replicates = 6 by default, as in appendix D.2).
+    The parent is the all-data pre-training ``imp --subset all --steps t`` uses; the barriers
+    live in its LMC branch, so ``lthfast lmc`` with the same settings shares them."""
+    from ..data.subsets import SubsetSpec
+    from .analyses import lmc
+    from .imp import PretrainConfig, pretrain
+
+    everything = SubsetSpec(kind="all")
+    pre_cfg = PretrainConfig(dataset=cfg.dataset, recipe=cfg.parent,
+                             subset=everything.identity(), seed=cfg.seed,
+                             label_noise=cfg.label_noise, noise_seed=cfg.noise_seed)
+    reps = list(range(cfg.models))
+    states = dict(zip(reps, pretrain(ctx, pre_cfg, everything, reps)))
+    pre = ctx.store.run("pretrain", pre_cfg)
+    parent = lmc.Parent(pre, [pre.stage(r) for r in reps], states, dict.fromkeys(reps))
+    lcfg = lmc.LmcConfig(recipe=cfg.recipe, start=cfg.parent.steps, children=cfg.children,
+                         seed=cfg.seed)
+    lmc.write_summary(parent, lcfg, lmc.run(ctx, parent, lcfg))
+    return np.mean([np.load(pre.stage(r, None, lcfg.branch).file("loss_barrier.npy"))
+                    for r in reps], axis=0)
+
+
+# EL2N is read early in training (appendix A); forgetting looks at the whole course of it; LMC
+# scores are taken before the onset of linear mode connectivity (appendix D.2: at t*).
 SCORES.register("el2n")(ScoreKind(default_steps=lambda p: p.el2n_steps, per_model=el2n_per_model))
 SCORES.register("forgetting")(ScoreKind(
     default_steps=lambda p: p.train_steps, per_model=forgetting_per_model,
     hooks=lambda ctx, k: [ForgettingCounter(k, ctx.ds.train_size, ctx.device)]))
+SCORES.register("lmc")(ScoreKind(default_steps=lambda p: p.t_star, compute=lmc_scores,
+                                 default_models=2))
 
 
 def check_score_request(models: int, steps: int) -> None:
@@ -146,6 +180,13 @@ def compute_scores(ctx: Context, cfg: ScoreConfig) -> Path:
                            indices=everything)
 
     with run.lock():
+        if not run.is_done() and kind.compute is not None:
+            scores = kind.compute(ctx, cfg, run)
+            if scores.shape != (ctx.ds.train_size,) or not np.all(np.isfinite(scores)):
+                raise UserError(f"{cfg.score} scores are not finite (training diverged?); see "
+                                f"{run.path}")
+            atomic_save_npy(run.file("scores.npy"), scores.astype(np.float32))
+            run.mark_done({"score": cfg.score, "models": cfg.models})
         if not run.is_done():
             members = [run.stage(m) for m in range(cfg.models)]
             records = train_stage(
