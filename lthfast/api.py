@@ -251,33 +251,63 @@ class LmcRequest(ImpRequest):
 def lmc(req: LmcRequest, rt: Runtime) -> Path:
     """Barriers between children of the requested parent; returns the summary JSON's path."""
     from .experiments.analyses import lmc as analysis
-    from .experiments.imp import pretrain, run_imp
-    from .train import checkpoint as ckpt
 
     req.check()
     ctx, spec, cfg = _prepared(req, rt)
-    reps = list(range(req.replicates))
-    if req.level is None:
-        states = dict(zip(reps, pretrain(ctx, cfg.pretrain, spec, reps)))
-        run = ctx.store.run("pretrain", cfg.pretrain)
-        parent = analysis.Parent(run, [run.stage(r) for r in reps], states, dict.fromkeys(reps))
-    else:
-        run = run_imp(ctx, cfg, spec, req.level, req.replicates)
-        stages = [run.stage(r, req.level) for r in reps if run.stage(r, req.level).is_done()]
-        if not stages:
-            raise UserError(f"every replicate diverged before level {req.level}; nothing to spawn")
-        pre = ctx.store.run("pretrain", cfg.pretrain)
-        masks = {s.replicate: ckpt.load(s.file("mask.pt")) for s in stages}
-        states = {}
-        for s in stages:  # the rewound sparse network: w_{t_r} under the level's mask
-            state = ckpt.load(pre.stage(s.replicate).file("weights.pt"))
-            states[s.replicate] = {n: t * masks[s.replicate][n] if n in masks[s.replicate] else t
-                                   for n, t in state.items()}
-        parent = analysis.Parent(run, stages, states, masks)
+    parent = _parent(ctx, spec, cfg, req.level, req.replicates)
     lcfg = analysis.LmcConfig(recipe=cfg.recipe, start=cfg.pretrain.recipe.steps,
                               children=req.children, alphas=req.alpha_values(), level=req.level,
                               seed=req.seed)
     return analysis.write_summary(parent, lcfg, analysis.run(ctx, parent, lcfg))
+
+
+@dataclass(frozen=True)
+class ErrorsRequest(ImpRequest):
+    """``lthfast errors``: per-example errors of w_{t_r} (dense) or of its sparse projection by
+    IMP level ``level``'s mask."""
+
+    level: Optional[int] = None
+    levels: int = 0  # not used: the mask's level is ``level``
+
+    def check(self) -> None:
+        super().check()
+        if self.level is not None and self.level < 0:
+            raise UserError(f"--level must be >= 0, got {self.level}")
+
+
+def errors(req: ErrorsRequest, rt: Runtime) -> Path:
+    """Per-example ‖p − y‖ at the pre-training point; returns the summary JSON's path."""
+    from .experiments.analyses import errors as analysis
+
+    req.check()
+    ctx, spec, cfg = _prepared(req, rt)
+    parent = _parent(ctx, spec, cfg, req.level, req.replicates)
+    return analysis.run(ctx, parent.run, parent.states, req.level, cfg.pretrain.recipe.steps)
+
+
+def _parent(ctx: Context, spec, cfg, level: Optional[int], replicates: int):
+    """The networks an analysis starts from: w_{t_r} of each replicate (pre-training), or with
+    ``level`` the rewound sparse network of that IMP level (w_{t_r} under the level's mask)."""
+    from .experiments.analyses.lmc import Parent
+    from .experiments.imp import pretrain, run_imp
+    from .train import checkpoint as ckpt
+
+    reps = list(range(replicates))
+    if level is None:
+        states = dict(zip(reps, pretrain(ctx, cfg.pretrain, spec, reps)))
+        run = ctx.store.run("pretrain", cfg.pretrain)
+        return Parent(run, [run.stage(r) for r in reps], states, dict.fromkeys(reps))
+    run = run_imp(ctx, cfg, spec, level, replicates)
+    stages = [run.stage(r, level) for r in reps if run.stage(r, level).is_done()]
+    if not stages:
+        raise UserError(f"every replicate diverged before level {level}; nothing to start from")
+    pre = ctx.store.run("pretrain", cfg.pretrain)
+    masks = {s.replicate: ckpt.load(s.file("mask.pt")) for s in stages}
+    states = {}
+    for s in stages:
+        state, mask = ckpt.load(pre.stage(s.replicate).file("weights.pt")), masks[s.replicate]
+        states[s.replicate] = {n: t * mask[n] if n in mask else t for n, t in state.items()}
+    return Parent(run, stages, states, masks)
 
 
 def _prepared(req: ImpRequest, rt: Runtime):
@@ -318,7 +348,8 @@ def imp(req: ImpRequest, rt: Runtime) -> Run:
 # requests from plain values (sweep files, JSON): every value checked against its field's type
 # ------------------------------------------------------------------------------------------------
 
-REQUESTS: dict[str, type] = {"imp": ImpRequest, "scores": ScoreRequest, "lmc": LmcRequest}
+REQUESTS: dict[str, type] = {"imp": ImpRequest, "scores": ScoreRequest, "lmc": LmcRequest,
+                              "errors": ErrorsRequest}
 # Runtime flags a sweep may set per run (how to run, not what): checked like request fields.
 RUNTIME_FLAGS = {"deterministic": bool, "compile": Optional[bool], "loader": str,
                  "checkpoint_every": int}
@@ -357,4 +388,5 @@ def request_from(command: str, values: dict[str, Any]):
     return request, flags
 
 
-RUNNERS = {"imp": lambda req, rt: imp(req, rt).path, "scores": scores, "lmc": lmc}
+RUNNERS = {"imp": lambda req, rt: imp(req, rt).path, "scores": scores, "lmc": lmc,
+           "errors": errors}

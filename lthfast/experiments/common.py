@@ -20,7 +20,7 @@ from ..data.streams import make_stream
 from ..data.subsets import train_labels
 from ..errors import UserError
 from ..models import build
-from ..models.packed import PackedResNet
+from ..models.packed import PackedResNet, load_packed
 from ..progress import ProgressFn
 from ..runs import RunStore
 from ..train.allocator import keep_freed_memory
@@ -138,6 +138,16 @@ def new_model(name: str, num_classes: int, init_seeds: Sequence[int],
     model = build(name, num_classes, k=len(init_seeds))
     model.reset_parameters(list(init_seeds))
     return model.to(device=device, memory_format=torch.channels_last)
+
+
+def packed_model(ctx: Context, states: Sequence[dict]) -> PackedResNet:
+    """K trained networks (K=1 state dicts of one CIFAR ResNet) as one packed model on the
+    device; the depth is read from the state dicts (three stages of n blocks: 6n + 2)."""
+    blocks = {int(name.split(".")[1]) for name in states[0] if name.startswith("blocks.")}
+    model = new_model(f"resnet{6 * (len(blocks) // 3) + 2}", ctx.ds.num_classes,
+                      [0] * len(states), ctx.device)
+    load_packed(model, list(states))
+    return model
 
 
 def run_training(ctx: Context, model: PackedResNet, data: DeviceData,

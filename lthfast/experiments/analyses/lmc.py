@@ -39,7 +39,7 @@ import torch
 from ...config import Recipe
 from ...data.loader import DeviceData, StreamSeeds, mix_seed
 from ...files import atomic_save_npy, atomic_write_json
-from ...models.packed import PackedResNet, load_packed
+from ...models.packed import PackedResNet
 from ...prune.magnitude import Masks
 from ...runs import Run, Stage, StageRecord, hash_of
 from ...train import checkpoint as ckpt
@@ -118,25 +118,11 @@ def per_example(ctx: common.Context, states: list[dict], recompute_bn: bool
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Losses and 0-1 errors (K×N) of K networks on the un-augmented training set."""
     data = ctx.train_split()
-    model = _packed(ctx, states)
+    model = common.packed_model(ctx, states)
     if recompute_bn:
         recompute_batchnorm(model, data)
     logits = predict(model, data, amp=False)
     return example_losses(logits, data.labels), (logits.argmax(-1) != data.labels).float()
-
-
-def _packed(ctx: common.Context, states: list[dict]) -> PackedResNet:
-    depth = _depth(states[0])
-    model = PackedResNet(depth, ctx.ds.num_classes, k=len(states))
-    model = model.to(device=ctx.device, memory_format=torch.channels_last)
-    load_packed(model, states)
-    return model
-
-
-def _depth(state: dict) -> int:
-    """ResNet-(6n+2) from a state dict: n blocks per stage, three stages."""
-    blocks = {int(name.split(".")[1]) for name in state if name.startswith("blocks.")}
-    return 6 * (len(blocks) // 3) + 2
 
 
 def measure(ctx: common.Context, children: list[dict], alphas: Sequence[float]) -> dict:

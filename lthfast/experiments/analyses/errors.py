@@ -1,0 +1,63 @@
+"""Per-example error distributions at a pre-training point (Fig. 9 of the paper).
+
+For every training example, the error ‖softmax(f(x)) − onehot(y)‖₂ (true labels, no
+augmentation, fp32 logits) of the dense network w_{t_r} and, given an IMP level k, of its sparse
+projection: level k's mask applied to w_{t_r} with no further training. Saved per replicate as
+``errors.npy`` (float32, dataset order) in an ``errors`` branch of the pre-training stage (dense)
+or of the level's stage (sparse); the summary (mean, quantiles, histogram) goes in its record.
+
+    lthfast errors --dataset digits --subset random --size 256 --steps 20 --level 3
+    # -> runs/imp_<hash>/errors_level_3.json (and the dense one beside the pre-training run)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ...files import atomic_save_npy, atomic_write_json
+from ...runs import Run, StageRecord
+from ...train.evaluate import el2n, predict
+from ..common import Context, packed_model
+from . import ANALYSES
+
+BRANCH = "errors"
+BINS = np.linspace(0.0, np.sqrt(2.0), 41)  # ‖p − y‖₂ lies in [0, √2]
+
+
+def measure(ctx: Context, states: dict[int, dict]) -> dict[int, np.ndarray]:
+    """Replicate -> per-example errors, all replicates as one packed model."""
+    reps = sorted(states)
+    data = ctx.train_split()
+    logits = predict(packed_model(ctx, [states[r] for r in reps]), data, amp=False)
+    errors = el2n(logits, data.labels).cpu().numpy()
+    return {r: errors[i] for i, r in enumerate(reps)}
+
+
+def summarize(errors: np.ndarray) -> dict:
+    counts, _ = np.histogram(errors, BINS)
+    return {"mean": float(errors.mean()),
+            "quantiles": {str(q): float(np.quantile(errors, q)) for q in (0.1, 0.5, 0.9)},
+            "histogram": {"edges": BINS.tolist(), "counts": counts.tolist()}}
+
+
+def run(ctx: Context, parent: Run, states: dict[int, dict], level: Optional[int], start: int):
+    """Measure the replicates whose branch is missing; write ``<parent>/errors[_level_k].json``."""
+    with parent.lock():
+        stages = {r: parent.stage(r, level, BRANCH) for r in states}
+        todo = {r: s for r, s in states.items() if not stages[r].is_done()}
+        for r, errors in (measure(ctx, todo) if todo else {}).items():
+            atomic_save_npy(stages[r].file("errors.npy"), errors.astype(np.float32))
+            stages[r].mark_done(StageRecord(replicate=r, level=level, branch=BRANCH, start=start,
+                                            end=start, test_acc=None, test_loss=None,
+                                            extra=summarize(errors)))
+        per = {str(r): stages[r].record().extra for r in sorted(states)}
+        name = "errors.json" if level is None else f"errors_level_{level}.json"
+        return atomic_write_json(parent.file(name), {
+            "level": level, "t_r": start, "mean": float(np.mean([p["mean"] for p in per.values()])),
+            "replicates": per,
+            "per_example": {r: str(stages[int(r)].file("errors.npy")) for r in per}})
+
+
+ANALYSES.register("errors")(run)
