@@ -285,6 +285,48 @@ def errors(req: ErrorsRequest, rt: Runtime) -> Path:
     return analysis.run(ctx, parent.run, parent.states, req.level, cfg.pretrain.recipe.steps)
 
 
+@dataclass(frozen=True)
+class GradsRequest(ImpRequest):
+    """``lthfast grads``: gradient norms, coherence and learning speed during the pre-training
+    that ``imp`` with the same flags runs."""
+
+    coherence_every: int = 10
+    coherence_batches: int = 16
+    eval_every: int = 100
+    levels: int = 0  # not used
+
+    def check(self) -> None:
+        super().check()
+        if self.coherence_every < 1 or self.coherence_batches < 2:
+            raise UserError("--coherence-every must be >= 1 and --coherence-batches >= 2")
+        if self.eval_every < 0:
+            raise UserError(f"--eval-every must be >= 0 (0: never), got {self.eval_every}")
+        if self.steps == 0:
+            raise UserError("--steps 0 has no pre-training to look at")
+
+
+def grads(req: GradsRequest, rt: Runtime) -> Path:
+    """Replays the pre-training with gradient statistics; returns the summary JSON's path."""
+    from .data.loader import StreamSeeds
+    from .experiments.analyses import grads as analysis
+    from .experiments.common import replicate_seeds
+    from .experiments.imp import subset_of
+
+    req.check()
+    ctx, spec, cfg = _prepared(req, rt)
+    pre = ctx.store.run("pretrain", cfg.pretrain).create()
+
+    def seeds_of(r: int):
+        seeds = replicate_seeds(cfg.pretrain.seed, r)
+        return seeds["init"], StreamSeeds(seeds["pretrain_order"], seeds["pretrain_augment"])
+
+    subsets = {r: subset_of(ctx, spec, r) for r in range(req.replicates)}
+    return analysis.run(ctx, pre, cfg.pretrain.recipe,
+                        ctx.train_split(cfg.pretrain.label_noise, cfg.pretrain.noise_seed),
+                        seeds_of, subsets, analysis.GradsConfig(
+                            req.coherence_every, req.coherence_batches, req.eval_every))
+
+
 def _parent(ctx: Context, spec, cfg, level: Optional[int], replicates: int):
     """The networks an analysis starts from: w_{t_r} of each replicate (pre-training), or with
     ``level`` the rewound sparse network of that IMP level (w_{t_r} under the level's mask)."""
@@ -349,7 +391,7 @@ def imp(req: ImpRequest, rt: Runtime) -> Run:
 # ------------------------------------------------------------------------------------------------
 
 REQUESTS: dict[str, type] = {"imp": ImpRequest, "scores": ScoreRequest, "lmc": LmcRequest,
-                              "errors": ErrorsRequest}
+                              "errors": ErrorsRequest, "grads": GradsRequest}
 # Runtime flags a sweep may set per run (how to run, not what): checked like request fields.
 RUNTIME_FLAGS = {"deterministic": bool, "compile": Optional[bool], "loader": str,
                  "checkpoint_every": int}
@@ -389,4 +431,4 @@ def request_from(command: str, values: dict[str, Any]):
 
 
 RUNNERS = {"imp": lambda req, rt: imp(req, rt).path, "scores": scores, "lmc": lmc,
-           "errors": errors}
+           "errors": errors, "grads": grads}

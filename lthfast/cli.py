@@ -206,6 +206,39 @@ def errors(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = S
 
 
 @app.command()
+def grads(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE,
+          subset_file: Optional[Path] = SUBSET_FILE, subset_seed: int = SUBSET_SEED,
+          shared_subset: bool = SHARED_SUBSET, class_balanced: Optional[bool] = CLASS_BALANCED,
+          offset: int = OFFSET, scores: Optional[Path] = SCORES, steps: Optional[int] = STEPS,
+          coherence_every: int = typer.Option(10, help="steps between coherence measurements"),
+          coherence_batches: int = typer.Option(16, help="extra batches per coherence point"),
+          eval_every: int = typer.Option(100, help="steps between accuracy points (0: none)"),
+          replicates: int = REPLICATES, label_noise: float = LABEL_NOISE,
+          noise_seed: int = NOISE_SEED, rank_by: str = RANK_BY,
+          el2n_models: Optional[int] = EL2N_MODELS, el2n_steps: Optional[int] = EL2N_STEPS,
+          model: Optional[str] = MODEL, batch_size: Optional[int] = BATCH_SIZE,
+          lr: Optional[float] = LR, pretrain_lr: Optional[float] = PRETRAIN_LR,
+          train_steps: Optional[int] = TRAIN_STEPS, compile: Optional[bool] = COMPILE,
+          loader: str = LOADER, root: Path = ROOT, out: Path = OUT, seed: int = SEED,
+          device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
+          checkpoint_every: int = CHECKPOINT_EVERY):
+    """Gradient norms, gradient coherence and learning speed during the pre-training imp would
+    run (Figs. 7-8); prints the summary JSON."""
+    from . import api
+
+    request = api.GradsRequest(
+        dataset=dataset, seed=seed, label_noise=label_noise, noise_seed=noise_seed, model=model,
+        batch_size=batch_size, lr=lr, subset=subset, size=size, subset_file=subset_file,
+        subset_seed=subset_seed, shared_subset=shared_subset, class_balanced=class_balanced,
+        offset=offset, scores=scores, rank_by=rank_by, steps=steps, replicates=replicates,
+        el2n_models=el2n_models, el2n_steps=el2n_steps, pretrain_lr=pretrain_lr,
+        train_steps=train_steps, coherence_every=coherence_every,
+        coherence_batches=coherence_batches, eval_every=eval_every)
+    rt = runtime(root, out, device, deterministic, compile, checkpoint_every, loader)
+    print(api.grads(request, rt))
+
+
+@app.command()
 def scores(kind: str = typer.Argument(..., help="el2n, forgetting or lmc"),
            dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="dataset"),
            models: Optional[int] = typer.Option(

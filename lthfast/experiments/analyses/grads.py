@@ -1,0 +1,188 @@
+"""Training dynamics during pre-training: gradient norms, gradient coherence, learning speed.
+
+Replays the pre-training of a replicate (same init, data order and augmentation as ``imp``'s
+pre-training stage, so the trajectory is the same) with a gradient hook, and records:
+
+- the norm of every mini-batch gradient (Fig. 8: easy vs random subsets);
+- gradient coherence (appendix B, Fig. 7b): every ``coherence_every`` steps, the gradients of
+  ``coherence_batches`` extra batches drawn from the training subset at the current weights, and
+  the cosine of each to their mean (BatchNorm statistics and the step's own gradients are
+  restored afterwards, so training goes on as if nothing happened);
+- learning speed (Fig. 7a): every ``eval_every`` steps, accuracy on the whole training set, on
+  the pre-training subset, and on the test set.
+
+Costs are paid only when asked: the hook runs in ``lthfast grads``, never in ``imp``.
+Arrays per replicate in a ``grads_<hash>`` branch of the pre-training stage; the summary in
+``<pretrain run>/grads_<hash>.json``.
+
+    lthfast grads --dataset digits --subset random --size 256 --steps 40
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ...data.loader import BatchStream, StreamSeeds, mix_seed
+from ...files import atomic_write_json
+from ...data.loader import DeviceData
+from ...runs import Run, Stage, hash_of
+from ...train.evaluate import accuracy, predict
+from ...train.hooks import Hook
+from ...train.loop import per_model_loss
+from ..common import Context
+from ..stage import StageInputs, train_stage
+from . import ANALYSES
+
+PROBE_SEEDS = 3  # seed domain of the coherence batches
+
+
+@dataclass(frozen=True)
+class GradsConfig:
+    coherence_every: int = 10
+    coherence_batches: int = 16
+    eval_every: int = 100  # 0: no learning-speed points
+
+    @property
+    def branch(self) -> str:
+        return f"grads_{hash_of(self)}"
+
+
+def cosines_to_mean(grads: torch.Tensor) -> torch.Tensor:
+    """B×P batch gradients -> the cosine of each to their mean (B)."""
+    mean = grads.mean(0, keepdim=True)
+    return torch.nn.functional.cosine_similarity(grads, mean, dim=1)
+
+
+class GradStats(Hook):
+    """Per packed model: every step's gradient norm; coherence and accuracies at intervals."""
+
+    wants_gradients = True
+
+    def __init__(self, ctx: Context, cfg: GradsConfig, start: int, end: int,
+                 probe: BatchStream, subsets: list[np.ndarray]):
+        k, device = probe.k, ctx.device
+        self.ctx, self.cfg, self.start, self.probe = ctx, cfg, start, probe
+        self.subsets = [torch.as_tensor(s, device=device) for s in subsets]
+        self.norms = torch.zeros(end - start, k, device=device)
+        self.coherence_steps = [s for s in range(start, end) if s % cfg.coherence_every == 0]
+        self.coherence = torch.full((len(self.coherence_steps), k, cfg.coherence_batches),
+                                    float("nan"), device=device)
+        every = cfg.eval_every
+        self.speed_steps = sorted({s for s in range(start, end) if every and s % every == 0}
+                                  | ({end - 1} if every else set()))
+        self.speed = torch.full((len(self.speed_steps), 3, k), float("nan"), device=device)
+
+    def after_backward(self, step: int, model: torch.nn.Module) -> None:
+        k = self.probe.k
+        params = [p for p in model.parameters() if p.grad is not None]
+        self.norms[step - self.start] = torch.sqrt(sum(
+            p.grad.detach().reshape(k, -1).float().pow(2).sum(1) for p in params))
+        if step in self.coherence_steps:
+            self.coherence[self.coherence_steps.index(step)] = self._coherence(step, model)
+        if step in self.speed_steps:
+            self.speed[self.speed_steps.index(step)] = self._accuracies(model)
+
+    def _coherence(self, step: int, model: torch.nn.Module) -> torch.Tensor:
+        """K×B cosines of extra batch gradients to their mean, leaving the run untouched."""
+        k = self.probe.k
+        params = [p for p in model.parameters() if p.grad is not None]
+        saved_grads = [p.grad.clone() for p in params]
+        saved_buffers = {n: b.clone() for n, b in model.named_buffers()}
+        per_batch = []
+        for b in range(self.cfg.coherence_batches):
+            x, y, _ = self.probe.batch(step * self.cfg.coherence_batches + b)
+            for p in params:
+                p.grad = None
+            per_model_loss(model(x), y).sum().backward()
+            per_batch.append(torch.cat([p.grad.reshape(k, -1) for p in params], dim=1))
+        for p, g in zip(params, saved_grads):
+            p.grad = g
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                b.copy_(saved_buffers[n])
+        grads = torch.stack(per_batch, dim=1)  # K×B×P
+        return torch.stack([cosines_to_mean(grads[m]) for m in range(k)])
+
+    def _accuracies(self, model: torch.nn.Module) -> torch.Tensor:
+        """3×K: accuracy on all training data, on each model's own subset, on the test set."""
+        train = self.ctx.train_split()
+        logits = predict(model, train, amp=False)
+        test = self.ctx.test_split()
+        correct = (logits.argmax(-1) == train.labels).float()  # K×N
+        subset = torch.stack([correct[m, s].mean() for m, s in enumerate(self.subsets)])
+        return torch.stack([correct.mean(1), subset,
+                            accuracy(predict(model, test, amp=False), test.labels)])
+
+    def state_dict(self) -> dict:
+        return {"norms": self.norms, "coherence": self.coherence, "speed": self.speed}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, value in state.items():
+            getattr(self, name).copy_(value)
+
+    def arrays(self, m: int) -> dict[str, np.ndarray]:
+        return {"grad_norms": self.norms[:, m].cpu().numpy(),
+                "coherence": self.coherence[:, m].cpu().numpy(),
+                "coherence_steps": np.array(self.coherence_steps),
+                "speed_steps": np.array(self.speed_steps),
+                "train_acc": self.speed[:, 0, m].cpu().numpy(),
+                "subset_acc": self.speed[:, 1, m].cpu().numpy(),
+                "test_acc": self.speed[:, 2, m].cpu().numpy()}
+
+
+def summarize(arrays: dict[str, np.ndarray]) -> dict:
+    out = {"mean_grad_norm": float(arrays["grad_norms"].mean()),
+           "mean_coherence": float(np.nanmean(arrays["coherence"]))}
+    if len(arrays["speed_steps"]):
+        out |= {f"final_{name}": float(arrays[name][-1])
+                for name in ("train_acc", "subset_acc", "test_acc")}
+    return out
+
+
+def run(ctx: Context, pre: Run, recipe, data: DeviceData, seeds_of,
+        subsets: dict[int, np.ndarray], cfg: GradsConfig):
+    """Replay pre-training of each replicate with the statistics hook; write the summary.
+
+    ``seeds_of(r)`` gives replicate r's (init seed, StreamSeeds) and ``data`` the labels, as
+    pre-training used them."""
+    reps = sorted(subsets)
+    stages = [pre.stage(r, None, cfg.branch) for r in reps]
+
+    def prepare(stage: Stage) -> StageInputs:
+        init, seeds = seeds_of(stage.replicate)
+        return StageInputs(init=init, seeds=seeds, indices=subsets[stage.replicate])
+
+    def make_hooks(k: int) -> list[Hook]:
+        todo = [s.replicate for s in stages if not s.is_done()]
+        probe = BatchStream(data, [subsets[r] for r in todo],
+                            [StreamSeeds(mix_seed(r, PROBE_SEEDS, 0), mix_seed(r, PROBE_SEEDS, 1))
+                             for r in todo], recipe.batch_size)
+        return [GradStats(ctx, cfg, 0, recipe.steps, probe, [subsets[r] for r in todo])]
+
+    def artifacts(model, group_hooks, trained: list[Stage]):
+        stats = group_hooks[0]
+        per = [stats.arrays(m) for m in range(len(trained))]
+        return {name: [p[name] for p in per] for name in per[0]}
+
+    with pre.lock():
+        train_stage(ctx, stages, prepare, recipe, data, label="grads",
+                    hooks=make_hooks, artifacts=artifacts)
+        per = {}
+        for stage in stages:
+            arrays = {n: np.load(stage.file(f"{n}.npy")) for n in
+                      ("grad_norms", "coherence", "coherence_steps", "speed_steps", "train_acc",
+                       "subset_acc", "test_acc")}
+            per[str(stage.replicate)] = summarize(arrays) | {"path": str(stage.path)}
+        return atomic_write_json(pre.file(f"{cfg.branch}.json"), {
+            "t_r": recipe.steps, "config": {"coherence_every": cfg.coherence_every,
+                                            "coherence_batches": cfg.coherence_batches,
+                                            "eval_every": cfg.eval_every},
+            "mean_grad_norm": float(np.mean([p["mean_grad_norm"] for p in per.values()])),
+            "mean_coherence": float(np.mean([p["mean_coherence"] for p in per.values()])),
+            "replicates": per})
+
+
+ANALYSES.register("grads")(run)

@@ -1,0 +1,59 @@
+"""``lthfast grads`` (Figs. 7-8): gradient norms, coherence and learning speed during a replay of
+pre-training that must not change the trajectory it measures.
+
+    python -m pytest -q tests/test_grads.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lthfast import api
+from lthfast.experiments.analyses.grads import cosines_to_mean
+from lthfast.experiments.common import Runtime
+from lthfast.runs import RunStore
+from lthfast.train import checkpoint as ckpt
+
+
+def test_cosine_of_identical_batch_gradients_is_one_and_opposite_ones_cancel():
+    g = torch.randn(1000, dtype=torch.float64)
+    assert torch.allclose(cosines_to_mean(torch.stack([g, g, g])), torch.ones(3,
+                                                                              dtype=torch.float64))
+    noisy = cosines_to_mean(torch.stack([g, -g, g + 1e-3]))
+    assert noisy[0] > 0.99 and noisy[1] < -0.99  # the mean is about g / 3
+
+
+def test_the_replay_measures_without_changing_pre_training(data_root, tmp_path):
+    """The hook probes 16 extra batches every 2 steps and evaluates every 5; the replayed
+    network still ends bit-identical to imp's pre-training stage, so what it measured is the
+    trajectory imp trains."""
+    rt = Runtime(root=data_root, out=tmp_path, device="cpu", checkpoint_every=0, progress=None,
+                 deterministic=True)
+    request = api.GradsRequest(dataset="digits", subset="random", size=256, steps=12,
+                               train_steps=60, batch_size=32, replicates=2, coherence_every=2,
+                               coherence_batches=4, eval_every=5)
+    summary = json.loads(api.grads(request, rt).read_text())
+    imp = api.ImpRequest(**{f.name: getattr(request, f.name)
+                            for f in dataclasses.fields(api.ImpRequest)} | {"levels": 0})
+    run = api.imp(imp, rt)
+    pre = RunStore(tmp_path).run("pretrain", run.config["pretrain"])
+    for r in ("0", "1"):
+        branch = Path(summary["replicates"][r]["path"])
+        replay = ckpt.load(branch / "weights.pt")
+        trained = ckpt.load(pre.stage(int(r)).file("weights.pt"))
+        assert all(torch.equal(replay[n], trained[n]) for n in trained)
+        norms = np.load(branch / "grad_norms.npy")
+        assert norms.shape == (12,) and np.all(norms > 0) and np.all(np.isfinite(norms))
+        coherence = np.load(branch / "coherence.npy")
+        assert coherence.shape == (6, 4) and np.all((-1 <= coherence) & (coherence <= 1))
+        assert list(np.load(branch / "coherence_steps.npy")) == [0, 2, 4, 6, 8, 10]
+        assert list(np.load(branch / "speed_steps.npy")) == [0, 5, 10, 11]
+        for name in ("train_acc", "subset_acc", "test_acc"):
+            acc = np.load(branch / f"{name}.npy")
+            assert acc.shape == (4,) and np.all((0 <= acc) & (acc <= 1))
+    assert summary["mean_coherence"] > 0
