@@ -191,10 +191,14 @@ class ImpRequest(Common):
         return ImpConfig(pretrain=pre, recipe=train_recipe(preset),
                          prune_fraction=preset.prune_fraction)
 
+    def check_schedule(self) -> None:
+        from .experiments.imp import check_config
+
+        check_config(self.config({}))
+
     def check(self) -> None:
         """Everything checkable without data, so a typo never trains or writes anything."""
         from .data.subsets import load_array
-        from .experiments.imp import check_config
         from .experiments.scores import SCORES
         from .models import resolve
 
@@ -213,7 +217,7 @@ class ImpRequest(Common):
             raise UserError(f"scores file {self.scores} must be a 1-D array")
         if self.subset_file is not None and load_array(self.subset_file, "subset").ndim != 1:
             raise UserError(f"subset file {self.subset_file} must be a 1-D array")
-        check_config(self.config({}))
+        self.check_schedule()
         if self.needs_scores():
             self.score_request().check()
 
@@ -327,6 +331,62 @@ def grads(req: GradsRequest, rt: Runtime) -> Path:
                             req.coherence_every, req.coherence_batches, req.eval_every))
 
 
+@dataclass(frozen=True)
+class WarmupRequest(ImpRequest):
+    """``lthfast warmup``: appendix A's warmup design, the subset used during the warmup only
+    (``--subset`` / ``--size`` as for imp; ``all``: all data throughout)."""
+
+    warmup: int = 0  # t: warmup iterations
+    replicates: int = 8
+    levels: int = 0  # not used
+
+    def check_schedule(self) -> None:
+        """No pre-training or levels; the warmup's own bounds are checked in ``check``."""
+
+    def score_request(self) -> ScoreRequest:
+        """Scores as appendix A computes them (the dataset's preset), not with the warmup
+        design's batch and lr."""
+        return dataclasses.replace(super().score_request(), lr=None, batch_size=None,
+                                   train_steps=None)
+
+    def check(self) -> None:
+        from .config import WARMUP_DESIGNS
+
+        if self.dataset not in WARMUP_DESIGNS:
+            raise UserError(f"the warmup design (appendix A) is for "
+                            f"{', '.join(WARMUP_DESIGNS)}; not {self.dataset}")
+        if self.steps is not None:
+            raise UserError("warmup has no pre-training: use --warmup for t, not --steps")
+        if self.warmup < 0:
+            raise UserError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.train_steps is not None and self.warmup >= self.train_steps:
+            raise UserError(f"--warmup {self.warmup} must be shorter than --train-steps "
+                            f"{self.train_steps}")
+        super().check()
+
+    def warmup_config(self, train_size: int, subset_identity: dict):
+        from .config import warmup_recipe
+        from .experiments.warmup import WarmupConfig
+
+        recipe = warmup_recipe(self.dataset, train_size, self.warmup, self.batch_size, self.lr,
+                               self.train_steps)
+        return WarmupConfig(dataset=self.dataset, recipe=recipe, subset=subset_identity,
+                            seed=self.seed)
+
+
+def warmup(req: WarmupRequest, rt: Runtime) -> Path:
+    """Train with warmup on the subset, then all data; returns the run directory."""
+    from .experiments.warmup import run_warmup
+
+    req.check()
+    ctx, spec, _ = _prepared(req, rt)
+    cfg = req.warmup_config(ctx.ds.train_size, spec.identity())
+    if cfg.recipe.warmup >= cfg.recipe.steps:
+        raise UserError(f"--warmup {req.warmup} must be shorter than the {cfg.recipe.steps} "
+                        "iterations of training")
+    return run_warmup(ctx, cfg, spec, req.replicates).path
+
+
 def _parent(ctx: Context, spec, cfg, level: Optional[int], replicates: int):
     """The networks an analysis starts from: w_{t_r} of each replicate (pre-training), or with
     ``level`` the rewound sparse network of that IMP level (w_{t_r} under the level's mask)."""
@@ -391,7 +451,8 @@ def imp(req: ImpRequest, rt: Runtime) -> Run:
 # ------------------------------------------------------------------------------------------------
 
 REQUESTS: dict[str, type] = {"imp": ImpRequest, "scores": ScoreRequest, "lmc": LmcRequest,
-                              "errors": ErrorsRequest, "grads": GradsRequest}
+                              "errors": ErrorsRequest, "grads": GradsRequest,
+                              "warmup": WarmupRequest}
 # Runtime flags a sweep may set per run (how to run, not what): checked like request fields.
 RUNTIME_FLAGS = {"deterministic": bool, "compile": Optional[bool], "loader": str,
                  "checkpoint_every": int}
@@ -431,4 +492,4 @@ def request_from(command: str, values: dict[str, Any]):
 
 
 RUNNERS = {"imp": lambda req, rt: imp(req, rt).path, "scores": scores, "lmc": lmc,
-           "errors": errors, "grads": grads}
+           "errors": errors, "grads": grads, "warmup": warmup}

@@ -239,6 +239,35 @@ def grads(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SI
 
 
 @app.command()
+def warmup(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE,
+           subset_file: Optional[Path] = SUBSET_FILE, subset_seed: int = SUBSET_SEED,
+           shared_subset: bool = SHARED_SUBSET, class_balanced: Optional[bool] = CLASS_BALANCED,
+           offset: int = OFFSET, scores: Optional[Path] = SCORES,
+           warmup_steps: int = typer.Option(0, "--warmup", help="t: linear lr warmup iterations, "
+                                                                "on the subset"),
+           replicates: int = typer.Option(8, help="replicates (trained packed)"),
+           rank_by: str = RANK_BY, el2n_models: Optional[int] = EL2N_MODELS,
+           el2n_steps: Optional[int] = EL2N_STEPS, batch_size: Optional[int] = BATCH_SIZE,
+           lr: Optional[float] = typer.Option(None, help="override the peak lr (3.2)"),
+           train_steps: Optional[int] = TRAIN_STEPS, compile: Optional[bool] = COMPILE,
+           loader: str = LOADER, root: Path = ROOT, out: Path = OUT, seed: int = SEED,
+           device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
+           checkpoint_every: int = CHECKPOINT_EVERY):
+    """Learning-rate warmup (appendix A, Fig. 6): the subset during the warmup only, then all
+    data; prints the run directory (diverged replicates are results, not errors)."""
+    from . import api
+
+    request = api.WarmupRequest(
+        dataset=dataset, seed=seed, batch_size=batch_size, lr=lr, subset=subset, size=size,
+        subset_file=subset_file, subset_seed=subset_seed, shared_subset=shared_subset,
+        class_balanced=class_balanced, offset=offset, scores=scores, rank_by=rank_by,
+        replicates=replicates, el2n_models=el2n_models, el2n_steps=el2n_steps,
+        train_steps=train_steps, warmup=warmup_steps)
+    rt = runtime(root, out, device, deterministic, compile, checkpoint_every, loader)
+    print(api.warmup(request, rt))
+
+
+@app.command()
 def scores(kind: str = typer.Argument(..., help="el2n, forgetting or lmc"),
            dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="dataset"),
            models: Optional[int] = typer.Option(

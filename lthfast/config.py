@@ -53,6 +53,41 @@ def preset_for(dataset: str) -> Preset:
     return PRESETS[dataset]
 
 
+@dataclass(frozen=True)
+class WarmupDesign:
+    """Appendix A's learning-rate warmup experiment: batch, peak lr, epochs, drops (epochs)."""
+
+    batch_size: int
+    lr: float
+    epochs: int = 160
+    drops: tuple[int, ...] = (80, 120)
+
+
+# The paper runs it on CIFAR-10 only; digits and synthetic are scaled for a CPU (batch 128,
+# the same lr per example: 3.2 / 1024 × 128 = 0.4).
+WARMUP_DESIGNS: dict[str, WarmupDesign] = {
+    "cifar10": WarmupDesign(1024, 3.2),
+    "digits": WarmupDesign(128, 0.4),
+    "synthetic": WarmupDesign(128, 0.4),
+}
+
+
+def warmup_recipe(dataset: str, train_size: int, warmup: int, batch_size: Optional[int] = None,
+                  lr: Optional[float] = None, train_steps: Optional[int] = None) -> Recipe:
+    """The warmup design's recipe: linear warmup over ``warmup`` iterations, 160 epochs (as
+    iterations of the given batch), ×0.1 at epochs 80 and 120 (at the same fractions when
+    ``train_steps`` shortens it)."""
+    if dataset not in WARMUP_DESIGNS:
+        raise UserError(f"the warmup design (appendix A) is for {', '.join(WARMUP_DESIGNS)}; "
+                        f"not {dataset}")
+    design = WARMUP_DESIGNS[dataset]
+    batch = batch_size or design.batch_size
+    total = train_steps or round(design.epochs * train_size / batch)
+    milestones = tuple(round(total * d / design.epochs) for d in design.drops)
+    return Recipe(preset_for(dataset).model, batch, lr or design.lr, milestones, total,
+                  warmup=warmup)
+
+
 def scaled_milestones(preset: Preset, train_steps: int) -> tuple[int, ...]:
     """Milestones at the same fractions of a shortened (or lengthened) schedule."""
     if train_steps == preset.train_steps:

@@ -33,7 +33,7 @@ from .files import (atomic_write_json, canonical_json, config_hash, environment,
                     read_json)
 
 # Run kinds: what each ``<kind>_<hash>`` directory holds. New analyses add theirs here.
-KINDS = ("pretrain", "imp", "el2n", "forgetting", "lmc")
+KINDS = ("pretrain", "imp", "el2n", "forgetting", "lmc", "warmup")
 
 
 def to_dict(obj: Any) -> Any:

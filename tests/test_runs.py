@@ -27,10 +27,14 @@ PINNED = {
     "el2n": "aed86b1eb704",
     "forgetting": "1b0d92802e88",
     "lmc": "7785bacd4f7d",
+    "warmup": "19c8cedfdafa",
 }
 
 
 def pinned_config(kind: str):
+    if kind == "warmup":  # Fig. 6: random 5,120 during a warmup of 100 iterations
+        request = api.WarmupRequest(dataset="cifar10", subset="random", size=5120, warmup=100)
+        return request.warmup_config(50_000, SubsetSpec(kind="random", size=5120).identity())
     if kind in ("el2n", "forgetting", "lmc"):
         return api.ScoreRequest(dataset="cifar10", kind=kind).config()
     cfg = CIFAR10_RANDOM_2048.config(SubsetSpec(kind="random", size=2048).identity())

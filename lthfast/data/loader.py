@@ -213,3 +213,21 @@ class BatchStream:
         while True:
             yield self.batch(step)
             step += 1
+
+
+class PhasedStream:
+    """The first ``switch`` steps from one stream, the rest from another (same K and batch):
+    learning-rate warmup on a subset, then all data. Both are pure functions of the step, so
+    the pair is too and runs still resume exactly."""
+
+    def __init__(self, first, then, switch: int):
+        assert first.k == then.k
+        self.first, self.then, self.switch, self.k = first, then, switch, first.k
+
+    def batch(self, step: int):
+        return (self.first if step < self.switch else self.then).batch(step)
+
+    def close(self) -> None:
+        for stream in (self.first, self.then):
+            if hasattr(stream, "close"):
+                stream.close()

@@ -15,7 +15,7 @@ import torch
 
 from ..config import Recipe
 from ..data.arrays import DatasetArrays
-from ..data.loader import DeviceData, StreamSeeds, mix_seed
+from ..data.loader import DeviceData, PhasedStream, StreamSeeds, mix_seed
 from ..data.streams import make_stream
 from ..data.subsets import train_labels
 from ..errors import UserError
@@ -153,12 +153,17 @@ def packed_model(ctx: Context, states: Sequence[dict]) -> PackedResNet:
 def run_training(ctx: Context, model: PackedResNet, data: DeviceData,
                  indices: Sequence[np.ndarray], seeds: Sequence[StreamSeeds],
                  recipes: Sequence[Recipe], start: int, checkpoint: Path, label: str,
-                 masks=None, hooks: Sequence[Hook] = ()) -> LoopResult:
+                 masks=None, hooks: Sequence[Hook] = (),
+                 early: Optional[tuple[int, Sequence[np.ndarray]]] = None) -> LoopResult:
     """One call of the training loop with the runtime's loader, flags and checkpoint; the K
     recipes share model, batch size, momentum and end step, and may differ in schedule and
-    weight decay."""
+    weight decay. ``early = (t, indices)``: the first t iterations draw from these indices
+    instead (warmup on a subset, then all data, one optimizer throughout)."""
     rt, first = ctx.rt, recipes[0]
     stream = make_stream(rt.loader, ctx.ds, data, indices, seeds, first.batch_size)
+    if early is not None:
+        stream = PhasedStream(make_stream(rt.loader, ctx.ds, data, early[1], seeds,
+                                          first.batch_size), stream, early[0])
     schedules = tuple(r.schedule for r in recipes)
     decays = tuple(r.weight_decay for r in recipes)
     cfg = LoopConfig(schedule=schedules[0] if len(set(schedules)) == 1 else schedules,

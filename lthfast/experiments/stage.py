@@ -41,6 +41,7 @@ class StageInputs:
     seeds: StreamSeeds  # data order and augmentation
     indices: np.ndarray  # the training examples it draws batches from
     mask: Optional[Masks] = None
+    early: Optional[tuple[int, np.ndarray]] = None  # (t, indices): the first t steps draw here
 
 
 # artifacts(trained packed model, hooks, the stages it packs) -> {name: one array per packed
@@ -110,10 +111,15 @@ def _train_group(ctx: Context, stages: list[Stage], recipes: list[Recipe],
         hooks.append(StepProbe(stages))
     checkpoint = stages[0].run.scratch(stages) / "checkpoint.pt"
     result = None
+    early = None
+    if inputs[0].early is not None:
+        if len({i.early[0] for i in inputs}) != 1:
+            raise ValueError("packed stages must switch data at the same step")
+        early = (inputs[0].early[0], [i.early[1] for i in inputs])
     if recipes[0].steps > start:
         result = run_training(ctx, model, data, [i.indices for i in inputs],
                               [i.seeds for i in inputs], recipes, start, checkpoint, label,
-                              masks=masks, hooks=hooks)
+                              masks=masks, hooks=hooks, early=early)
     test = ctx.test_split()
     metrics = summary(predict(model, test, amp=ctx.rt.use_amp), test.labels)
     extra = artifacts(model, hooks, stages) if artifacts is not None else {}
