@@ -315,16 +315,22 @@ def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, \\[f
 @app.command()
 def report(out: Path = OUT,
            plots: bool = typer.Option(True, "--plots/--no-plots", help="also draw one PNG per dataset")):
-    """Collect runs into tables under OUT/report (imp.csv; lmc.csv and schemes.csv when LMC
-    was measured) and plots; prints the paths, imp.csv last."""
+    """Collect runs into tables under OUT/report, one per kind of result (imp.csv; lmc.csv and
+    schemes.csv, warmup.csv, analyses.csv when there are such runs) and plots; prints the
+    paths, imp.csv last."""
     from .plots import plot_dataset
-    from .results import (LMC_COLUMNS, SCHEME_COLUMNS, imp_rows, lmc_rows, read_csv,
-                          scheme_rows, write_csv)
+    from .results import (ANALYSIS_COLUMNS, LMC_COLUMNS, SCHEME_COLUMNS, WARMUP_COLUMNS,
+                          analysis_rows, imp_rows, lmc_rows, read_csv, scheme_rows,
+                          warmup_rows, write_csv)
 
-    rows, lmc = imp_rows(out), lmc_rows(out)
-    if not rows and not lmc:
-        raise UserError(f"no finished IMP or LMC runs under {out}")
+    rows, lmc, warm, other = imp_rows(out), lmc_rows(out), warmup_rows(out), analysis_rows(out)
+    if not (rows or lmc or warm or other):
+        raise UserError(f"no finished IMP, LMC, warmup or analysis runs under {out}")
     report_dir = Path(out) / "report"
+    if warm:
+        print(write_csv(warm, report_dir / "warmup.csv", WARMUP_COLUMNS))
+    if other:
+        print(write_csv(other, report_dir / "analyses.csv", ANALYSIS_COLUMNS))
     if lmc:
         print(write_csv(lmc, report_dir / "lmc.csv", LMC_COLUMNS))
         if rows:

@@ -104,6 +104,70 @@ def lmc_rows(out: Path) -> list[dict]:
     return rows
 
 
+WARMUP_COLUMNS = ("run", "dataset", "subset", "subset_size", "rank_by", "warmup", "batch_size",
+                  "lr", "train_steps", "seed", "replicate", "test_acc", "diverged",
+                  "diverged_step")
+
+
+def warmup_rows(out: Path) -> list[dict]:
+    """One row per warmup run and replicate (Fig. 6): diverged replicates included, flagged."""
+    rows = []
+    for run in RunStore(out).runs("warmup"):
+        try:
+            cfg, subset = run.config, run.config["subset"]
+            records = run.records()
+        except (KeyError, UserError):
+            continue
+        for rec in records:
+            rows.append({"run": run.name, "dataset": cfg["dataset"], "subset": subset["kind"],
+                         "subset_size": subset.get("size", ""),
+                         "rank_by": subset.get("rank_by", ""),
+                         "warmup": cfg["recipe"].get("warmup", 0),
+                         "batch_size": cfg["recipe"]["batch_size"], "lr": cfg["recipe"]["lr"],
+                         "train_steps": cfg["recipe"]["steps"], "seed": cfg.get("seed", 0),
+                         "replicate": rec.replicate, "test_acc": rec.test_acc,
+                         "diverged": rec.diverged is not None,
+                         "diverged_step": rec.diverged["step"] if rec.diverged else ""})
+    return rows
+
+
+ANALYSIS_COLUMNS = ("analysis", "summary", *CONFIG_COLUMNS, "level", "replicate",
+                    "mean_grad_norm", "mean_coherence", "final_train_acc", "final_subset_acc",
+                    "final_test_acc", "error_mean", "error_q10", "error_q50", "error_q90")
+
+
+def analysis_rows(out: Path) -> list[dict]:
+    """Gradient statistics (grads_<hash>.json) and error distributions (errors*.json) of every
+    pre-training point and IMP run: one row per summary and replicate."""
+    store, rows = RunStore(out), []
+    for kind in ("pretrain", "imp"):
+        for run in store.runs(kind):
+            try:
+                identity = (pretrain_columns(run.config) if kind == "pretrain"
+                            else config_columns(run.config))
+            except (KeyError, TypeError):
+                continue
+            for path in sorted(run.path.glob("grads_*.json")) + sorted(
+                    run.path.glob("errors*.json")):
+                try:
+                    summary = json.loads(path.read_text())
+                    reps = summary["replicates"]
+                except (OSError, ValueError, KeyError):
+                    continue
+                name = "grads" if path.name.startswith("grads") else "errors"
+                for r, rep in sorted(reps.items(), key=lambda kv: int(kv[0])):
+                    row = {"analysis": name, "summary": f"{run.name}/{path.name}", **identity,
+                           "level": summary.get("level", ""), "replicate": int(r)}
+                    if name == "grads":
+                        row |= {k: rep.get(k, "") for k in ANALYSIS_COLUMNS[-9:-4]}
+                    else:
+                        q = rep["quantiles"]
+                        row |= {"error_mean": rep["mean"], "error_q10": q["0.1"],
+                                "error_q50": q["0.5"], "error_q90": q["0.9"]}
+                    rows.append(row)
+    return rows
+
+
 SCHEME_COLUMNS = (*CONFIG_COLUMNS, "run", "replicates", "pretrain_acc", "loss_barrier",
                   "error_barrier", "level", "weights_remaining", "test_acc")
 
@@ -139,7 +203,7 @@ def scheme_rows(imp: list[dict], lmc: list[dict]) -> list[dict]:
 
 def write_csv(rows: list[dict], path: Path, columns=COLUMNS) -> Path:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", restval="")
     writer.writeheader()
     writer.writerows(rows)
     return atomic_write_bytes(path, buf.getvalue().encode())

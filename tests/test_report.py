@@ -93,7 +93,7 @@ def test_report_shows_finished_levels_of_an_unfinished_run_flagged(two_runs, tmp
 
 def test_report_without_runs_is_a_user_error(tmp_path, run_cli):
     code, stdout, err = run_cli(["report", "--out", tmp_path])
-    assert code == 2 and err.startswith("error: no finished IMP or LMC runs") and stdout == ""
+    assert code == 2 and err.startswith("error: no finished IMP, LMC, warmup or analysis runs") and stdout == ""
     assert not (tmp_path / "report").exists()
 
 
@@ -120,3 +120,27 @@ def test_report_joins_barriers_to_schemes_for_fig5(data_root, tmp_path, run_cli)
     assert all(float(s["loss_barrier"]) == pytest.approx(barrier) for s in schemes)
     assert all(0 < float(s["pretrain_acc"]) <= 1 and 0 < float(s["test_acc"]) <= 1
                for s in schemes)
+
+
+def test_report_has_a_table_per_analysis(data_root, tmp_path, run_cli):
+    common = ["--dataset", "digits", "--train-steps", "20", "--batch-size", "32",
+              "--root", data_root, "--out", tmp_path]
+    for args in (["warmup", "--warmup", "3", "--replicates", "2"],
+                 ["errors", "--steps", "5", "--replicates", "2"],
+                 ["grads", "--steps", "6", "--coherence-every", "3", "--coherence-batches", "2",
+                  "--eval-every", "0"]):
+        code, _, err = run_cli([*args, *common])
+        assert code == 0, err
+    code, out, err = run_cli(["report", "--out", tmp_path, "--no-plots"])
+    assert code == 0, err
+    import csv
+
+    paths = {Path(p).name: Path(p) for p in out.split()}
+    assert set(paths) == {"warmup.csv", "analyses.csv"}
+    warm = list(csv.DictReader(open(paths["warmup.csv"])))
+    assert [(r["replicate"], r["warmup"], r["diverged"]) for r in warm] == [
+        ("0", "3", "False"), ("1", "3", "False")]
+    rows = list(csv.DictReader(open(paths["analyses.csv"])))
+    assert sorted(r["analysis"] for r in rows) == ["errors", "errors", "grads"]
+    assert all(float(r["error_mean"]) > 0 for r in rows if r["analysis"] == "errors")
+    assert all(float(r["mean_grad_norm"]) > 0 for r in rows if r["analysis"] == "grads")
