@@ -313,6 +313,16 @@ def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, \\[f
 
 
 @app.command()
+def demo(root: Path = ROOT, out: Path = OUT, device: Optional[str] = DEVICE):
+    """The paper's Figure 2 in small on the embedded digits set (a few minutes on a CPU):
+    prints a plain-words summary, then the table's path."""
+    from .demo import run_demo
+
+    rt = runtime(root, out, device, False, None, 200)
+    print(run_demo(rt, progress=lambda text: print(text, flush=True)))
+
+
+@app.command()
 def report(out: Path = OUT,
            plots: bool = typer.Option(True, "--plots/--no-plots", help="also draw one PNG per dataset")):
     """Collect runs into tables under OUT/report, one per kind of result (imp.csv; lmc.csv and

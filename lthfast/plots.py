@@ -46,10 +46,15 @@ def curves(rows: list[dict]) -> dict[str, dict[str, np.ndarray]]:
     """legend -> weights remaining, mean and std of test accuracy per level (finite runs only);
     one curve per run, i.e. per config."""
     names = labels(rows)
+    return {names[run]: c for run, c in curves_by_run(rows).items()}
+
+
+def curves_by_run(rows: list[dict]) -> dict[str, dict[str, np.ndarray]]:
+    """run -> its curve (see ``curves``)."""
     by = defaultdict(lambda: defaultdict(list))
     for row in rows:
         if row["test_acc"] is not None and not row["diverged"]:
-            by[names[row["run"]]][row["level"]].append((row["weights_remaining"], row["test_acc"]))
+            by[row["run"]][row["level"]].append((row["weights_remaining"], row["test_acc"]))
     out = {}
     for name, levels in sorted(by.items()):
         order = sorted(levels)
@@ -63,7 +68,9 @@ def curves(rows: list[dict]) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def plot_dataset(rows: list[dict], dataset: str, path: Path) -> Path:
+def plot_dataset(rows: list[dict], dataset: str, path: Path, title: str = "") -> Path:
+    """All runs of one dataset; all-data runs (the dense and rewind-to-init baselines of the
+    paper's figures) dashed. The figure's metadata names the runs it was drawn from."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on servers
@@ -71,20 +78,24 @@ def plot_dataset(rows: list[dict], dataset: str, path: Path) -> Path:
 
     from .files import atomic_write_bytes
 
+    mine = [r for r in rows if r["dataset"] == dataset]
+    names, subsets = labels(mine), {r["run"]: r["subset"] for r in mine}
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, c in curves([r for r in rows if r["dataset"] == dataset]).items():
+    for run, c in curves_by_run(mine).items():
         x = 100 * c["weights"]
-        ax.plot(x, c["mean"], marker="o", markersize=3, label=name)
+        ax.plot(x, c["mean"], marker="o", markersize=3, label=names[run],
+                linestyle="--" if subsets[run] == "all" else "-")
         ax.fill_between(x, c["mean"] - c["std"], c["mean"] + c["std"], alpha=0.2)
     ax.set_xscale("log")
     ax.invert_xaxis()
     ax.set_xlabel("weights remaining (%)")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"IMP with rewinding: {dataset}")
+    ax.set_title(title or f"IMP with rewinding: {dataset}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    fig.savefig(buf, format="png", dpi=120,
+                metadata={"Source": "lthfast report; runs: " + " ".join(sorted(names))})
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
