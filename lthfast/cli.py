@@ -323,6 +323,29 @@ def demo(root: Path = ROOT, out: Path = OUT, device: Optional[str] = DEVICE):
 
 
 @app.command()
+def predict(file: Path = typer.Argument(..., help="an imp sweep file: its grid points are the "
+                                                  "candidate pre-training schemes"),
+            children: int = typer.Option(2, help="dense children per replicate"),
+            replicates: int = typer.Option(2, help="replicates per scheme"),
+            level: int = typer.Option(12, help="IMP level to compare with, where IMP ran"),
+            root: Path = ROOT, out: Path = OUT, device: Optional[str] = DEVICE):
+    """Rank pre-training schemes by the barrier of dense children (Fig. 5's predictor), with
+    the cost saved against IMP; prints the ranking, then the JSON's path."""
+    from .predict import predict as rank_schemes
+    from .sweep import load_sweep
+
+    spec = load_sweep(file)
+    if spec.command != "imp":
+        raise UserError(f"{file}: predict takes an imp sweep file (its grid points are the "
+                        f"schemes), not {spec.command}")
+    if children < 2 or replicates < 1:
+        raise UserError("--children must be >= 2 and --replicates >= 1")
+    rt = runtime(root, out, device, False, None, 200)
+    print(rank_schemes(list(spec.points()), rt, children, replicates, level,
+                       progress=lambda text: print(text, file=sys.stderr, flush=True)))
+
+
+@app.command()
 def report(out: Path = OUT,
            plots: bool = typer.Option(True, "--plots/--no-plots", help="also draw one PNG per dataset")):
     """Collect runs into tables under OUT/report, one per kind of result (imp.csv; lmc.csv and
