@@ -14,7 +14,8 @@ Speed choices and why:
 - data are already on the device, augmented per batch (see ``lthfast.data.loader``);
 - channels_last activations (the loader emits them): faster convs on GPU and on oneDNN;
 - bf16 autocast on CUDA only, with fp32 master weights (fp16/bf16 weights would round away the
-  1e-4 weight decay) and fp32 BatchNorm (autocast keeps it there);
+  1e-4 weight decay); under autocast BatchNorm keeps fp32 running statistics but returns bf16
+  activations, and the loss is computed from fp32 logits;
 - optional ``torch.compile`` of the model (default on for CUDA);
 - no host sync in the step: losses and the divergence flag accumulate on the device and are read
   only every ``log_every`` steps.
