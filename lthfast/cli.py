@@ -378,6 +378,18 @@ def report(out: Path = OUT,
     print(table)
 
 
+@app.command()
+def plot(figure: str = typer.Argument(..., help="sparsity, size, onset, barriers, warmup, grads "
+                                                "or errors"),
+         out: Path = OUT):
+    """Draw one kind of the paper's figures from OUT/report tables (run 'lthfast report'
+    first); prints the PNG and PDF paths."""
+    from .figures import plot as draw
+
+    for path in draw(figure, Path(out) / "report"):
+        print(path)
+
+
 def _interrupt(signum, _frame):
     raise Interrupted(signum)
 
