@@ -82,3 +82,38 @@ def test_failed_build_leaves_no_lock_or_partial_dataset(tmp_path, run_cli):
                                 "--source", path])
         assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "root" / "cifar10").exists(), source
+
+
+def test_an_archive_member_too_large_is_refused_before_it_is_read(tmp_path, run_cli):
+    """A small .tar.gz declaring a 300 MB member: refused from its header (RSS stays low)."""
+    import tarfile
+    import tracemalloc
+
+    import lthfast.data.sources.cifar as cifar
+
+    class Zeros:
+        def __init__(self, n):
+            self.left = n
+
+        def read(self, size=-1):
+            size = self.left if size < 0 else min(size, self.left)
+            self.left -= size
+            return bytes(size)
+
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    size = cifar.MAX_MEMBER_BYTES + 2**20
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        info.size = size
+        tar.addfile(info, Zeros(size))
+    assert archive.stat().st_size < 2 * 2**20  # ~1 MB: gzip of zeros
+    tracemalloc.start()  # Python allocations: where a read member's bytes would go
+    try:
+        code, _, err = run_cli(["build-beton", "cifar10", "--root", tmp_path / "root",
+                                "--source", archive])
+        grown_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    assert code == 2 and "more than any file of the official" in err, err
+    assert grown_mb < 100, f"peak Python allocations {grown_mb:.0f} MB"
+    assert not (tmp_path / "root" / "cifar10").exists()

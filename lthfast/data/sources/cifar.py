@@ -84,6 +84,11 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+# The largest file of either official archive is CIFAR-100's train pickle (~155 MB); a member
+# declaring more is refused before it is read, so a small archive cannot make us hold gigabytes.
+MAX_MEMBER_BYTES = 256 * 2**20
+
+
 def _read_archive(path: Path, layout: CifarLayout) -> dict[str, bytes]:
     """The needed files' bytes, read in one pass over the (gzip-compressed) tar."""
     wanted = {f"{layout.folder}/{name}": name for name in layout.files}
@@ -93,6 +98,9 @@ def _read_archive(path: Path, layout: CifarLayout) -> dict[str, bytes]:
             for member in tar:
                 name = wanted.get(posixpath.normpath(member.name))
                 if name and member.isfile():
+                    if member.size > MAX_MEMBER_BYTES:
+                        raise UserError(f"{path}: {member.name} is {member.size:,} bytes, more "
+                                        f"than any file of the official {layout.archive}")
                     blobs[name] = tar.extractfile(member).read()
     # EOFError/zlib.error: truncated or damaged gzip, which tarfile does not wrap.
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
