@@ -16,6 +16,7 @@ return the run store's ``Run`` (its ``path`` is the run directory).
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -422,8 +423,13 @@ def _prepared(req: ImpRequest, rt: Runtime):
     check_loader(rt.loader, ctx.ds, req.label_noise, rt.deterministic)
     score_path = compute_scores(ctx, req.score_request().config()) if req.needs_scores() else None
     spec = req.subset_spec(score_path)
-    make_subset(ctx.ds, spec)  # a subset that cannot be made fails here, before any training
-    return ctx, spec, req.config(spec.identity())
+    subset = make_subset(ctx.ds, spec)  # a subset that cannot be made fails here, first
+    cfg = req.config(spec.identity())
+    batch = cfg.pretrain.recipe.batch_size
+    if cfg.pretrain.recipe.steps and batch > len(subset):
+        print(f"warning: batch size {batch} exceeds the {len(subset)} pre-training examples: "
+              "every batch repeats examples", file=sys.stderr)
+    return ctx, spec, cfg
 
 
 def scores(req: ScoreRequest, rt: Runtime) -> Path:

@@ -117,3 +117,14 @@ def test_an_archive_member_too_large_is_refused_before_it_is_read(tmp_path, run_
     assert code == 2 and "more than any file of the official" in err, err
     assert grown_mb < 100, f"peak Python allocations {grown_mb:.0f} MB"
     assert not (tmp_path / "root" / "cifar10").exists()
+
+
+def test_a_batch_larger_than_the_subset_is_warned_about_in_one_line(data_root, tmp_path,
+                                                                     run_cli):
+    code, out, err = run_cli(["imp", "--dataset", "digits", "--subset", "random", "--size", "20",
+                              "--batch-size", "64", "--steps", "2", "--train-steps", "4",
+                              "--levels", "0", "--root", data_root, "--out", tmp_path])
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: batch size 64 exceeds the 20 pre-training examples: every "
+                        "batch repeats examples"]
