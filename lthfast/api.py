@@ -2,9 +2,12 @@
 
 Each experiment is a frozen request (the flags a user sets, with the CLI's names and defaults)
 and one function that checks it whole, before any data is built or any file written, then
-ensures what it depends on and runs it. ``imp`` computes missing EL2N (or forgetting) scores for
-easy / hard subsets, then pre-trains and prunes; ``scores`` computes a score ensemble. Both
-return the run store's ``Run`` (its ``path`` is the run directory).
+ensures what it depends on and runs it. ``imp`` computes missing EL2N (forgetting, LMC) scores
+for easy / hard subsets, then pre-trains and prunes, and returns the run store's ``Run``;
+``scores`` returns a score file; the analyses (``lmc``, ``errors``, ``grads``) start from the
+pre-training point (or IMP level) that ``imp`` with the same flags uses and return their summary
+JSON; ``warmup`` returns its run directory. ``request_from`` builds any request from plain
+values with every value checked against its field's type (what sweep files go through).
 
     from lthfast import api
     rt = api.runtime(out="runs", device="cpu")
