@@ -117,8 +117,9 @@ class ScoreRequest(Common):
         resolve(preset.el2n_model)
         check_score_request(kind.default_models if self.models is None else self.models,
                             kind.default_steps(preset) if self.steps is None else self.steps)
-        if self.kind == "lmc" and self.children < 2:
-            raise UserError(f"--children must be >= 2, got {self.children}")
+        if self.children < 2:
+            raise UserError(f"--children must be >= 2 (barriers are between pairs), got "
+                            f"{self.children}")
 
     def config(self):
         from .experiments.scores import SCORES, ScoreConfig
@@ -209,6 +210,12 @@ class ImpRequest(Common):
         self.check_common()
         if self.levels < 0:
             raise UserError("--levels must be >= 0")
+        # the score's flags are checked even when this subset needs no scores: a bad value is
+        # a mistake wherever it appears
+        if self.el2n_models is not None and self.el2n_models < 1:
+            raise UserError(f"--el2n-models must be >= 1, got {self.el2n_models}")
+        if self.el2n_steps is not None and self.el2n_steps < 1:
+            raise UserError(f"--el2n-steps must be >= 1, got {self.el2n_steps}")
         if self.replicates < 1:
             raise UserError("--replicates must be >= 1")
         resolve(self.preset().model)

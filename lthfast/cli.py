@@ -348,13 +348,13 @@ def predict(file: Path = typer.Argument(..., help="an imp sweep file: its grid p
 @app.command()
 def report(out: Path = OUT,
            plots: bool = typer.Option(True, "--plots/--no-plots", help="also draw one PNG per dataset")):
-    """Collect runs into tables under OUT/report, one per kind of result (imp.csv; lmc.csv and
-    schemes.csv, warmup.csv, analyses.csv when there are such runs) and plots; prints the
-    paths, imp.csv last."""
+    """Collect runs into tables under OUT/report, one per kind of result (imp.csv; lmc.csv,
+    lmc_onset.csv and schemes.csv, warmup.csv, analyses.csv when there are such runs) and
+    plots; prints the paths, imp.csv last."""
     from .plots import plot_dataset
-    from .results import (ANALYSIS_COLUMNS, LMC_COLUMNS, SCHEME_COLUMNS, WARMUP_COLUMNS,
-                          analysis_rows, imp_rows, lmc_rows, read_csv, scheme_rows,
-                          warmup_rows, write_csv)
+    from .results import (ANALYSIS_COLUMNS, LMC_COLUMNS, ONSET_COLUMNS, SCHEME_COLUMNS,
+                          WARMUP_COLUMNS, analysis_rows, imp_rows, lmc_rows, onset_rows,
+                          read_csv, scheme_rows, warmup_rows, write_csv)
 
     rows, lmc, warm, other = imp_rows(out), lmc_rows(out), warmup_rows(out), analysis_rows(out)
     if not (rows or lmc or warm or other):
@@ -366,6 +366,7 @@ def report(out: Path = OUT,
         print(write_csv(other, report_dir / "analyses.csv", ANALYSIS_COLUMNS))
     if lmc:
         print(write_csv(lmc, report_dir / "lmc.csv", LMC_COLUMNS))
+        print(write_csv(onset_rows(lmc), report_dir / "lmc_onset.csv", ONSET_COLUMNS))
         if rows:
             print(write_csv(scheme_rows(rows, lmc), report_dir / "schemes.csv", SCHEME_COLUMNS))
     if not rows:

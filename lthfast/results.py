@@ -168,6 +168,34 @@ def analysis_rows(out: Path) -> list[dict]:
     return rows
 
 
+ONSET_COLUMNS = ("dataset", "model", "subset", "subset_size", "rank_by", "label_noise", "level",
+                 "spawn_steps", "error_barriers", "onset")
+CONNECTED_BELOW = 0.02  # the paper's rule: an error barrier under 2% counts as zero
+
+
+def onset_rows(lmc: list[dict]) -> list[dict]:
+    """The onset of linear mode connectivity (Fig. 1 right): per parent scheme, the first spawn
+    step after which the mean error barrier stays under 2% (empty if it never does)."""
+    groups: dict[tuple, dict[int, list]] = {}
+    for row in lmc:
+        key = tuple(row[c] for c in ONSET_COLUMNS[:7])
+        groups.setdefault(key, {}).setdefault(int(row["spawn_step"]), []).append(
+            float(row["error_barrier"]))
+    out = []
+    for key, steps in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        ts = sorted(steps)
+        means = [sum(steps[t]) / len(steps[t]) for t in ts]
+        onset = ""
+        for i in range(len(ts)):
+            if all(m < CONNECTED_BELOW for m in means[i:]):
+                onset = ts[i]
+                break
+        out.append(dict(zip(ONSET_COLUMNS[:7], key)) | {
+            "spawn_steps": " ".join(map(str, ts)),
+            "error_barriers": " ".join(f"{m:.4f}" for m in means), "onset": onset})
+    return out
+
+
 SCHEME_COLUMNS = (*CONFIG_COLUMNS, "run", "replicates", "pretrain_acc", "loss_barrier",
                   "error_barrier", "level", "weights_remaining", "test_acc")
 

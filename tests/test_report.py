@@ -110,12 +110,12 @@ def test_report_joins_barriers_to_schemes_for_fig5(data_root, tmp_path, run_cli)
     code, out, err = run_cli(["report", "--out", tmp_path, "--no-plots"])
     assert code == 0, err
     paths = [Path(p) for p in out.split()]
-    assert [p.name for p in paths] == ["lmc.csv", "schemes.csv", "imp.csv"]
+    assert [p.name for p in paths] == ["lmc.csv", "lmc_onset.csv", "schemes.csv", "imp.csv"]
     import csv
 
     [lmc] = list(csv.DictReader(open(paths[0])))
     assert float(lmc["loss_barrier"]) == pytest.approx(barrier) and lmc["spawn_step"] == "5"
-    schemes = list(csv.DictReader(open(paths[1])))
+    schemes = list(csv.DictReader(open(paths[2])))
     assert [s["level"] for s in schemes] == ["0", "1"]
     assert all(float(s["loss_barrier"]) == pytest.approx(barrier) for s in schemes)
     assert all(0 < float(s["pretrain_acc"]) <= 1 and 0 < float(s["test_acc"]) <= 1
@@ -144,3 +144,19 @@ def test_report_has_a_table_per_analysis(data_root, tmp_path, run_cli):
     assert sorted(r["analysis"] for r in rows) == ["errors", "errors", "grads"]
     assert all(float(r["error_mean"]) > 0 for r in rows if r["analysis"] == "errors")
     assert all(float(r["mean_grad_norm"]) > 0 for r in rows if r["analysis"] == "grads")
+
+
+def test_onset_is_the_first_spawn_step_after_which_the_barrier_stays_under_two_percent():
+    from lthfast.results import onset_rows
+
+    def rows(barriers, scheme="all"):
+        return [{"dataset": "cifar10", "model": "resnet20", "subset": scheme, "subset_size": "",
+                 "rank_by": "", "label_noise": 0.0, "level": "", "spawn_step": t, "replicate": r,
+                 "error_barrier": b + (0.001 if r else -0.001)}
+                for t, b in barriers.items() for r in (0, 1)]
+
+    # dips under 2% at 100, comes back at 200, stays under from 400: the onset is 400
+    table = rows({0: 0.3, 50: 0.1, 100: 0.015, 200: 0.05, 400: 0.01, 800: 0.005})
+    table += rows({0: 0.3, 100: 0.05}, scheme="easy")  # never connected
+    onset = {r["subset"]: r["onset"] for r in onset_rows(table)}
+    assert onset == {"all": 400, "easy": ""}

@@ -48,8 +48,9 @@ def test_every_shipped_sweep_is_checked_and_run_by_paper_sh():
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_each_sweep_file_says_what_it_reproduces(name):
-    header = [line for line in (SWEEPS / name).read_text().splitlines() if line.startswith("#")]
-    assert f"lthfast sweep sweeps/{name}" in "\n".join(header)
+    header = "\n".join(line for line in (SWEEPS / name).read_text().splitlines()
+                       if line.startswith("#"))
+    assert f"lthfast sweep sweeps/{name}" in header and "# Expected:" in header
 
 
 BAD_SWEEPS = [

@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import UserError
-from ..files import atomic_save_npy, atomic_write_json, file_sha256, locked
+from ..files import atomic_save_npy, atomic_write_json, file_sha256, locked, read_json
 from .sources import RawDataset, RawSplit, get_source
 
 META_VERSION = 1
@@ -74,6 +74,10 @@ def build_dataset(name: str, root: Path, source: Optional[str] = None, force: bo
     out = Path(root) / name
     load = get_source(name)  # unknown names fail before anything is written
     if (out / "meta.json").exists() and not force:
+        built_from = read_json(out / "meta.json").get("source")
+        if source is not None and source != built_from:  # it would be ignored: say so
+            raise UserError(f"{name} is already built in {out} from {built_from or 'its default'}"
+                            f"; add --force to rebuild it from {source}")
         return out
     created = not out.exists()
     try:
@@ -81,7 +85,7 @@ def build_dataset(name: str, root: Path, source: Optional[str] = None, force: bo
             if (out / "meta.json").exists() and not force:  # built by a concurrent process
                 return out
             raw = load(source, Path(root))
-            write_dataset(raw, out, betons=betons and ffcv_available())
+            write_dataset(raw, out, betons=betons and ffcv_available(), source=source)
     except BaseException:
         if created and not (out / "meta.json").exists():  # leave no lock or half a dataset
             shutil.rmtree(out, ignore_errors=True)
@@ -89,7 +93,7 @@ def build_dataset(name: str, root: Path, source: Optional[str] = None, force: bo
     return out
 
 
-def write_dataset(raw: RawDataset, out: Path, betons: bool) -> None:
+def write_dataset(raw: RawDataset, out: Path, betons: bool, source: Optional[str] = None) -> None:
     if len(raw.train.labels) == 0 or len(raw.test.labels) == 0:
         raise UserError(f"dataset {raw.name} has an empty split")
     files = {}
@@ -116,4 +120,5 @@ def write_dataset(raw: RawDataset, out: Path, betons: bool) -> None:
         "std": std,
         "augment": dataclasses.asdict(raw.augment),
         "files": files,
+        "source": source,  # what it was built from (None: the default download or bundle)
     })
