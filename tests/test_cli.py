@@ -45,3 +45,23 @@ def test_env_vars_pick_root_and_out_and_every_command_prints_its_artifact(
     assert np.load(scores).shape == (64,)
 
     assert not (tmp_path / "datasets").exists() and not (tmp_path / "runs" / "runs").exists()
+
+
+def test_the_first_run_in_a_fresh_root_equals_the_next(tmp_path):
+    """The first run builds digits (importing ffcv on the way) in the same process; its
+    results must be the bytes a second run in the built root writes."""
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "lthfast", "imp", "--dataset", "digits", "--steps", "5",
+            "--train-steps", "15", "--levels", "0", "--batch-size", "32", "--deterministic",
+            "--root", str(tmp_path / "data")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LTHFAST_")}
+    runs = []
+    for out in ("first", "second"):
+        r = subprocess.run(args + ["--out", str(tmp_path / out)], capture_output=True, text=True,
+                           env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs.append(last_line(r.stdout) / "results.json")
+    assert runs[0].read_bytes() == runs[1].read_bytes()

@@ -173,3 +173,17 @@ def test_same_seeds_same_batches(synthetic):
     assert torch.equal(a[2], c[2]) and not torch.equal(a[0], c[0])  # augmentation seed only
     assert not torch.equal(a[2], d[2])  # order seed
     assert a[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_importing_ffcv_leaves_torch_threads_alone():
+    """ffcv's import sets torch to one thread; lthfast restores it, or the first run in a fresh
+    root (which builds digits, and so imports ffcv) would train at half speed with other
+    reduction orders, not bit-identical to the next run."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(2); "
+            "from lthfast.data.build import ffcv_available; ffcv_available(); "
+            "print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "2", out.stderr[-2000:]

@@ -28,10 +28,18 @@ META_VERSION = 1
 
 
 def ffcv_available() -> bool:
+    import torch
+
+    # Importing ffcv sets torch to one intra-op thread and leaves it so: the training that
+    # follows in this process (e.g. the first run, which builds digits) would run at half
+    # speed and with other reduction orders than the next run, so not bit-identical to it.
+    threads = torch.get_num_threads()
     try:
         import ffcv  # noqa: F401
     except Exception:  # ffcv's import can fail in many ways (numba, opencv); all mean "absent"
         return False
+    finally:
+        torch.set_num_threads(threads)
     return True
 
 
@@ -50,6 +58,7 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def write_beton(path: Path, split: RawSplit) -> None:
+    import torch
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
@@ -64,7 +73,11 @@ def write_beton(path: Path, split: RawSplit) -> None:
     # write_mode="raw": lossless, so beton and arrays hold the same pixels and loaders compare fairly
     writer = DatasetWriter(str(tmp), {"image": RGBImageField(write_mode="raw"),
                                       "label": IntField()}, num_workers=1)
-    writer.from_indexed_dataset(_Indexed())
+    threads = torch.get_num_threads()  # see ffcv_available: keep torch's threads as they were
+    try:
+        writer.from_indexed_dataset(_Indexed())
+    finally:
+        torch.set_num_threads(threads)
     os.replace(tmp, path)
 
 
