@@ -47,6 +47,25 @@ def runtime(root: Path, out: Path, device: Optional[str], deterministic: bool,
                         progress=make_progress())
 
 
+def request(cls, values: dict):
+    """A request of type ``cls`` from a command's parameters (``locals()``): the flags are
+    named as the request's fields, so each command only declares its options."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {RENAMED.get(k, k): v for k, v in values.items()}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+RENAMED = {"warmup_steps": "warmup"}  # parameter names that would shadow a command function
+
+
+def runtime_of(values: dict):
+    """The runtime from a training command's parameters (``locals()``)."""
+    return runtime(values["root"], values["out"], values["device"], values["deterministic"],
+                   values["compile"], values["checkpoint_every"], values["loader"])
+
+
 @app.command("build-beton")
 def build_beton(name: str = typer.Argument(..., help="cifar10, cifar100, cinic10, digits, synthetic"),
                 source: Optional[str] = typer.Option(None, help="local archive/folder (synthetic: key=value options)"),
@@ -130,15 +149,7 @@ def imp(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE
     """IMP with rewinding to t_r after pre-training on a subset; prints the run directory."""
     from . import api
 
-    request = api.ImpRequest(
-        dataset=dataset, seed=seed, label_noise=label_noise, noise_seed=noise_seed, model=model,
-        batch_size=batch_size, lr=lr, subset=subset, size=size, subset_file=subset_file,
-        subset_seed=subset_seed, shared_subset=shared_subset, class_balanced=class_balanced,
-        offset=offset, scores=scores, rank_by=rank_by, steps=steps, levels=levels,
-        replicates=replicates, el2n_models=el2n_models, el2n_steps=el2n_steps,
-        pretrain_lr=pretrain_lr, train_steps=train_steps)
-    rt = runtime(root, out, device, deterministic, compile, checkpoint_every, loader)
-    print(api.imp(request, rt).path)
+    print(api.imp(request(api.ImpRequest, locals()), runtime_of(locals())).path)
 
 
 @app.command()
@@ -163,15 +174,7 @@ def lmc(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE
     (or an IMP level); prints the summary JSON (loss_barrier, error_barrier)."""
     from . import api
 
-    request = api.LmcRequest(
-        dataset=dataset, seed=seed, label_noise=label_noise, noise_seed=noise_seed, model=model,
-        batch_size=batch_size, lr=lr, subset=subset, size=size, subset_file=subset_file,
-        subset_seed=subset_seed, shared_subset=shared_subset, class_balanced=class_balanced,
-        offset=offset, scores=scores, rank_by=rank_by, steps=steps, replicates=replicates,
-        el2n_models=el2n_models, el2n_steps=el2n_steps, pretrain_lr=pretrain_lr,
-        train_steps=train_steps, children=children, alphas=alphas, level=level)
-    rt = runtime(root, out, device, deterministic, compile, checkpoint_every, loader)
-    print(api.lmc(request, rt))
+    print(api.lmc(request(api.LmcRequest, locals()), runtime_of(locals())))
 
 
 @app.command()
@@ -194,15 +197,7 @@ def errors(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = S
     an IMP level's mask (Fig. 9); prints the summary JSON."""
     from . import api
 
-    request = api.ErrorsRequest(
-        dataset=dataset, seed=seed, label_noise=label_noise, noise_seed=noise_seed, model=model,
-        batch_size=batch_size, lr=lr, subset=subset, size=size, subset_file=subset_file,
-        subset_seed=subset_seed, shared_subset=shared_subset, class_balanced=class_balanced,
-        offset=offset, scores=scores, rank_by=rank_by, steps=steps, replicates=replicates,
-        el2n_models=el2n_models, el2n_steps=el2n_steps, pretrain_lr=pretrain_lr,
-        train_steps=train_steps, level=level)
-    rt = runtime(root, out, device, deterministic, compile, checkpoint_every, loader)
-    print(api.errors(request, rt))
+    print(api.errors(request(api.ErrorsRequest, locals()), runtime_of(locals())))
 
 
 @app.command()
@@ -226,16 +221,7 @@ def grads(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SI
     run (Figs. 7-8); prints the summary JSON."""
     from . import api
 
-    request = api.GradsRequest(
-        dataset=dataset, seed=seed, label_noise=label_noise, noise_seed=noise_seed, model=model,
-        batch_size=batch_size, lr=lr, subset=subset, size=size, subset_file=subset_file,
-        subset_seed=subset_seed, shared_subset=shared_subset, class_balanced=class_balanced,
-        offset=offset, scores=scores, rank_by=rank_by, steps=steps, replicates=replicates,
-        el2n_models=el2n_models, el2n_steps=el2n_steps, pretrain_lr=pretrain_lr,
-        train_steps=train_steps, coherence_every=coherence_every,
-        coherence_batches=coherence_batches, eval_every=eval_every)
-    rt = runtime(root, out, device, deterministic, compile, checkpoint_every, loader)
-    print(api.grads(request, rt))
+    print(api.grads(request(api.GradsRequest, locals()), runtime_of(locals())))
 
 
 @app.command()
@@ -257,14 +243,7 @@ def warmup(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = S
     data; prints the run directory (diverged replicates are results, not errors)."""
     from . import api
 
-    request = api.WarmupRequest(
-        dataset=dataset, seed=seed, batch_size=batch_size, lr=lr, subset=subset, size=size,
-        subset_file=subset_file, subset_seed=subset_seed, shared_subset=shared_subset,
-        class_balanced=class_balanced, offset=offset, scores=scores, rank_by=rank_by,
-        replicates=replicates, el2n_models=el2n_models, el2n_steps=el2n_steps,
-        train_steps=train_steps, warmup=warmup_steps)
-    rt = runtime(root, out, device, deterministic, compile, checkpoint_every, loader)
-    print(api.warmup(request, rt))
+    print(api.warmup(request(api.WarmupRequest, locals()), runtime_of(locals())))
 
 
 @app.command()
@@ -288,12 +267,7 @@ def scores(kind: str = typer.Argument(..., help="el2n, forgetting or lmc"),
     """Per-example scores of the train set (float32 .npy, dataset order); prints its path."""
     from . import api
 
-    request = api.ScoreRequest(dataset=dataset, seed=seed, label_noise=label_noise,
-                               noise_seed=noise_seed, model=model, batch_size=batch_size, lr=lr,
-                               kind=kind, models=models, steps=steps, children=children,
-                               train_steps=train_steps, pretrain_lr=pretrain_lr)
-    rt = runtime(root, out, device, deterministic, compile, checkpoint_every, loader)
-    print(api.scores(request, rt))
+    print(api.scores(request(api.ScoreRequest, locals()), runtime_of(locals())))
 
 
 @app.command()

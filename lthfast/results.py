@@ -79,10 +79,11 @@ LMC_COLUMNS = ("run", "parent", *CONFIG_COLUMNS, "spawn_step", "level", "childre
                "error_barrier_naive_bn", "linearly_connected")
 
 
-def lmc_rows(out: Path) -> list[dict]:
-    """One row per LMC summary and replicate, under pre-training points and IMP runs."""
+def summaries(out: Path, patterns: tuple[str, ...]):
+    """(parent run, its identity columns, summary file, summary, replicate, its summary) for
+    every analysis summary matching ``patterns`` beside a pre-training point or an IMP run;
+    unreadable ones (being written, or hand-edited) are skipped."""
     store = RunStore(out)
-    rows = []
     for kind in ("pretrain", "imp"):
         for run in store.runs(kind):
             try:
@@ -90,18 +91,23 @@ def lmc_rows(out: Path) -> list[dict]:
                             else config_columns(run.config))
             except (KeyError, TypeError):
                 continue
-            for path in sorted(run.path.glob("lmc_*.json")):
+            for path in sorted(p for pattern in patterns for p in run.path.glob(pattern)):
                 try:
                     summary = json.loads(path.read_text())
-                    reps = summary["replicates"]
-                except (OSError, ValueError, KeyError):
+                    reps = sorted(summary["replicates"].items(), key=lambda kv: int(kv[0]))
+                except (OSError, ValueError, KeyError, AttributeError):
                     continue
-                for r, rep in sorted(reps.items(), key=lambda kv: int(kv[0])):
-                    rows.append({"run": path.stem, "parent": run.name, **identity,
-                                 "spawn_step": summary["spawn_step"], "level": summary["level"],
-                                 "children": summary["children"], "replicate": int(r),
-                                 **{k: rep[k] for k in LMC_COLUMNS[-5:]}})
-    return rows
+                for r, rep in reps:
+                    yield run, identity, path, summary, int(r), rep
+
+
+def lmc_rows(out: Path) -> list[dict]:
+    """One row per LMC summary and replicate, under pre-training points and IMP runs."""
+    return [{"run": path.stem, "parent": run.name, **identity,
+             "spawn_step": summary["spawn_step"], "level": summary["level"],
+             "children": summary["children"], "replicate": r,
+             **{k: rep[k] for k in LMC_COLUMNS[-5:]}}
+            for run, identity, path, summary, r, rep in summaries(out, ("lmc_*.json",))]
 
 
 WARMUP_COLUMNS = ("run", "dataset", "subset", "subset_size", "rank_by", "warmup", "batch_size",
@@ -139,32 +145,18 @@ ANALYSIS_COLUMNS = ("analysis", "summary", *CONFIG_COLUMNS, "level", "replicate"
 def analysis_rows(out: Path) -> list[dict]:
     """Gradient statistics (grads_<hash>.json) and error distributions (errors*.json) of every
     pre-training point and IMP run: one row per summary and replicate."""
-    store, rows = RunStore(out), []
-    for kind in ("pretrain", "imp"):
-        for run in store.runs(kind):
-            try:
-                identity = (pretrain_columns(run.config) if kind == "pretrain"
-                            else config_columns(run.config))
-            except (KeyError, TypeError):
-                continue
-            for path in sorted(run.path.glob("grads_*.json")) + sorted(
-                    run.path.glob("errors*.json")):
-                try:
-                    summary = json.loads(path.read_text())
-                    reps = summary["replicates"]
-                except (OSError, ValueError, KeyError):
-                    continue
-                name = "grads" if path.name.startswith("grads") else "errors"
-                for r, rep in sorted(reps.items(), key=lambda kv: int(kv[0])):
-                    row = {"analysis": name, "summary": f"{run.name}/{path.name}", **identity,
-                           "level": summary.get("level", ""), "replicate": int(r)}
-                    if name == "grads":
-                        row |= {k: rep.get(k, "") for k in ANALYSIS_COLUMNS[-9:-4]}
-                    else:
-                        q = rep["quantiles"]
-                        row |= {"error_mean": rep["mean"], "error_q10": q["0.1"],
-                                "error_q50": q["0.5"], "error_q90": q["0.9"]}
-                    rows.append(row)
+    rows = []
+    for run, identity, path, summary, r, rep in summaries(out, ("grads_*.json", "errors*.json")):
+        name = "grads" if path.name.startswith("grads") else "errors"
+        row = {"analysis": name, "summary": f"{run.name}/{path.name}", **identity,
+               "level": summary.get("level", ""), "replicate": r}
+        if name == "grads":
+            row |= {k: rep.get(k, "") for k in ANALYSIS_COLUMNS[-9:-4]}
+        else:
+            q = rep["quantiles"]
+            row |= {"error_mean": rep["mean"], "error_q10": q["0.1"], "error_q50": q["0.5"],
+                    "error_q90": q["0.9"]}
+        rows.append(row)
     return rows
 
 
