@@ -1,6 +1,10 @@
-"""Shared fixtures: datasets built once per test session in a temporary root."""
+"""Shared fixtures: datasets built once per test session in a temporary root, the in-process CLI,
+and the reliability tests' subprocess CLI with their uninterrupted reference runs."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,3 +54,52 @@ def run_cli(monkeypatch, capfd):
         return (code, *capfd.readouterr())
 
     return run
+
+
+# --- the reliability tests' session fixtures: digits, and the uninterrupted reference runs ---
+
+@pytest.fixture(scope="session")
+def rel_tmp(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("reliability")
+
+
+@pytest.fixture(scope="session")
+def cli():
+    from reliability import Cli
+
+    return Cli()
+
+
+@pytest.fixture(scope="session")
+def digits_root(rel_tmp) -> Path:
+    """digits built once (arrays only: the betons are not needed by any command here)."""
+    from lthfast.data.build import build_dataset
+
+    root = rel_tmp / "datasets"
+    build_dataset("digits", root, betons=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def imp_reference(cli, digits_root, rel_tmp):
+    """One uninterrupted IMP run: what every interrupted or concurrent run must reproduce."""
+    out = rel_tmp / "imp_ref"
+    from reliability import IMP_ARGS
+
+    run = cli.ok([*IMP_ARGS, "--root", digits_root, "--out", out])
+    assert run.parent == out and run.name.startswith("imp_")
+    results = (run / "results.json").read_bytes()
+    rows = json.loads(results)["rows"]
+    assert [(r["replicate"], r["level"]) for r in rows] == [(0, 0), (0, 1), (0, 2)]
+    assert all(r["diverged"] is None and r["test_acc"] > 0.2 for r in rows)
+    return {"out": out, "run": run, "results": results}
+
+
+@pytest.fixture(scope="session")
+def score_reference(cli, digits_root, rel_tmp):
+    out = rel_tmp / "scores_ref"
+    from reliability import SCORE_ARGS
+
+    path = cli.ok([*SCORE_ARGS, "--root", digits_root, "--out", out])
+    assert path.name == "scores.npy"
+    return {"out": out, "path": path, "bytes": path.read_bytes()}

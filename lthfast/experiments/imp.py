@@ -96,8 +96,8 @@ def run_imp(ctx: Context, cfg: ImpConfig, subset: SubsetSpec, levels: int,
             replicates: int) -> Run:
     """Run (or finish) IMP for ``levels`` pruning levels and ``replicates`` replicates.
 
-    A replicate whose level diverged is not pruned further: later levels would train from NaN
-    weights. Its record says where it diverged."""
+    A replicate whose pre-training or level diverged is not trained further: later levels
+    would train from NaN weights. Its record says where it diverged."""
     check_config(cfg)
     reps = list(range(replicates))
     # pre-training first: if its weights turn out unreadable, no IMP directory is left behind
@@ -114,14 +114,17 @@ def run_imp(ctx: Context, cfg: ImpConfig, subset: SubsetSpec, levels: int,
                            mask=level_masks(run, stage, rewind[stage.replicate],
                                             cfg.prune_fraction))
 
+    pre = ctx.store.run("pretrain", cfg.pretrain)
+    # a replicate whose pre-training diverged has NaN weights to rewind to: no level trains
+    alive = [r for r in reps if pre.stage(r).record().diverged is None]
     with run.lock():
-        alive = reps
         for level in range(levels + 1):
             stages = [run.stage(r, level) for r in alive]
             records = train_stage(ctx, stages, prepare, cfg.recipe, data,
                                   start=cfg.pretrain.recipe.steps, label=f"level {level}")
             alive = [r.replicate for r in records if r.diverged is None]
-        write_results(run)
+        write_results(run, diverged_in_pretraining=sorted(set(reps) - set(
+            r for r in reps if pre.stage(r).record().diverged is None)))
     return run
 
 
@@ -133,7 +136,9 @@ def level_masks(run: Run, stage: Stage, rewind_state: dict, fraction: float):
     return prune(ckpt.load(prev.file("weights.pt")), ckpt.load(prev.file("mask.pt")), fraction)
 
 
-def write_results(run: Run) -> None:
-    """results.json: every finished level of every replicate (also those of earlier, longer runs)."""
+def write_results(run: Run, diverged_in_pretraining: list[int]) -> None:
+    """results.json: every finished level of every replicate (also those of earlier, longer
+    runs), and the replicates that never reached a level because pre-training diverged."""
     atomic_write_json(run.file("results.json"), {
-        "config": run.config, "rows": [r.to_json() for r in run.records()]})
+        "config": run.config, "rows": [r.to_json() for r in run.records()],
+        "diverged_in_pretraining": diverged_in_pretraining})
