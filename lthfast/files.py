@@ -146,7 +146,8 @@ def locked(path: Path) -> Iterator[None]:
     """Exclusive advisory lock on ``path/.lock``; a second process waits until the first is done.
 
     Waiting (not skipping) means both processes end up reporting the same finished results: the
-    second one finds every stage done and only reads them. A waiting process says so on stderr.
+    second one finds every stage done and only reads them. A waiting process says so on stderr,
+    naming the holder (its pid, written into the lock file while it holds the lock).
     """
     with _writable(path):
         path.mkdir(parents=True, exist_ok=True)
@@ -155,9 +156,15 @@ def locked(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for another process working on {path}", file=sys.stderr, flush=True)
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            print(f"waiting for process {holder}, which is working on {path}", file=sys.stderr,
+                  flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

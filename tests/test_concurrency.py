@@ -40,3 +40,21 @@ def test_two_processes_on_the_same_run(cli, digits_root, rel_tmp, imp_reference)
         steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
         assert steps == sorted(set(steps)) and steps[-1] == 60, steps  # one course of training
     assert_same_weights(imp_reference["run"], run)
+
+
+def test_a_waiting_process_says_for_whom(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from pathlib import Path; from lthfast.files import locked\n"
+            f"with locked(Path({str(tmp_path)!r})):\n"
+            "    print('got', flush=True); time.sleep(2)\n")
+    first = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert first.stdout.readline() == "got\n"  # it holds the lock now
+    second = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    out, err = second.communicate(timeout=60)
+    first.communicate(timeout=60)
+    assert out == "got\n"
+    assert err == f"waiting for process {first.pid}, which is working on {tmp_path}\n"
+    assert (tmp_path / ".lock").read_text() == ""  # released: no stale holder named
