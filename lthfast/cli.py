@@ -274,16 +274,31 @@ def scores(kind: str = typer.Argument(..., help="el2n, forgetting or lmc"),
 def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, \\[flags], \\[grid])"),
           dry_run: bool = typer.Option(False, "--dry-run", metavar="",
                                        help="print the commands, run nothing"),
+          launcher: str = typer.Option("inprocess", help="inprocess (default), local (submitit "
+                                                         "jobs here) or slurm (a job array)"),
+          partition: Optional[str] = typer.Option(None, help="slurm: the partition"),
+          time_min: int = typer.Option(240, help="local/slurm: time limit per job, minutes"),
+          gpus_per_task: int = typer.Option(0, help="slurm: GPUs per job"),
+          cpus_per_task: int = typer.Option(2, help="local/slurm: CPUs per job"),
+          array_parallelism: int = typer.Option(16, help="slurm: jobs of the array at once"),
+          wait: bool = typer.Option(False, "--wait", metavar="",
+                                    help="slurm: wait for the array and collect its results"),
           root: Path = ROOT, out: Path = OUT, device: Optional[str] = DEVICE):
-    """Run every grid point of a sweep file in this process; prints the sweep summary path."""
-    from .sweep import load_sweep, run_sweep
+    """Run every grid point of a sweep file (in this process, or as submitit jobs); prints each
+    artifact and, last, the sweep summary path."""
+    from .launch import LAUNCHERS, LaunchOptions
+    from .sweep import load_sweep
 
+    launch = LAUNCHERS.lookup(launcher)
+    options = LaunchOptions(partition, time_min, gpus_per_task, cpus_per_task,
+                            array_parallelism, wait)
+    options.check()
     spec = load_sweep(file)
     if dry_run:
         for line in spec.command_lines(root, out, device):
             print(line)
         return
-    run_sweep(spec, runtime(root, out, device, False, None, 200))  # prints what it writes
+    launch(spec, runtime(root, out, device, False, None, 200), options)  # prints what it writes
 
 
 @app.command()

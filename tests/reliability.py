@@ -74,7 +74,10 @@ def sha(path: Path) -> str:
 
 
 def snapshot(path: Path):
-    """Every entry under ``path``: type, mode, size, mtime and content hash (None: absent)."""
+    """Every entry under ``path``: type, mode, size, mtime and content hash (None: absent).
+
+    Lock files are left out: they are the locking protocol, not output (a process writes its
+    pid into one while it holds it, and empties it on release)."""
     path = Path(path)
     if not path.exists():
         return None
@@ -89,7 +92,8 @@ def snapshot(path: Path):
 
     if not path.is_dir():
         return {".": entry(path)}
-    return {str(p.relative_to(path)): entry(p) for p in sorted(path.rglob("*"))}
+    return {str(p.relative_to(path)): entry(p) for p in sorted(path.rglob("*"))
+            if p.name != ".lock"}
 
 
 def done_files(out: Path) -> dict[str, tuple[int, str]]:

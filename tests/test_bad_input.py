@@ -168,15 +168,10 @@ BAD_BY_ID = {case[0]: case for case in BAD_INPUTS}
 BAD_SUBPROCESS = ["unknown-subset-kind", "unwritable-out", "label-noise-1.5", "corrupt-npy"]
 
 
-def _ignorable(path: str, entry) -> bool:
-    """Lock files (empty ``.lock``) are the locking protocol, not output; tolerated."""
-    return Path(path).name == ".lock" and entry[0] == "file" and entry[2] == 0
-
-
 def _touched(before: dict, after: dict) -> dict:
-    """Files added, removed or changed; new empty directories and lock files are tolerated."""
-    added = {k for k in set(after) - set(before)
-             if after[k][0] != "dir" and not _ignorable(k, after[k])}
+    """Files added, removed or changed; new empty directories are tolerated (lock files are not
+    in a snapshot: they are the locking protocol)."""
+    added = {k for k in set(after) - set(before) if after[k][0] != "dir"}
     removed = set(before) - set(after)
     changed = {k for k in set(before) & set(after) if before[k] != after[k]}
     return {name: sorted(v) for name, v in

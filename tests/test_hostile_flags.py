@@ -29,10 +29,11 @@ HOSTILE = {
     "--out": "afile/sub", "--seed": "-1", "--device": "bogus", "--checkpoint-every": "-5",
     "--level": "-1", "--children": "1", "--alphas": "0.5,x", "--coherence-every": "0",
     "--coherence-batches": "1", "--eval-every": "-1", "--warmup": "-1", "--models": "0",
-    "--source": "/nonexistent",
+    "--source": "/nonexistent", "--launcher": "bogus", "--partition": " ", "--time-min": "0",
+    "--gpus-per-task": "-1", "--cpus-per-task": "0", "--array-parallelism": "0",
 }
 SWITCHES = {"--shared-subset", "--class-balanced", "--compile", "--deterministic", "--force",
-            "--dry-run", "--plots"}
+            "--dry-run", "--plots", "--wait"}
 # a valid command line per command; each case replaces or adds one option
 BASE = {
     "imp": ["imp", "--dataset", "digits", "--steps", "2", "--train-steps", "4", "--levels", "0"],

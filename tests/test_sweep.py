@@ -175,3 +175,28 @@ def test_ctrl_c_stops_a_sweep_and_records_the_run_as_interrupted(data_root, tmp_
     runs = json.loads(summary.read_text())["runs"]
     assert [r["status"] for r in runs] == ["interrupted"]
     assert runs[0]["flags"]["seed"] == 0
+
+
+def test_submitit_local_launcher_runs_the_grid_and_a_resubmission_trains_nothing(
+        data_root, tmp_path, run_cli):
+    pytest.importorskip("submitit")
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('command = "imp"\n[flags]\ndataset = "digits"\nsteps = 2\nlevels = 0\n'
+                     'train_steps = 6\nbatch_size = 16\nsubset = "random"\n'
+                     '[grid]\nsize = [32, 48]\n')
+    args = ["sweep", sweep, "--launcher", "local", "--time-min", "10", "--root", data_root,
+            "--out", tmp_path / "out"]
+    code, out, err = run_cli(args)
+    assert code == 0, err
+    lines = out.split()
+    summary = json.loads(Path(lines[-1]).read_text())
+    assert summary["launcher"] == "local" and [r["status"] for r in summary["runs"]] == ["ok", "ok"]
+    assert [r["artifact"] for r in summary["runs"]] == lines[:2]
+    assert all((Path(a) / "results.json").exists() for a in lines[:2])
+    assert len({r["job"] for r in summary["runs"]}) == 2  # two jobs, really
+    done = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("done.json")}
+    assert len(done) == 4  # 2 runs x (pre-training + level 0)
+    code, out2, err2 = run_cli(args)  # submitted again: every stage is found done
+    assert code == 0, err2
+    assert out2.split()[:2] == lines[:2]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("done.json")} == done

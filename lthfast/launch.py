@@ -1,0 +1,139 @@
+"""Launchers: where the runs of a sweep execute. In this process (default), as local jobs through
+submitit, or as a SLURM job array through submitit.
+
+Every run is keyed by its config hash and every stage is skipped once done and locked while in
+use, so any mix of launchers on a shared filesystem trains each stage once, and a job that is
+pre-empted or times out is simply submitted again (submitit's ``checkpoint`` hook re-queues it;
+the rerun resumes from the stage's last checkpoint).
+
+    lthfast sweep sweeps/fig2_3_cifar10.toml --launcher slurm --partition gpu --gpus-per-task 1 \\
+        --time-min 240 --array-parallelism 32
+    lthfast sweep sweeps/demo_digits.toml --launcher local
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .errors import UserError
+from .registry import Registry
+
+LAUNCHERS = Registry("launcher")  # name -> fn(sweep, runtime, options) -> summary path
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """How jobs are submitted (submitit launchers only)."""
+
+    partition: Optional[str] = None
+    time_min: int = 240
+    gpus_per_task: int = 0
+    cpus_per_task: int = 2
+    array_parallelism: int = 16
+    wait: bool = False  # slurm: wait for the array to finish and collect its results
+    logs: Optional[Path] = None  # default: OUT/submitit
+
+    def check(self) -> None:
+        if self.partition is not None and not self.partition.strip():
+            raise UserError("--partition must name a SLURM partition")
+        if self.time_min < 1 or self.cpus_per_task < 1 or self.array_parallelism < 1:
+            raise UserError("--time-min, --cpus-per-task and --array-parallelism must be >= 1")
+        if self.gpus_per_task < 0:
+            raise UserError(f"--gpus-per-task must be >= 0, got {self.gpus_per_task}")
+
+
+class RunPoint:
+    """One grid point as a submitit job: builds its request, runs it through the API, returns
+    its record. Re-queued (same arguments) when SLURM pre-empts it or its time runs out."""
+
+    def __call__(self, command: str, point: dict, runtime: dict) -> dict:
+        from . import api
+        from .experiments.common import Runtime
+
+        record: dict[str, Any] = {"flags": point}
+        try:
+            from .progress import PlainProgress
+
+            request, flags = api.request_from(command, point)
+            rt = Runtime(**(runtime | flags), progress=PlainProgress())  # lines in the job's log
+            artifact = api.RUNNERS[command](request, rt)
+            return record | {"status": "ok", "artifact": str(artifact)}
+        except UserError as exc:
+            return record | {"status": "error", "error": str(exc)}
+
+    def checkpoint(self, *args: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args)
+
+
+def _executor(cluster: str, folder: Path, options: LaunchOptions):
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("--launcher local/slurm needs submitit: pip install 'lthfast[cluster]'") \
+            from None
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    params: dict[str, Any] = {"timeout_min": options.time_min, "name": "lthfast",
+                              "cpus_per_task": options.cpus_per_task}
+    if cluster == "slurm":
+        params |= {"slurm_array_parallelism": options.array_parallelism,
+                   "gpus_per_node": options.gpus_per_task}
+        if options.partition:
+            params["slurm_partition"] = options.partition
+    executor.update_parameters(**params)
+    return executor
+
+
+def _submit(cluster: str) -> Callable:
+    def launch(spec, rt, options: LaunchOptions) -> Path:
+        from .files import atomic_write_json, config_hash
+
+        points = list(spec.points())
+        runtime = {f.name: getattr(rt, f.name) for f in dataclasses.fields(rt)
+                   if f.name != "progress"}  # a terminal's progress bar does not travel
+        folder = Path(options.logs or Path(rt.out) / "submitit")
+        executor = _executor(cluster, folder, options)
+        jobs = executor.map_array(RunPoint(), [spec.command] * len(points), points,
+                                  [runtime] * len(points))
+        print(f"submitted {len(jobs)} {cluster} job(s): {jobs[0].job_id.split('_')[0]} "
+              f"(logs in {folder})", file=sys.stderr, flush=True)
+        summary = Path(rt.out) / (f"sweep_{config_hash({'command': spec.command, 'runs': points})}"
+                                  ".json")
+        if cluster == "slurm" and not options.wait:
+            records = [{"flags": p, "status": "submitted", "job": j.job_id}
+                       for p, j in zip(points, jobs)]
+        else:
+            records = []
+            for point, job in zip(points, jobs):
+                try:
+                    records.append(job.result() | {"job": job.job_id})
+                except Exception as exc:  # the job died: its logs say why
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                    records.append({"flags": point, "status": "error", "job": job.job_id,
+                                    "error": f"job failed: {first} (logs: {folder})"})
+                if records[-1]["status"] == "ok":
+                    print(records[-1]["artifact"])
+        atomic_write_json(summary, {"file": str(spec.path), "command": spec.command,
+                                    "launcher": cluster, "runs": records})
+        print(summary)
+        failed = sum(r["status"] == "error" for r in records)
+        if failed:
+            raise UserError(f"{failed} of {len(points)} runs failed (see {summary})")
+        return summary
+    return launch
+
+
+LAUNCHERS.register("local")(_submit("local"))
+LAUNCHERS.register("slurm")(_submit("slurm"))
+
+
+@LAUNCHERS.register("inprocess")
+def inprocess(spec, rt, options: LaunchOptions) -> Path:
+    from .sweep import run_sweep
+
+    return run_sweep(spec, rt)
