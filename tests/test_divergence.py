@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from reliability import IMP_ARGS, base_env, with_flags
+from reliability import IMP_ARGS, base_env, read_trace, with_flags
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def diverging_sweep(cli, digits_root, rel_tmp):
         cmd=" ".join(map(str, cli.argv(common))))
     r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=base_env(),
                        timeout=300)
-    return {"out": out, "result": r}
+    return {"out": out, "root": digits_root, "result": r}
 
 
 def test_divergence_is_recorded_and_the_sweep_goes_on(diverging_sweep):
@@ -47,9 +47,34 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(diverging_sweep):
     assert isinstance(d, dict) and 0 <= d["step"] < 20
 
 
-def test_divergence_reports_a_real_last_finite_loss(diverging_sweep):
-    """Pre-training starts from finite weights, so its first losses are finite: the record must
-    carry the last of them, not NaN. Levels rewound to NaN weights never had a finite loss: null."""
+@pytest.fixture(scope="module")
+def diverging_level(cli, diverging_sweep):
+    """Sane pre-training (the sweep's lr 0.1 one, reused), then levels at lr 1e6: level 0
+    diverges on its own, from finite rewind weights."""
+    args = [*with_flags(IMP_ARGS, levels="1"), "--root", diverging_sweep["root"],
+            "--out", diverging_sweep["out"], "--lr", "1e6", "--pretrain-lr", "0.1"]
+    trace = diverging_sweep["out"].parent / "diverging_level.trace"
+    run = cli.ok(args, trace=trace)
+    return {"run": run, "trace": read_trace(trace)}
+
+
+def test_a_diverged_level_is_recorded_and_not_pruned_further(diverging_level):
+    results = json.loads((diverging_level["run"] / "results.json").read_text())
+    assert results["diverged_in_pretraining"] == []
+    # level 0 diverged: level 1 would rewind to and prune NaN weights, so it is not trained
+    [row] = results["rows"]
+    assert row["level"] == 0, results["rows"]
+    d = row["diverged"]
+    assert isinstance(d, dict) and 20 <= d["step"] < 60, row  # levels run [20, 60)
+    assert d["step"] > 20, "the first loss of finite rewind weights cannot be NaN"
+    assert isinstance(d["last_finite_loss"], float) and math.isfinite(d["last_finite_loss"]), d
+    trained = [r["stage"] for r in diverging_level["trace"] if r["event"] == "train"]
+    assert trained == ["imp/replicate_0/level_0"], trained  # pre-training reused, no level 1
+
+
+def test_divergence_reports_a_real_last_finite_loss(diverging_sweep, diverging_level):
+    """Pre-training (and a level) start from finite weights, so their first losses are finite:
+    the record must carry the last of them, not NaN; a loss that never was finite is null."""
     out = diverging_sweep["out"]
     [pre] = [p for p in out.glob("pretrain_*")
              if json.loads((p / "config.json").read_text())["recipe"]["lr"] == 1e6]
@@ -69,11 +94,11 @@ def _strict_json(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-def test_results_json_stays_standard_json_after_divergence(diverging_sweep):
+def test_results_json_stays_standard_json_after_divergence(diverging_sweep, diverging_level):
     """NaN/Infinity are not JSON (RFC 8259): strict readers (JavaScript, serde, ...) reject them."""
     files = list(diverging_sweep["out"].glob("imp_*/results.json"))
     files += list(diverging_sweep["out"].rglob("done.json"))
-    assert len(files) >= 4
+    assert len(files) >= 8  # 3 results.json, 2 pre-trainings, 3 levels
     for path in files:
         try:
             _strict_json(path.read_text())

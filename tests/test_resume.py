@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from reliability import (SEED, IMP_ARGS, SCORE_ARGS, read_trace, done_files, assert_untouched,
-                         trained_stages, assert_same_weights, run_dirs)
+                         trained_stages, assert_same_weights, run_dirs, sha)
 
 
 def test_imp_resumes_bit_exactly_after_kill9_at_chosen_points(cli, digits_root, rel_tmp,
@@ -83,8 +83,12 @@ def test_imp_resumes_after_kill9_between_checkpoint_and_its_checksum(cli, digits
     args = [*IMP_ARGS, "--root", digits_root, "--out", out]
     # the 2nd periodic checkpoint of level 2 (step 30): a sidecar of step 25 already exists
     cli.killed(args, {"replace": r"level_2_group_0/checkpoint\.pt\.sha256$", "nth": 2})
+    [torn] = out.glob("imp_*/scratch/level_2_group_0/checkpoint.pt")
+    sidecar = torn.with_name("checkpoint.pt.sha256").read_text().strip()
+    assert sha(torn) != sidecar, "the kill did not leave a checkpoint newer than its checksum"
     r = cli.run(args)
     assert r.returncode == 0, f"rerun after kill -9 failed:\n{r.stderr[-2000:]}"
+    assert "cut off mid-write" in r.stderr, r.stderr[-2000:]
     run = Path(r.stdout.strip().splitlines()[-1])
     assert (run / "results.json").read_bytes() == imp_reference["results"]
 
@@ -162,8 +166,17 @@ def test_ctrl_c_or_sigterm_says_so_and_the_rerun_resumes(signum, code, cli, digi
     trace = rel_tmp / f"signal_{code}.trace"
     proc = cli.popen(args, trace=trace)
     deadline = time.time() + 120
-    while time.time() < deadline and "imp/replicate_0/level_0" not in (
-            trace.read_text() if trace.exists() else ""):
+
+    def level_0_training() -> bool:  # the last line may be half-written: only whole lines count
+        lines = trace.read_text().splitlines(keepends=True) if trace.exists() else []
+        records = [json.loads(line) for line in lines if line.endswith("\n")]
+        return {"event": "train", "stage": "imp/replicate_0/level_0"} in [
+            {k: r.get(k) for k in ("event", "stage")} for r in records]
+
+    while not level_0_training():
+        assert proc.poll() is None, f"exited {proc.returncode} before level 0 trained:\n" + (
+            proc.communicate()[1][-2000:])
+        assert time.time() < deadline, "level 0 never started training"
         time.sleep(0.05)
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=120)
