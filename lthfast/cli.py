@@ -283,17 +283,26 @@ def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, \\[f
           array_parallelism: int = typer.Option(16, help="slurm: jobs of the array at once"),
           wait: bool = typer.Option(False, "--wait", metavar="",
                                     help="slurm: wait for the array and collect its results"),
+          smoke: bool = typer.Option(False, "--smoke", metavar="",
+                                     help="the same grid at smoke scale: digits, tiny steps, "
+                                          "sizes and ensembles (minutes on a CPU)"),
+          workers: int = typer.Option(0, help="inprocess: worker processes, one per device "
+                                              "(0: one per GPU where there are several)"),
           root: Path = ROOT, out: Path = OUT, device: Optional[str] = DEVICE):
-    """Run every grid point of a sweep file (in this process, or as submitit jobs); prints each
-    artifact and, last, the sweep summary path."""
+    """Run every grid point of a sweep file (in this process, one worker per GPU, or as
+    submitit jobs); prints progress with ETA on stderr, each artifact and, last, the sweep
+    summary path."""
     from .launch import LAUNCHERS, LaunchOptions
+    from .smoke import smoke_sweep
     from .sweep import load_sweep
 
     launch = LAUNCHERS.lookup(launcher)
     options = LaunchOptions(partition, time_min, gpus_per_task, cpus_per_task,
-                            array_parallelism, wait)
+                            array_parallelism, wait, workers=workers)
     options.check()
-    spec = load_sweep(file)
+    if workers and launcher != "inprocess":
+        raise UserError(f"--workers is for the in-process launcher, not --launcher {launcher}")
+    spec = smoke_sweep(load_sweep(file)) if smoke else load_sweep(file)
     if dry_run:
         for line in spec.command_lines(root, out, device):
             print(line)

@@ -36,6 +36,7 @@ class LaunchOptions:
     array_parallelism: int = 16
     wait: bool = False  # slurm: wait for the array to finish and collect its results
     logs: Optional[Path] = None  # default: OUT/submitit
+    workers: int = 0  # inprocess: worker processes (0: one per GPU where there are several)
 
     def check(self) -> None:
         if self.partition is not None and not self.partition.strip():
@@ -44,6 +45,8 @@ class LaunchOptions:
             raise UserError("--time-min, --cpus-per-task and --array-parallelism must be >= 1")
         if self.gpus_per_task < 0:
             raise UserError(f"--gpus-per-task must be >= 0, got {self.gpus_per_task}")
+        if self.workers < 0:
+            raise UserError(f"--workers must be >= 0 (0: one per GPU), got {self.workers}")
 
 
 class RunPoint:
@@ -51,19 +54,12 @@ class RunPoint:
     its record. Re-queued (same arguments) when SLURM pre-empts it or its time runs out."""
 
     def __call__(self, command: str, point: dict, runtime: dict) -> dict:
-        from . import api
         from .experiments.common import Runtime
+        from .progress import PlainProgress
+        from .sweep import run_point
 
-        record: dict[str, Any] = {"flags": point}
-        try:
-            from .progress import PlainProgress
-
-            request, flags = api.request_from(command, point)
-            rt = Runtime(**(runtime | flags), progress=PlainProgress())  # lines in the job's log
-            artifact = api.RUNNERS[command](request, rt)
-            return record | {"status": "ok", "artifact": str(artifact)}
-        except UserError as exc:
-            return record | {"status": "error", "error": str(exc)}
+        # plain progress lines in the job's log; the record carries the point's wall time
+        return run_point(command, point, Runtime(**runtime, progress=PlainProgress()))
 
     def checkpoint(self, *args: Any) -> Any:
         import submitit
@@ -119,7 +115,7 @@ def _submit(cluster: str) -> Callable:
                 if records[-1]["status"] == "ok":
                     print(records[-1]["artifact"])
         atomic_write_json(summary, {"file": str(spec.path), "command": spec.command,
-                                    "launcher": cluster, "runs": records})
+                                    "scale": spec.scale, "launcher": cluster, "runs": records})
         print(summary)
         failed = sum(r["status"] == "error" for r in records)
         if failed:
@@ -134,6 +130,11 @@ LAUNCHERS.register("slurm")(_submit("slurm"))
 
 @LAUNCHERS.register("inprocess")
 def inprocess(spec, rt, options: LaunchOptions) -> Path:
-    from .sweep import run_sweep
+    """Here; with several GPUs (or ``--workers N``) one worker process per device."""
+    import torch
 
-    return run_sweep(spec, rt)
+    from .sweep import run_sweep
+    from .workers import worker_devices
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return run_sweep(spec, rt, worker_devices(rt.device, options.workers, gpus))

@@ -1,4 +1,5 @@
-"""Progress display: a rich progress bar on a terminal, plain lines on stderr otherwise.
+"""Progress display: a rich progress bar on a terminal, plain lines on stderr otherwise; and
+the clock of a sweep (elapsed time and ETA over its points).
 
 stdout stays reserved for the artifact path a command prints last (scripts read that line).
 
@@ -62,3 +63,32 @@ class RichProgress:
     def __del__(self):
         if self._started:
             self._progress.stop()
+
+
+class SweepClock:
+    """Elapsed time and an ETA over the points of a sweep, from its throughput so far (points
+    finished per second of wall time), which counts parallel workers and skipped points as
+    they are: the estimate is as good as the points left resemble the points done."""
+
+    def __init__(self, total: int, now: Callable[[], float] = time.monotonic):
+        self.total, self._now, self._start, self._done = total, now, now(), 0
+
+    def elapsed(self) -> float:
+        return self._now() - self._start
+
+    def done(self) -> str:
+        """Count one more point finished; 'k of n done, elapsed ..., ETA ...'."""
+        self._done += 1
+        elapsed = self.elapsed()
+        left = self.total - self._done
+        eta = f", ETA {self.format(elapsed / self._done * left)}" if left else ""
+        return f"{self._done} of {self.total} done, elapsed {self.format(elapsed)}{eta}"
+
+    @staticmethod
+    def format(seconds: float) -> str:
+        if seconds < 60:
+            return f"{seconds:.1f} s"
+        minutes, secs = divmod(round(seconds), 60)
+        if minutes < 60:
+            return f"{minutes} min {secs:02d} s"
+        return f"{minutes // 60} h {minutes % 60:02d} min"

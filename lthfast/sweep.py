@@ -30,10 +30,11 @@ import itertools
 import math
 import shlex
 import sys
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 from .errors import Interrupted, UserError
 
@@ -48,6 +49,7 @@ class Sweep:
     argument: Optional[str]  # the positional argument, e.g. "el2n" for scores
     flags: dict[str, Any]
     grid: dict[str, list]
+    scale: str = "full"  # or "smoke" (lthfast.smoke.smoke_sweep)
 
     @property
     def size(self) -> int:
@@ -79,7 +81,7 @@ def flag_argv(name: str, value: Any) -> list[str]:
 
 def load_sweep(path: Path) -> Sweep:
     """Parse a sweep file and check every one of its runs; nothing runs or is written."""
-    from .api import REQUESTS, request_from
+    from .api import REQUESTS
 
     try:
         raw = tomllib.loads(Path(path).read_text())
@@ -123,11 +125,19 @@ def load_sweep(path: Path) -> Sweep:
     if spec.size > MAX_RUNS:
         raise UserError(f"{path}: the grid has {spec.size:,} runs, more than the limit of "
                         f"{MAX_RUNS:,}; split it into several files")
+    return check_points(spec)
+
+
+def check_points(spec: Sweep) -> Sweep:
+    """Every point turned into its typed request and checked; the first bad one is the error."""
+    from .api import request_from
+
     for i, point in enumerate(spec.points(), 1):
         try:
-            request_from(command, point)
+            request_from(spec.command, point)
         except UserError as exc:
-            raise UserError(f"{path}: run {i} ({describe(point)}): {exc}") from None
+            scale = " (smoke scale)" if spec.scale != "full" else ""
+            raise UserError(f"{spec.path}{scale}: run {i} ({describe(point)}): {exc}") from None
     return spec
 
 
@@ -135,39 +145,81 @@ def describe(point: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in point.items())
 
 
-def run_sweep(spec: Sweep, rt) -> Path:
-    """Run every point through the API; print each artifact and, last, the summary
-    ``<out>/sweep_<hash>.json``, which is returned (UserError if a run failed)."""
+def run_point(command: str, point: dict[str, Any], rt) -> dict:
+    """One grid point through the API: its record (flags, status, artifact or error, and its
+    wall time in seconds). A user error is this point's result, not the sweep's end."""
     from .api import RUNNERS, request_from
+
+    start = time.monotonic()
+    record: dict[str, Any] = {"flags": point}
+    try:
+        request, flags = request_from(command, point)
+        artifact = RUNNERS[command](request, dataclasses.replace(rt, **flags))
+        record |= {"status": "ok", "artifact": str(artifact)}
+    except UserError as exc:
+        record |= {"status": "error", "error": str(exc)}
+    return record | {"seconds": round(time.monotonic() - start, 3)}
+
+
+def in_this_process(command: str, points: list[dict], rt, devices) -> Iterator[tuple]:
+    """The points one after another here: ("start", i, device), then ("done", i, record)."""
+    for i, point in enumerate(points):
+        yield "start", i, rt.device
+        yield "done", i, run_point(command, point, rt)
+
+
+def run_sweep(spec: Sweep, rt, devices: Sequence[str] = ()) -> Path:
+    """Run every point (here, or with two or more ``devices`` one worker process per device,
+    see ``lthfast.workers``); print each artifact, progress with elapsed time and ETA on
+    stderr and, last, the summary ``<out>/sweep_<hash>.json`` (every run's record, its wall
+    time included), which is returned (UserError if a run failed)."""
     from .files import atomic_write_json, config_hash
+    from .progress import SweepClock
+    from .workers import fan_out
 
     points = list(spec.points())
-    records: list[dict] = []
     summary = Path(rt.out) / f"sweep_{config_hash({'command': spec.command, 'runs': points})}.json"
+    records: dict[int, dict] = {}
+    started: dict[int, float] = {}  # points in flight: when they started
+    clock = SweepClock(len(points))
+    execute = fan_out if len(devices) > 1 else in_this_process
 
     def write() -> None:
         atomic_write_json(summary, {"file": str(spec.path), "command": spec.command,
-                                    "runs": records})
+                                    "scale": spec.scale, "workers": list(devices) or [rt.device],
+                                    "seconds": round(clock.elapsed(), 3),
+                                    "runs": [records[i] for i in sorted(records)]})
 
-    for i, point in enumerate(points, 1):
-        print(f"[sweep {i}/{len(points)}] {spec.command} {describe(point)}", file=sys.stderr,
-              flush=True)
-        record = {"flags": point}
-        try:
-            request, flags = request_from(spec.command, point)
-            artifact = RUNNERS[spec.command](request, dataclasses.replace(rt, **flags))
-            records.append(record | {"status": "ok", "artifact": str(artifact)})
-            print(artifact)
-        except UserError as exc:  # this run's input is bad: say so, go on with the others
-            print(f"error: run {i}: {exc}", file=sys.stderr)
-            records.append(record | {"status": "error", "error": str(exc)})
-        except Interrupted:
-            records.append(record | {"status": "interrupted"})
+    events = execute(spec.command, points, rt, devices)
+    try:
+        for kind, i, payload in events:
+            n = f"[sweep {i + 1}/{len(points)}]"
+            if kind == "start":
+                started[i] = time.monotonic()
+                on = f" on {payload}" if len(devices) > 1 else ""
+                print(f"{n} {spec.command} {describe(points[i])}{on}", file=sys.stderr,
+                      flush=True)
+                continue
+            started.pop(i, None)
+            records[i] = payload
+            if payload["status"] == "ok":
+                print(payload["artifact"], flush=True)
+            else:
+                print(f"error: run {i + 1}: {payload['error']}", file=sys.stderr)
+            print(f"{n} {payload['status']} in {clock.format(payload['seconds'])}; "
+                  f"{clock.done()}", file=sys.stderr, flush=True)
             write()
-            raise
+    except Interrupted:
+        for i, since in started.items():  # the runs Ctrl-C stopped; later ones never started
+            records[i] = {"flags": points[i], "status": "interrupted",
+                          "seconds": round(time.monotonic() - since, 3)}
+        write()
+        raise
+    finally:
+        getattr(events, "close", lambda: None)()  # stops the workers, whatever happened
     write()
     print(summary)
-    failed = sum(r["status"] != "ok" for r in records)
+    failed = sum(r["status"] != "ok" for r in records.values())
     if failed:
         raise UserError(f"{failed} of {len(points)} runs failed (see {summary})")
     return summary

@@ -31,9 +31,10 @@ HOSTILE = {
     "--coherence-batches": "1", "--eval-every": "-1", "--warmup": "-1", "--models": "0",
     "--source": "/nonexistent", "--launcher": "bogus", "--partition": " ", "--time-min": "0",
     "--gpus-per-task": "-1", "--cpus-per-task": "0", "--array-parallelism": "0",
+    "--workers": "-1",
 }
 SWITCHES = {"--shared-subset", "--class-balanced", "--compile", "--deterministic", "--force",
-            "--dry-run", "--plots", "--wait"}
+            "--dry-run", "--plots", "--wait", "--smoke"}
 # a valid command line per command; each case replaces or adds one option
 BASE = {
     "imp": ["imp", "--dataset", "digits", "--steps", "2", "--train-steps", "4", "--levels", "0"],

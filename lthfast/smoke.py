@@ -1,0 +1,174 @@
+"""Smoke scale: any sweep file's grid, on the embedded digits set, small enough for a CPU.
+
+``smoke_sweep`` is a plain function from a loaded sweep to another sweep with the same command,
+the same grid axes and the same number of values on every axis (so the same number of runs),
+but every value moved to a tiny scale: the dataset becomes ``digits``; iteration counts keep
+their fraction of the quantity they count (t_r of t*, a warmup of the whole schedule, score
+steps of the score's default) on a 40-iteration schedule; subset sizes keep their fraction of
+the train set (1,438 digits, at least 40); levels their fraction of 12 (2 levels); replicates,
+score ensembles and children shrink to 1-2. Values of one axis that were distinct stay distinct
+(a collision is moved up by one step), so every axis still varies; only a ``dataset`` axis
+collapses to digits (its points are then the same run, trained once). Cost flags that a file
+leaves at their full-scale default (t_r = t*, 10 EL2N networks, 12 levels, ...) are set too.
+The result is checked point by point like any sweep file.
+
+    lthfast sweep sweeps/fig2_baselines_cifar10.toml --smoke   # 3 runs, ~15 s on 2 CPU cores
+    lthfast sweep sweeps/fig2_3_cifar10.toml --smoke --dry-run # the 24 smoke commands
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import UserError
+
+DATASET = "digits"
+TRAIN_STEPS = 40  # T: 1/5 of the digits preset's 200, so a level trains in about a second
+T_STAR = 4  # t* on that schedule (digits' t* = 20 is 10% of T)
+SCORE_STEPS = 12  # iterations of a score ensemble (digits' default 60, / 5)
+LEVELS = 2  # IMP levels, for the paper's 12
+FULL_LEVELS = 12
+SIZE_MIN, SIZE_MAX, SIZE_STEP = 40, 1000, 10  # subsets of digits' 10 classes (~144 each)
+# Train-set sizes of the full-scale datasets (sizes keep their fraction of it); digits: its split.
+TRAIN_SIZE = {"cifar10": 50_000, "cifar100": 50_000, "cinic10": 180_000, "digits": 1_438,
+              "synthetic": 1_438}
+CAPS = {"replicates": 1, "models": 2, "el2n_models": 2, "children": 2, "coherence_batches": 4,
+        "batch_size": 64}
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Full scale -> smoke scale factors of one sweep, from its (first) dataset's preset."""
+
+    command: str
+    pretrain: float  # t_r and spawn steps: T_STAR / t*
+    train: float  # whole-schedule iterations: TRAIN_STEPS / T
+    score: float  # score ensemble iterations: SCORE_STEPS / the preset's EL2N steps
+    size: float  # examples: smoke examples per full-scale example
+    size_base: int  # examples added to every non-zero size (0 where the dataset is digits)
+
+    def examples(self, value: int) -> int:
+        return 0 if value == 0 else min(SIZE_MAX, self.size_base + round(value * self.size))
+
+    @classmethod
+    def of(cls, command: str, dataset: str) -> "Scale":
+        from .config import WARMUP_DESIGNS, preset_for, warmup_recipe
+
+        if dataset not in TRAIN_SIZE:
+            raise UserError(f"no smoke scale for dataset '{dataset}' (known: "
+                            f"{', '.join(TRAIN_SIZE)})")
+        preset = preset_for(dataset)
+        # warmup trains appendix A's design (160 epochs), not the preset's schedule
+        total = (warmup_recipe(dataset, TRAIN_SIZE[dataset], 0).steps
+                 if command == "warmup" and dataset in WARMUP_DESIGNS else preset.train_steps)
+        # Sizes: an affine map SIZE_MIN + v * (SIZE_MAX - SIZE_MIN) / N, so that the paper's
+        # sizes (256 apart at least) stay distinct and in order, and the same size maps to the
+        # same smoke size in every file (fig9's subsets are fig2_3's); digits stays as it is.
+        small = dataset == DATASET
+        return cls(command, T_STAR / preset.t_star, TRAIN_STEPS / total,
+                   SCORE_STEPS / preset.el2n_steps,
+                   1.0 if small else (SIZE_MAX - SIZE_MIN) / TRAIN_SIZE[dataset],
+                   0 if small else SIZE_MIN)
+
+
+def scaled(value: int, factor: float, floor: int = 1, cap: int | None = None) -> int:
+    """``value * factor`` rounded; 0 stays 0 and anything else stays >= ``floor``."""
+    if value == 0:
+        return 0
+    out = max(floor, round(value * factor))
+    return out if cap is None else min(out, cap)
+
+
+def refused(name: str) -> Callable:
+    def rule(value: Any, scale: Scale) -> Any:
+        raise UserError(f"--{name.replace('_', '-')} names a file of the full-scale dataset; "
+                        "a sweep that sets it has no smoke scale")
+    return rule
+
+
+def keep(value: Any, scale: Scale) -> Any:
+    return value
+
+
+def capped(name: str) -> Callable:
+    return lambda value, scale: min(value, CAPS[name])
+
+
+# Every field of every request and every runtime flag a sweep may set has a rule (a test checks
+# it), so a new flag must say how it shrinks. Rules map one value; (rule, step of a collision).
+RULES: dict[str, tuple[Callable[[Any, Scale], Any], int]] = {
+    "dataset": (lambda v, s: DATASET, 0),
+    "model": (lambda v, s: "resnet8", 0),  # the digits preset's network: 8x8 images
+    "batch_size": (capped("batch_size"), 1),
+    # t_r (imp-like commands) or a score ensemble's iterations (scores)
+    "steps": (lambda v, s: scaled(v, s.score if s.command == "scores" else s.pretrain), 1),
+    "el2n_steps": (lambda v, s: scaled(v, s.score), 1),
+    "train_steps": (lambda v, s: scaled(v, s.train, floor=TRAIN_STEPS // 4), 1),
+    "warmup": (lambda v, s: scaled(v, s.train), 1),
+    "eval_every": (lambda v, s: scaled(v, s.train), 1),
+    "coherence_every": (lambda v, s: scaled(v, s.train), 1),
+    "levels": (lambda v, s: scaled(v, LEVELS / FULL_LEVELS), 1),
+    "level": (lambda v, s: scaled(v, LEVELS / FULL_LEVELS), 1),
+    "size": (lambda v, s: s.examples(v), SIZE_STEP),
+    "offset": (lambda v, s: s.examples(v) - s.size_base if v else 0, 1),
+    **{name: (capped(name), 1) for name in CAPS if name != "batch_size"},
+    "subset_file": (refused("subset_file"), 0), "scores": (refused("scores"), 0),
+    **{name: (keep, 0) for name in (
+        "seed", "label_noise", "noise_seed", "lr", "pretrain_lr", "kind", "subset",
+        "subset_seed", "shared_subset", "class_balanced", "rank_by", "alphas",
+        "deterministic", "compile", "loader", "checkpoint_every")},
+}
+# Flags whose default stands for an expensive full-scale value (None: the preset's): set at
+# smoke scale when a file leaves them out. Defaults that are numbers go through their rule.
+IMPLICIT = {"steps": T_STAR, "train_steps": TRAIN_STEPS, "el2n_models": CAPS["el2n_models"],
+            "el2n_steps": SCORE_STEPS, "models": CAPS["models"]}
+IMPLICIT_FOR = {"scores": IMPLICIT | {"steps": SCORE_STEPS}}  # scores' steps: the ensemble's
+ABSENT = {"warmup": {"steps"}}  # None there means "no such phase", not the preset's value
+SCORED = ("easy", "hard")  # subsets ranked by a score: only they need el2n_* flags
+
+
+def smoke_axis(name: str, values: list, scale: Scale) -> list:
+    """One axis at smoke scale; values that were distinct stay distinct (in the same order)."""
+    rule, step = RULES[name]
+    out = [rule(v, scale) for v in values]
+    if step and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        taken: dict[Any, int] = {}  # full-scale value -> smoke value, walked in increasing order
+        for v, s in sorted(zip(values, out), key=lambda pair: pair[0]):
+            if v not in taken:
+                taken[v] = s if not taken else max(s, max(taken.values()) + step)
+        out = [taken[v] for v in values]
+    return out
+
+
+def smoke_sweep(spec):
+    """The same grid at smoke scale (see the module docstring), every point checked."""
+    from .api import REQUESTS
+    from .sweep import check_points
+
+    for name in list(spec.flags) + list(spec.grid):
+        if name not in RULES:
+            raise UserError(f"{spec.path}: flag '{name}' has no smoke scale")
+    default = next(f.default for f in dataclasses.fields(REQUESTS[spec.command])
+                   if f.name == "dataset")
+    dataset = spec.flags.get("dataset", spec.grid.get("dataset", [default])[0])
+    scale = Scale.of(spec.command, dataset)
+    flags = {name: smoke_axis(name, [value], scale)[0] for name, value in spec.flags.items()}
+    subsets = [spec.flags.get("subset", "all"), *spec.grid.get("subset", [])]
+    implicit = IMPLICIT_FOR.get(spec.command, IMPLICIT)
+    for f in dataclasses.fields(REQUESTS[spec.command]):
+        if f.name in spec.flags or f.name in spec.grid or f.name not in RULES:
+            continue
+        if f.name.startswith("el2n_") and not set(subsets) & set(SCORED):
+            continue  # no point ranks a subset: the flags would only clutter its commands
+        if f.default is None and f.name in implicit and f.name not in ABSENT.get(spec.command, ()):
+            flags[f.name] = implicit[f.name]
+        elif f.default is not None and RULES[f.name][0](f.default, scale) != f.default:
+            flags[f.name] = RULES[f.name][0](f.default, scale)
+    if "dataset" not in spec.grid:
+        flags["dataset"] = DATASET
+    grid = {name: smoke_axis(name, values, scale) for name, values in spec.grid.items()}
+    smoke = dataclasses.replace(spec, flags=flags, grid=grid, scale="smoke")
+    check_points(smoke)
+    return smoke

@@ -1,0 +1,102 @@
+"""One worker per GPU: which device each worker gets (GPUs simulated by count), how a worker is
+pinned, and for real on a CPU: two worker processes share a sweep's points, every stage trains
+once (points that share a pre-training wait on its lock), the results equal a run in one process.
+
+    pytest tests/test_sweep_workers.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lthfast.errors import UserError
+from lthfast.workers import pinned, worker_devices
+
+
+def test_one_worker_per_visible_gpu_by_default():
+    assert worker_devices("cuda", 0, 4) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert worker_devices("cuda", 0, 1) == []  # one GPU: in this process
+    assert worker_devices("cpu", 0, 4) == []  # asked for the CPU: in this process
+    assert worker_devices("cuda:2", 0, 4) == []  # one named GPU: in this process
+    assert worker_devices("cuda", 1, 4) == []
+    assert worker_devices("cuda", 3, 2) == ["cuda:0", "cuda:1", "cuda:0"]  # round robin
+    assert worker_devices("cpu", 2, 0) == ["cpu", "cpu"]
+    assert worker_devices("cuda:1", 2, 4) == ["cuda:1", "cuda:1"]
+    with pytest.raises(UserError, match="--workers must be >= 0"):
+        worker_devices("cpu", -1, 0)
+
+
+def test_a_gpu_worker_sees_only_its_gpu():
+    assert pinned("cuda:1", None) == ({"CUDA_VISIBLE_DEVICES": "1"}, "cuda")
+    # this process already sees a subset: cuda:1 is the second of them, not physical GPU 1
+    assert pinned("cuda:1", "4,6") == ({"CUDA_VISIBLE_DEVICES": "6"}, "cuda")
+    assert pinned("cpu", "4,6", cpu_share=3) == ({"OMP_NUM_THREADS": "3"}, "cpu")
+    with pytest.raises(UserError, match="only 2 GPU"):
+        pinned("cuda:2", "4,6")
+
+
+# lr is the levels' lr, not pre-training's: the two lrs of one size share its pre-training stage
+SWEEP = ('command = "imp"\n[flags]\ndataset = "digits"\nsubset = "random"\nsteps = 2\n'
+         'levels = 1\ntrain_steps = 8\nbatch_size = 16\ndeterministic = true\n'
+         '[grid]\nsize = [32, 48]\nlr = [0.1, 0.05]\n')
+
+
+def test_two_workers_share_the_points_and_train_every_stage_once(data_root, tmp_path,
+                                                                  monkeypatch, run_cli):
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(SWEEP)
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv("LTHFAST_TRACE", str(trace))  # the workers inherit it
+    # one thread per worker on 2 cores, and then in this process: the same numbers need the
+    # same threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    common = ["--root", data_root, "--device", "cpu"]
+    code, out, err = run_cli(["sweep", sweep, "--workers", "2", "--out", tmp_path / "par",
+                              *common])
+    assert code == 0, err
+    par = json.loads(Path(out.split()[-1]).read_text())
+    assert par["workers"] == ["cpu", "cpu"]
+    assert [r["status"] for r in par["runs"]] == ["ok"] * 4
+    assert all(r["seconds"] > 0 for r in par["runs"])
+    assert "on cpu" in err and "4 of 4 done" in err
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    trained = [e for e in events if e["event"] == "train"]
+    # 2 pre-trainings (sizes) + 4 runs x 2 levels, each trained once: the two lrs of one size
+    # share its pre-training, so the workers met on that stage's lock
+    assert len(trained) == 10
+    assert len(list((tmp_path / "par").rglob("done.json"))) == 10
+    workers = {e["pid"] for e in trained}
+    assert len(workers) == 2 and os.getpid() not in workers  # both workers, not this process
+
+    trace.unlink()
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code, out, err = run_cli(["sweep", sweep, "--out", tmp_path / "seq", *common])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    seq = json.loads(Path(out.split()[-1]).read_text())
+    assert seq["workers"] == ["cpu"]
+    assert {e["pid"] for e in map(json.loads, trace.read_text().splitlines())} == {os.getpid()}
+    for a, b in zip(par["runs"], seq["runs"]):  # the same runs, the same numbers
+        assert a["flags"] == b["flags"] and Path(a["artifact"]).name == Path(b["artifact"]).name
+        rows = [json.loads((Path(r["artifact"]) / "results.json").read_text())["rows"]
+                for r in (a, b)]
+        assert rows[0] == rows[1]
+
+
+def test_workers_flag_is_checked(tmp_path, run_cli):
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(SWEEP)
+    for args, message in [(["--workers", "-1"], "--workers must be >= 0"),
+                          (["--workers", "2", "--launcher", "local"], "in-process launcher")]:
+        code, out, err = run_cli(["sweep", sweep, "--out", tmp_path / "o", *args])
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+        assert out == "" and not (tmp_path / "o").exists()
