@@ -12,7 +12,7 @@ collapses to digits (its points are then the same run, trained once). Cost flags
 leaves at their full-scale default (t_r = t*, 10 EL2N networks, 12 levels, ...) are set too.
 The result is checked point by point like any sweep file.
 
-    lthfast sweep sweeps/fig2_baselines_cifar10.toml --smoke   # 3 runs, ~15 s on 2 CPU cores
+    lthfast sweep sweeps/fig2_baselines_cifar10.toml --smoke   # 3 runs, ~20 s on 2 CPU cores
     lthfast sweep sweeps/fig2_3_cifar10.toml --smoke --dry-run # the 24 smoke commands
 """
 

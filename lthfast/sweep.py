@@ -18,9 +18,12 @@ not after a day of training. Runs call the Python API in this process one after 
 from a clean torch global state; a run that fails with a user error is reported and the sweep
 goes on; a diverged run is a result, not a failure; Ctrl-C stops the sweep and records the run
 as interrupted. Finished stages are skipped, so rerunning a sweep trains only what is missing.
-``--root``, ``--out`` and ``--device`` belong to the sweep command, not to the file.
+``--root``, ``--out`` and ``--device`` belong to the sweep command, not to the file. With several
+devices the points go to one worker process each (``lthfast.workers``); ``--smoke`` runs the
+same grid at CPU scale (``lthfast.smoke``). Each run's wall time goes into the sweep's record.
 
-    lthfast sweep sweeps/fig2_cifar10.toml --dry-run   # prints the 9 commands
+    lthfast sweep sweeps/fig2_3_cifar10.toml --dry-run          # prints the 24 commands
+    lthfast sweep sweeps/fig2_3_cifar10.toml --smoke --dry-run  # the same 24, at smoke scale
 """
 
 from __future__ import annotations

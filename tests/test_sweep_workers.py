@@ -100,3 +100,44 @@ def test_workers_flag_is_checked(tmp_path, run_cli):
         code, out, err = run_cli(["sweep", sweep, "--out", tmp_path / "o", *args])
         assert code == 2 and err.count("\n") == 1 and message in err, err
         assert out == "" and not (tmp_path / "o").exists()
+
+
+def test_ctrl_c_stops_the_workers_and_records_their_points_as_interrupted(data_root, tmp_path):
+    """SIGINT to the sweep alone (as a SIGTERM from a scheduler would be): it stops its workers,
+    records the points they ran as interrupted, exits 130; no worker is left running."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('command = "imp"\n[flags]\ndataset = "digits"\nsteps = 5\nlevels = 1\n'
+                     'train_steps = 400\nbatch_size = 32\n[grid]\nseed = [0, 1, 2]\n')
+    trace = tmp_path / "trace.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LTHFAST_")}
+    env |= {"LTHFAST_TRACE": str(trace), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lthfast", "sweep", str(sweep), "--workers",
+                             "2", "--device", "cpu", "--root", str(data_root), "--out",
+                             str(tmp_path / "out")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+    def training() -> set:
+        lines = trace.read_text().splitlines() if trace.exists() else []
+        return {e["pid"] for e in map(json.loads, lines) if e["event"] == "train"
+                and e["stage"] == "imp/replicate_0/level_0"}
+
+    deadline = time.time() + 120  # both workers in their first point's level 0
+    while time.time() < deadline and len(training()) < 2:
+        time.sleep(0.05)
+    workers = training()
+    assert len(workers) == 2, trace.read_text()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; rerun the same command to resume" in err
+    [summary] = (tmp_path / "out").glob("sweep_*.json")
+    runs = json.loads(summary.read_text())["runs"]
+    assert sorted(r["status"] for r in runs) == ["interrupted", "interrupted"]  # seed 2: never
+    assert {r["flags"]["seed"] for r in runs} == {0, 1}
+    for pid in workers:  # gone: the sweep waited for its workers
+        assert not Path(f"/proc/{pid}").exists()
