@@ -36,12 +36,12 @@ EMBEDDED = ("digits",)
 
 def runtime(root: str | Path = "datasets", out: str | Path = "runs", device: Optional[str] = None,
             deterministic: bool = False, compile: Optional[bool] = None,
-            checkpoint_every: int = 200, loader: str = "device", progress=None) -> Runtime:
+            checkpoint_every: int = 0, loader: str = "device", progress=None) -> Runtime:
     """How to run (never part of a run's identity), checked."""
     from .data.streams import STREAMS
 
     if checkpoint_every < 0:
-        raise UserError(f"--checkpoint-every must be >= 0 (0: never), got {checkpoint_every}")
+        raise UserError(f"--checkpoint-every must be >= 0 (0: by wall time only), got {checkpoint_every}")
     STREAMS.lookup(loader)
     check_device(device or default_device())
     return Runtime(root=Path(root), out=Path(out), device=device or default_device(),

@@ -28,8 +28,9 @@ DEVICE = typer.Option(None, "--device", help="cuda or cpu (default: cuda if avai
 # metavar "": a switch takes no value, so help shows none (typer would print "<bool>")
 DETERMINISTIC = typer.Option(False, "--deterministic", metavar="",
                              help="deterministic kernels (CPU: bit-exact reruns)")
-CHECKPOINT_EVERY = typer.Option(200, "--checkpoint-every", envvar="LTHFAST_CHECKPOINT_EVERY",
-                                help="iterations between checkpoints of a training stage (0: never)")
+CHECKPOINT_EVERY = typer.Option(0, "--checkpoint-every", envvar="LTHFAST_CHECKPOINT_EVERY",
+                                help="iterations between checkpoints of a training stage, besides "
+                                     "one every 5 minutes of training (0: by time only)")
 LOADER = typer.Option("device", "--loader", envvar="LTHFAST_LOADER",
                       help="device (lthfast's device-resident loader) or ffcv (stock ffcv Loaders "
                            "over the betons, for comparison; no label noise, not deterministic)")

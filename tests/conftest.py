@@ -12,6 +12,15 @@ import torch
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """A stock ffcv Loader sets torch's global thread count to its num_workers; a test that
+    builds one must not leave the next test training on other threads (its float reductions,
+    hence its numbers, would change with test order)."""
+    yield
+    torch.set_num_threads(2)
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
     from lthfast.data.build import build_dataset

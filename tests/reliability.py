@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-CHECKPOINT_EVERY = "5"  # via LTHFAST_CHECKPOINT_EVERY: the Runtime default (200) exceeds these runs
+CHECKPOINT_EVERY = "5"  # via LTHFAST_CHECKPOINT_EVERY: by default checkpoints come every 5 minutes
 SEED = int(os.environ.get("LTHFAST_TEST_SEED", "20240607"))  # kill delays; shown on failure
 
 # pre-training: steps [0, 20); every level: steps [20, 60); checkpoints every 5 steps

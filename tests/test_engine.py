@@ -14,6 +14,7 @@ from lthfast.prune.magnitude import full_masks, prune
 from lthfast.train.evaluate import predict, summary
 from lthfast.train.hooks import Hook
 from lthfast.train.loop import LoopConfig, train
+from lthfast.train.optim import unflatten
 from lthfast.train.schedule import Schedule
 
 
@@ -135,7 +136,7 @@ def test_packed_training_equals_sequential(digits, execution):
 @pytest.mark.parametrize("execution", ["grouped", "looped"])
 def test_packed_models_with_own_lr_weight_decay_and_mask_equal_separate_runs(digits, execution):
     """Each packed model its own schedule (one with warmup), weight decay and pruning mask
-    (PackedSGD), against K separate runs of torch.optim.SGD; float64, as above."""
+    (FusedSGD's per-element path), against K separate runs; float64, as above."""
     seeds = [StreamSeeds(10, 20), StreamSeeds(30, 40), StreamSeeds(50, 60)]
     schedules = (Schedule(0.05, (8,)), Schedule(0.1, (6,), warmup=4), Schedule(0.02))
     decays = (1e-4, 5e-3, 0.0)
@@ -159,7 +160,7 @@ def test_packed_models_with_own_lr_weight_decay_and_mask_equal_separate_runs(dig
             assert torch.all(got[name][mask == 0] == 0)
 
 
-@pytest.mark.parametrize("decays", [1e-4, (1e-4, 2e-4)], ids=["SGD", "PackedSGD"])
+@pytest.mark.parametrize("decays", [1e-4, (1e-4, 2e-4)], ids=["shared", "per-model"])
 def test_pruned_momentum_stays_zero_and_training_continues_from_returned_state(digits, decays):
     seeds = [StreamSeeds(0, 1), StreamSeeds(2, 3)]
     _, stream = digits_stream(digits, seeds)
@@ -178,7 +179,7 @@ def test_pruned_momentum_stays_zero_and_training_continues_from_returned_state(d
 
     whole, result = run([(0, 9)])
     params = dict(whole.named_parameters())
-    buffers = [s["momentum_buffer"] for s in result.optimizer_state["state"].values()]
+    buffers = unflatten(result.optimizer_state["momentum"], list(whole.parameters()))
     assert len(buffers) == len(params)
     names = list(params)  # the optimizer's state is keyed by parameter order
     for i, buf in enumerate(buffers):

@@ -107,14 +107,21 @@ class DeviceData:
         overlapping rows of 3·run bytes, one starting at every pixel, makes the crop one
         ``index_select`` of rows (a memcpy each on the CPU) instead of a gather of single bytes.
         """
-        b, k = idx.shape
+        return self.gather_at(self.first_pixels(idx, dy, dx, flip), out)
+
+    def first_pixels(self, idx, dy, dx, flip):
+        """Table offset (in pixels) of each crop's first pixel, from torch tensors or numpy
+        arrays alike (integer arithmetic: both give the same numbers). Flipped crops come from
+        the mirrored copy (an index out of range, hence an error, if the spec has no flips)."""
         p = self.augment.pad
-        wp = self.w + 2 * p
+        where = torch.where if isinstance(idx, torch.Tensor) else np.where
+        image, col = idx + self.n * flip, where(flip, 2 * p - dx, dx)
+        return (image * (self.h + 2 * p) + dy) * (self.w + 2 * p) + col
+
+    def gather_at(self, first: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The crops whose first pixels are ``first`` (B×K, from ``first_pixels``)."""
+        b, k = first.shape
         run = self.w if k == 1 else 1
-        # First pixel of each crop; flipped crops come from the mirrored copy (an index out of
-        # range, hence an error, if the spec has no flips).
-        image, col = idx + self.n * flip, torch.where(flip, 2 * p - dx, dx)
-        first = (image * (self.h + 2 * p) + dy) * wp + col                         # B×K
         starts = first[:, None, None, :] + self._run_offsets[run][None, :, :, None]  # B×H×W/run×K
         flat = self.table.view(-1)
         runs = flat.as_strided((flat.numel() // 3 - run + 1, 3 * run), (3, 1))
@@ -149,6 +156,8 @@ class StreamSeeds:
 class BatchStream:
     """Batches for K models, each with its own index array, order seed and augmentation seed."""
 
+    chunk_steps = 32  # steps drawn per host-to-device copy (any value gives the same batches)
+
     def __init__(self, data: DeviceData, indices: Sequence[np.ndarray], seeds: Sequence[StreamSeeds],
                  batch_size: int, augment: bool = True):
         assert len(indices) == len(seeds) and len(indices) >= 1
@@ -157,6 +166,7 @@ class BatchStream:
         self.seeds = list(seeds)
         self.k = len(indices)
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+        self._cached_chunk = None
         # The uint8 crops live only until normalised, so one buffer serves every batch: on the
         # CPU, fresh memory each batch can cost page faults that take longer than the gather.
         self._crops = torch.empty(batch_size * data.h * data.w * 3 * self.k, dtype=torch.uint8,
@@ -187,6 +197,10 @@ class BatchStream:
 
     def augment_params(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Crop offsets and flips for batch ``step``: B×K each, from per-model seeded generators."""
+        to = lambda a: host_to_device(a, self.data.device)
+        return tuple(to(a) for a in self._augment_arrays(step))
+
+    def _augment_arrays(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         spec, b = self.data.augment, self.batch_size
         dys, dxs, flips = [], [], []
         for m in range(self.k):
@@ -198,15 +212,28 @@ class BatchStream:
                 dy = dx = np.full(b, spec.pad)
                 flip = np.zeros(b, dtype=bool)
             dys.append(dy), dxs.append(dx), flips.append(flip)
-        to = lambda a: host_to_device(np.stack(a, 1), self.data.device)
-        return to(dys), to(dxs), to(flips)
+        return np.stack(dys, 1), np.stack(dxs, 1), np.stack(flips, 1)
+
+    def _chunk(self, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Dataset indices, labels and crop starts of steps [chunk·C, (chunk+1)·C), C×B×K each,
+        drawn on the host as ``step_indices`` / ``augment_params`` define them and sent to the
+        device in one copy, so a step itself only slices them: no host work, no copy."""
+        if self._cached_chunk is None or self._cached_chunk[0] != chunk:
+            steps = range(chunk * self.chunk_steps, (chunk + 1) * self.chunk_steps)
+            idx = np.stack([self.step_indices(s).T for s in steps])
+            aug = [self._augment_arrays(s) for s in steps]
+            dy, dx, flip = (np.stack([a[i] for a in aug]) for i in range(3))
+            both = host_to_device(np.stack([idx, self.data.first_pixels(idx, dy, dx, flip)]),
+                                  self.data.device)
+            self._cached_chunk = (chunk, both[0], self.data.labels[both[0]], both[1])
+        return self._cached_chunk[1:]
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x: B×3K×H×W float, y: B×K labels, idx: B×K dataset indices) for batch ``step``."""
-        idx = host_to_device(np.ascontiguousarray(self.step_indices(step).T), self.data.device)
-        dy, dx, flip = self.augment_params(step)
-        x = self.data.normalise(self.data.gather(idx, dy, dx, flip, out=self._crops), self.k)
-        return x, self.data.labels[idx], idx
+        chunk, row = divmod(step, self.chunk_steps)
+        idx, labels, first = self._chunk(chunk)
+        x = self.data.normalise(self.data.gather_at(first[row], out=self._crops), self.k)
+        return x, labels[row], idx[row]
 
     def __iter__(self) -> Iterator:
         step = 0

@@ -38,7 +38,8 @@ class Runtime:
     deterministic: bool = False
     compile: Optional[bool] = None  # None: on for CUDA, off for CPU
     amp: Optional[bool] = None  # None: bf16 autocast on CUDA
-    checkpoint_every: int = 200
+    checkpoint_every: int = 0  # steps between checkpoints; 0: by wall time only
+    checkpoint_seconds: float = 300.0  # a checkpoint every 5 minutes of training, whatever the speed
     log_every: int = 50
     loader: str = "device"  # a name in lthfast.data.streams.STREAMS
     progress: Optional[ProgressFn] = None
@@ -170,6 +171,7 @@ def run_training(ctx: Context, model: PackedResNet, data: DeviceData,
                      weight_decay=decays[0] if len(set(decays)) == 1 else decays,
                      start_step=start, end_step=first.steps, momentum=first.momentum,
                      log_every=rt.log_every, checkpoint_every=rt.checkpoint_every,
+                     checkpoint_seconds=rt.checkpoint_seconds,
                      compile=rt.use_compile, amp=rt.use_amp)
     progress = None
     if rt.progress is not None:

@@ -82,11 +82,8 @@ class PackedResNet(nn.Module):
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 >= 8, got {depth}")
-        if execution not in EXECUTIONS and execution != "auto":
-            raise ValueError(f"unknown execution '{execution}' (known: auto, {', '.join(EXECUTIONS)})")
         n = (depth - 2) // 6
         self.depth, self.num_classes, self.k, self.widths = depth, num_classes, k, tuple(widths)
-        self.execution = execution
         self.stem = PackedConv(k, 3, widths[0], 3)
         self.stem_bn = nn.BatchNorm2d(k * widths[0])
         blocks, c_in = [], widths[0]
@@ -97,8 +94,22 @@ class PackedResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.fc = PackedLinear(k, c_in, num_classes)
         self.reset_parameters()
-        if k > 1 or execution == "looped":  # here, not in forward: compile cannot trace its making
-            self.__dict__["_twin_model"] = PackedResNet(depth, num_classes, 1, widths, "grouped")
+        self.execution = execution
+
+    @property
+    def execution(self) -> str:
+        return self._execution
+
+    @execution.setter
+    def execution(self, value: str) -> None:
+        if value not in EXECUTIONS and value != "auto":
+            raise ValueError(f"unknown execution '{value}' (known: auto, {', '.join(EXECUTIONS)})")
+        self._execution = value
+        # The looped execution's K=1 twin is made here, never in forward: torch.compile cannot
+        # trace the making of parameters (fullgraph fails), so it must exist before any call.
+        if (self.k > 1 or value == "looped") and "_twin_model" not in self.__dict__:
+            self.__dict__["_twin_model"] = PackedResNet(self.depth, self.num_classes, 1,
+                                                        self.widths, "grouped")
 
     def reset_parameters(self, seeds: list[int] | None = None) -> None:
         """Initialise each packed model from its own seed, as the lottery-ticket codebases do.

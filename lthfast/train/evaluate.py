@@ -11,19 +11,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .compiled import compiled_forward
+
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, data, batch_size: int = 1024, amp: bool = False) -> torch.Tensor:
-    """Logits of every example of ``data`` (a DeviceData) for every packed model: K×N×C float32."""
+def predict(model: torch.nn.Module, data, batch_size: int = 1024, amp: bool = False,
+            compile: bool = False) -> torch.Tensor:
+    """Logits of every example of ``data`` (a DeviceData) for every packed model: K×N×C float32.
+    ``compile``: through the process's compiled evaluation forward (never the training one)."""
     was_training = model.training
     model.eval()
     k = model.k
     device = data.device
+    forward = compiled_forward(model, "eval") if compile else model
     outs = []
     for start in range(0, data.n, batch_size):
         x, _ = data.eval_batch(start, min(start + batch_size, data.n), k)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            outs.append(model(x).float())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            outs.append(forward(x).float())
     model.train(was_training)
     return torch.cat(outs).permute(1, 0, 2).contiguous()
 

@@ -8,17 +8,22 @@ resume bit-exactly; it also holds the pruning masks (a checkpoint resumes only t
 written for) and torch's RNG state (for hooks or layers that draw from it).
 
 Each packed model may have its own schedule and weight decay (``LoopConfig`` takes a tuple of
-them); the update is then ``lthfast.train.optim.PackedSGD``, otherwise ``torch.optim.SGD``.
+them). The update is ``lthfast.train.optim.FusedSGD``: torch.optim.SGD's arithmetic as a few
+whole-model ops, with the pruning masks folded in.
 
 Speed choices and why:
 - data are already on the device, augmented per batch (see ``lthfast.data.loader``);
 - channels_last activations (the loader emits them): faster convs on GPU and on oneDNN;
-- bf16 autocast on CUDA only, with fp32 master weights (fp16/bf16 weights would round away the
-  1e-4 weight decay); under autocast BatchNorm keeps fp32 running statistics but returns bf16
-  activations, and the loss is computed from fp32 logits;
-- optional ``torch.compile`` of the model (default on for CUDA);
-- no host sync in the step: losses and the divergence flag accumulate on the device and are read
-  only every ``log_every`` steps.
+- bf16 autocast when ``amp`` is set (the runtime sets it on CUDA; the CPU runs it only when
+  asked, as a test does), with fp32 master weights (fp16/bf16 weights would round away the 1e-4
+  weight decay). Under autocast, convolutions and the linear layer run in bf16; BatchNorm
+  normalises in fp32 and keeps fp32 running statistics, but returns bf16 activations (the dtype
+  of its input); the loss is computed from the logits cast to fp32;
+- optional ``torch.compile`` of the forward, once per process (``lthfast.train.compiled``);
+- no host sync in the step: the K losses go to a device buffer, read every ``log_every`` steps
+  (``lthfast.train.tracker``); the learning rates are Python scalars, or a device vector when the
+  models differ;
+- checkpoints by wall time (``checkpoint_seconds``) and/or every ``checkpoint_every`` steps.
 
     python -c "import lthfast.train.loop as l; help(l.train)"
 """
@@ -26,6 +31,8 @@ Speed choices and why:
 from __future__ import annotations
 
 import math
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -36,9 +43,11 @@ import torch.nn.functional as F
 from ..errors import UserError
 from ..prune.magnitude import Masks
 from . import checkpoint as ckpt
+from .compiled import compiled_forward
 from .hooks import Hook
-from .optim import make_optimizer, optimizer_step
+from .optim import FusedSGD, masks_for
 from .schedule import Schedule
+from .tracker import LossTracker
 
 # progress(step, end_step, per-model mean losses or None)
 Progress = Callable[[int, int, Optional[list[float]]], None]
@@ -54,9 +63,10 @@ class LoopConfig:
     momentum: float = 0.9
     weight_decay: Union[float, tuple[float, ...]] = 1e-4
     log_every: int = 100
-    checkpoint_every: int = 0  # 0: no periodic checkpoints
+    checkpoint_every: int = 0  # steps between checkpoints; 0: not by steps
+    checkpoint_seconds: float = 0.0  # wall time between checkpoints; 0: not by time
     compile: bool = False
-    amp: bool = False  # bf16 autocast; only used on CUDA
+    amp: bool = False  # bf16 autocast (on any device: the runtime decides when)
 
     def per_model(self, k: int) -> tuple[list[Schedule], list[float]]:
         """K schedules and K weight decays."""
@@ -82,20 +92,12 @@ class LoopResult:
         return bool(self.diverged) and all(d is not None for d in self.diverged)
 
 
-def apply_masks(model: torch.nn.Module, masks: Optional[Masks],
-                optimizer: Optional[torch.optim.Optimizer] = None) -> None:
-    """Zero pruned weights and their momentum, so they stay exactly zero after every update."""
-    if not masks:
-        return
+def apply_masks(model: torch.nn.Module, masks: Optional[Masks]) -> None:
+    """Zero pruned weights (training keeps them zero: ``FusedSGD`` masks every update)."""
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, mask in masks.items():
-            p = params[name]
-            p.mul_(mask)
-            if optimizer is not None:
-                buf = optimizer.state.get(p, {}).get("momentum_buffer")
-                if buf is not None:
-                    buf.mul_(mask)
+        for name, mask in (masks or {}).items():
+            params[name].mul_(mask)
 
 
 def check_same_masks(saved: Optional[Masks], given: Optional[Masks], path: Path) -> None:
@@ -134,94 +136,81 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
     k = stream.k
     schedules, decays = cfg.per_model(k)
     lrs_at = lambda t: [s.lr_at(t) for s in schedules]
-    opt = make_optimizer(model.parameters(), k, lrs_at(cfg.start_step), cfg.momentum, decays)
-    if optimizer_state is not None:
-        opt.load_state_dict(optimizer_state)
     step = cfg.start_step
-    loss_sum = torch.zeros(k, device=device)
-    loss_count = torch.zeros(k, device=device)  # finite losses only: a diverged model's mean
-    # is over the steps it still had a loss, not diluted by the steps after
-    # Divergence bookkeeping stays on the device: the first non-finite step of each model and
-    # its loss one step before (NaN: the model never had a finite loss in this run).
-    first_bad = torch.full((k,), -1, dtype=torch.long, device=device)
-    last_finite = torch.full((k,), math.nan, device=device)
+    tracker = LossTracker(k, cfg.log_every, device, step)
     result = LoopResult(step=step, mean_losses=[math.nan] * k, diverged=[None] * k)
 
     state = ckpt.load_resumable(checkpoint_path, map_location=device) if checkpoint_path else None
+    if state is not None and "tracker" not in state:
+        warnings.warn(f"{checkpoint_path} was written by an older lthfast; training this stage "
+                      f"from its start")
+        state = None
     if state is not None:
-        if "masks" in state:  # checkpoints from before masks were saved resume unchecked
-            check_same_masks(state["masks"], masks, checkpoint_path)
+        check_same_masks(state["masks"], masks, checkpoint_path)
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, loss_count = state["step"], state["loss_count"].to(device)
-        loss_sum, first_bad = state["loss_sum"].to(device), state["first_bad"].to(device)
-        last_finite = state["last_finite"].to(device)
-        result.log, result.diverged = state["log"], state["diverged"]
+        step, result.log = state["step"], state["log"]
+        tracker.load_state_dict(state["tracker"])
         for hook, hook_state in zip(hooks, state["hooks"]):
             hook.load_state_dict(hook_state)
         if state.get("rng") is not None:
             torch.set_rng_state(state["rng"].cpu())
-    apply_masks(model, masks, opt)
+        optimizer_state = state["optimizer"]
+    # made after the model's weights are final: it keeps a master copy of them (masked)
+    opt = FusedSGD(list(model.parameters()), k, cfg.momentum, masks_for(model, masks))
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
     param_dtype = next(model.parameters()).dtype  # float32; tests also train in float64
 
-    forward = torch.compile(model) if cfg.compile else model
-    use_amp = cfg.amp and device.type == "cuda"
+    forward = compiled_forward(model, "train") if cfg.compile else model
     grad_hooks = [h for h in hooks if h.wants_gradients]
+    saved_at = time.monotonic()
     model.train()
     while step < cfg.end_step:
         lrs = lrs_at(step)
         x, y, idx = stream.batch(step)
         x = x.to(param_dtype)  # a no-op unless the model is not float32
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             logits = forward(x)
         losses = per_model_loss(logits, y)
         losses.sum().backward()  # sum over models: each model's gradient is its own mean loss's
         for hook in grad_hooks:
             hook.after_backward(step, model)
-        optimizer_step(opt, lrs, decays)
-        opt.zero_grad(set_to_none=True)
-        apply_masks(model, masks, opt)
+        opt.step(lrs, decays)
         if hooks:
             detached_logits = logits.detach()
             for hook in hooks:
                 hook.on_batch(step, detached_logits, y, idx)
-
-        detached = losses.detach()
-        bad = ~torch.isfinite(detached)
-        healthy = first_bad < 0
-        first_bad = torch.where(bad & healthy, torch.full_like(first_bad, step), first_bad)
-        last_finite = torch.where(healthy & ~bad, detached.to(last_finite.dtype), last_finite)
-        loss_sum += torch.where(bad, torch.zeros_like(detached), detached)
-        loss_count += (~bad).to(loss_count.dtype)
+        tracker.record(losses)
         step += 1
 
-        at_log = step % cfg.log_every == 0 or step == cfg.end_step
-        if at_log:  # the only host sync in the loop
-            means = (loss_sum / loss_count).tolist()  # NaN for a model with no finite loss
-            bad_steps, finite = first_bad.tolist(), last_finite.tolist()
-            for m in range(k):
-                if bad_steps[m] >= 0 and result.diverged[m] is None:
-                    lf = finite[m] if math.isfinite(finite[m]) else None
-                    result.diverged[m] = {"step": bad_steps[m], "last_finite_loss": lf}
+        if step % cfg.log_every == 0 or step == cfg.end_step:  # the only host sync in the loop
+            means = tracker.read()
+            result.diverged = list(tracker.diverged)
             lr = lrs[0] if len(set(lrs)) == 1 else lrs  # a list only when the models differ
             result.log.append({"step": step, "lr": lr, "loss": means})
             result.mean_losses = means
-            loss_sum.zero_()
-            loss_count.zero_()
             if progress is not None:
                 progress(step, cfg.end_step, means)
             if result.all_diverged:
                 break
-        if checkpoint_path is not None and cfg.checkpoint_every and (
-                step % cfg.checkpoint_every == 0) and step < cfg.end_step:
+        if checkpoint_path is not None and step < cfg.end_step and checkpoint_due(
+                cfg, step, saved_at):
             ckpt.save(checkpoint_path, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "loss_sum": loss_sum, "loss_count": loss_count, "first_bad": first_bad,
-                "log": result.log, "last_finite": last_finite, "diverged": result.diverged,
+                "tracker": tracker.state_dict(), "log": result.log,
                 "hooks": [hook.state_dict() for hook in hooks],
                 # nothing in the step draws from torch's RNG today (batches are a function of
                 # the step); saved so that a hook or layer that does resumes identically too
                 "rng": torch.get_rng_state(), "masks": masks})
+            saved_at = time.monotonic()
     result.step = step
+    result.diverged = list(tracker.diverged)
     result.optimizer_state = opt.state_dict()
     return result
+
+
+def checkpoint_due(cfg: LoopConfig, step: int, saved_at: float) -> bool:
+    """Every ``checkpoint_every`` steps, and every ``checkpoint_seconds`` of wall time."""
+    by_step = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+    by_time = cfg.checkpoint_seconds and time.monotonic() - saved_at >= cfg.checkpoint_seconds
+    return bool(by_step or by_time)

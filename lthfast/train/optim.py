@@ -1,82 +1,172 @@
-"""SGD for K packed models, each with its own learning rate and weight decay.
+"""SGD with momentum for K packed models as a handful of whole-model ops, pruning masks folded in.
 
-For a packed parameter p (model k owns rows k·r .. (k+1)·r − 1 of its leading dimension), with
-model k's lr η_k and weight decay λ_k, ``PackedSGD.step`` applies torch.optim.SGD's update
-(momentum μ, no dampening, no Nesterov) to model k's rows:
+``FusedSGD`` keeps a flat master copy of every trainable parameter (each parameter's elements in
+its memory order, one after another) and its momentum in one flat buffer of the same length. A
+step is then the same few element-wise ops whatever the depth, width or K:
 
-    d = ∇p + λ_k p;   b = μ b + d   (b = d at the first step);   p ← p − η_k b
+    g = cat(grads) · mask;   d = g + λ p;   b = μ b + d   (b = d at the first step);
+    p ← p − η b;             copy p back into the parameters (one multi-tensor copy)
 
-so packed models with different hyperparameters (warmup sweeps, lr grids) train exactly as K
-separate ``torch.optim.SGD`` runs would. ``make_optimizer`` returns plain ``torch.optim.SGD``
-when all K share lr and weight decay (its fused multi-tensor paths are faster), and
-``PackedSGD`` otherwise; both keep the same state_dict layout (``momentum_buffer`` per
-parameter), so masks and checkpoints treat them alike.
+which is ``torch.optim.SGD``'s update (momentum μ, no dampening, no Nesterov) applied to every
+element. Per-model learning rates and weight decays (warmup sweeps, lr grids) enter as K-vectors
+expanded once per change to one value per element (model k owns a contiguous block of every
+packed parameter, so the expansion is a gather by a precomputed model index), kept on the
+device: the step then reads them with ``addcmul`` instead of a Python scalar, and never waits
+for the host. With masks, the gradient is masked before it touches the momentum, so pruned
+weights and their momentum stay exactly zero without a separate masking pass.
 
-    python -c "import lthfast.train.optim as o; help(o.PackedSGD)"
+Why not ``torch.optim.SGD`` + a masking pass: that is 4 foreach ops plus 2 ops per masked
+tensor (44 for ResNet-20); the per-row ``PackedSGD`` it replaces was 6 ops per parameter
+(392 per ResNet-20 step, 130 of them ``repeat_interleave`` copies). Counted in
+``tests/test_step_budget.py``; figures in BENCHMARKS.md.
+
+    python -c "import lthfast.train.optim as o; help(o.FusedSGD)"
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Optional, Sequence
 
 import torch
 
+from ..prune.magnitude import Masks
 
-class PackedSGD(torch.optim.Optimizer):
-    """SGD whose lr and weight decay are per packed model, given to ``step`` as K-vectors."""
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], k: int, momentum: float = 0.9):
-        super().__init__(params, {"lr": 0.0, "momentum": momentum, "weight_decay": 0.0})
-        self.k = k
+def memory_order(t: torch.Tensor, like: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``t``'s elements as 1-D, in the memory order of ``like`` (default: ``t``): a view when
+    the strides agree (channels_last weights flatten without a copy), else a copy. Gradients and
+    masks are flattened in their parameter's order, whatever their own strides."""
+    like = t if like is None else like
+    perm = sorted(range(like.dim()), key=lambda d: -like.stride(d))
+    return t.permute(perm).reshape(-1)
 
-    def _as_tensors(self, lrs, weight_decays, like: torch.Tensor):
-        """The K-vectors on the device, copied only when they change (a copy to a GPU from
-        pageable memory waits for the GPU): schedules change lr at milestones and in warmup."""
-        key = (tuple(lrs), tuple(weight_decays), like.device, like.dtype)
-        if getattr(self, "_cached_key", None) != key:
-            self._cached_key = key
-            self._cached = (torch.tensor(key[0], dtype=like.dtype, device=like.device),
-                            torch.tensor(key[1], dtype=like.dtype, device=like.device))
-        return self._cached
 
-    def _per_row(self, values: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """K values -> one per leading row of p, shaped to broadcast over p."""
-        rows = p.shape[0] // self.k
-        return values.repeat_interleave(rows).view(-1, *([1] * (p.dim() - 1)))
+def like_param(flat: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """A view of ``flat`` (p.numel() elements, in p's memory order) with p's shape and strides."""
+    return flat.as_strided(p.shape, p.stride(), flat.storage_offset())
+
+
+def unflatten(flat: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of a flat buffer (e.g. the momentum of a ``state_dict``) shaped like ``params``."""
+    views, offset = [], 0
+    for p in params:
+        views.append(like_param(flat[offset : offset + p.numel()], p))
+        offset += p.numel()
+    return views
+
+
+class FusedSGD:
+    """SGD for the K packed models of ``params``: one flat master copy, one flat momentum."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], k: int, momentum: float = 0.9,
+                 masks: Optional[Sequence[Optional[torch.Tensor]]] = None):
+        self.params = [p for p in params if p.requires_grad]
+        if len({p.dtype for p in self.params}) != 1 or len({p.device for p in self.params}) != 1:
+            raise ValueError("FusedSGD needs parameters of one dtype on one device")
+        for p in self.params:  # model k's elements must be block k of p's memory
+            outermost = p.dim() > 0 and max(range(p.dim()), key=p.stride) == 0
+            if not outermost or p.shape[0] % k:
+                raise ValueError(f"a packed parameter must hold K equal blocks along dim 0 "
+                                 f"(shape {tuple(p.shape)}, K={k})")
+        self.k, self.momentum = k, momentum
+        self.sizes = [p.numel() for p in self.params]
+        with torch.no_grad():
+            self.flat = torch.cat([memory_order(p.detach()) for p in self.params])
+        self.views = unflatten(self.flat, self.params)
+        self.mask: Optional[torch.Tensor] = None
+        if masks is not None and any(m is not None for m in masks):
+            self.mask = torch.cat([memory_order(m.to(self.flat.device, self.flat.dtype), p) if m is not None
+                                   else self.flat.new_ones(p.numel()) for m, p in zip(masks, self.params)])
+            self.flat.mul_(self.mask)
+            self._write_back()
+        self.buf: Optional[torch.Tensor] = None  # momentum; None until the first step
+        self._model_of: Optional[torch.Tensor] = None
+        self._expanded: dict[str, tuple[tuple[float, ...], torch.Tensor]] = {}
+
+    # -- per-model hyperparameters ------------------------------------------------------------
+
+    def _per_element(self, name: str, values: Sequence[float]) -> torch.Tensor:
+        """K values -> one per element of ``flat``, on the device; rebuilt only when they change
+        (at milestones, and every step of a warmup)."""
+        key = tuple(float(v) for v in values)
+        cached = self._expanded.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if self._model_of is None:  # model k owns block k of each parameter's K equal blocks
+            self._model_of = torch.cat([
+                torch.arange(self.k, device=self.flat.device).repeat_interleave(n // self.k)
+                for n in self.sizes])
+        vector = torch.tensor(key, dtype=self.flat.dtype)
+        if self.flat.device.type == "cuda":  # pinned + non_blocking: queued, no wait for the GPU
+            vector = vector.pin_memory()
+        vector = vector.to(self.flat.device, non_blocking=True)
+        expanded = vector.index_select(0, self._model_of)
+        self._expanded[name] = (key, expanded)
+        return expanded
+
+    # -- the step -----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def step(self, lrs: Sequence[float], weight_decays: Sequence[float]) -> None:  # type: ignore[override]
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            lr, wd = self._as_tensors(lrs, weight_decays, params[0])
-            for p in params:
-                d = p.grad.addcmul(p, self._per_row(wd, p))
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    buf = state["momentum_buffer"] = d.clone()
-                else:
-                    buf.mul_(group["momentum"]).add_(d)
-                p.addcmul_(buf, self._per_row(lr, p), value=-1.0)
+    def step(self, lrs: Sequence[float], weight_decays: Sequence[float]) -> None:
+        """One update at this step's K learning rates and weight decays; leaves grads as None."""
+        g = torch.cat([memory_order(p.grad if p.grad is not None else torch.zeros_like(p), p)
+                       for p in self.params])
+        for p in self.params:
+            p.grad = None
+        if self.mask is not None:
+            g.mul_(self.mask)
+        shared = len(set(lrs)) == 1 and len(set(weight_decays)) == 1
+        if shared:  # Python scalars: torch.optim.SGD's exact arithmetic, nothing to expand
+            if weight_decays[0]:
+                g.add_(self.flat, alpha=weight_decays[0])
+        else:
+            g.addcmul_(self.flat, self._per_element("wd", weight_decays))
+        if self.buf is None:
+            self.buf = g
+        else:
+            self.buf.mul_(self.momentum).add_(g)
+        if shared:
+            self.flat.add_(self.buf, alpha=-lrs[0])
+        else:
+            self.flat.addcmul_(self.buf, self._per_element("lr", lrs), value=-1.0)
+        self._write_back()
+
+    def _write_back(self) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_([p.data for p in self.params], self.views)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """The momentum (flat, or None before the first step): all a continuation needs."""
+        return {"momentum": None if self.buf is None else self.buf.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """A ``state_dict`` of this class, or of ``torch.optim.SGD`` over the same parameters
+        (checkpoints written before FusedSGD existed)."""
+        if "momentum" in state:
+            buf = state["momentum"]
+        else:
+            per_param = [state["state"].get(i, {}).get("momentum_buffer")
+                         for i in range(len(self.params))]
+            buf = None if any(b is None for b in per_param) else torch.cat(
+                [memory_order(b, p) for b, p in zip(per_param, self.params)])
+        if buf is not None:
+            if buf.numel() != self.flat.numel():
+                raise ValueError(f"momentum of {buf.numel()} elements for {self.flat.numel()}")
+            buf = buf.to(self.flat.device, self.flat.dtype).clone()
+            if self.mask is not None:
+                buf.mul_(self.mask)
+        self.buf = buf
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], k: int, lrs: Sequence[float],
-                   momentum: float, weight_decays: Sequence[float]) -> torch.optim.Optimizer:
-    """torch.optim.SGD when the K models share lr and weight decay, else PackedSGD."""
-    if len(set(lrs)) == 1 and len(set(weight_decays)) == 1:
-        return torch.optim.SGD(params, lr=lrs[0], momentum=momentum,
-                               weight_decay=weight_decays[0])
-    return PackedSGD(params, k, momentum)
 
-
-def optimizer_step(opt: torch.optim.Optimizer, lrs: Sequence[float],
-                   weight_decays: Sequence[float]) -> None:
-    """One update at this step's lrs (one per model; equal for torch.optim.SGD)."""
-    if isinstance(opt, PackedSGD):
-        opt.step(lrs, weight_decays)
-        return
-    for group in opt.param_groups:
-        group["lr"] = lrs[0]
-    opt.step()
+def masks_for(model: torch.nn.Module, masks: Optional[Masks]) -> Optional[list]:
+    """The masks in ``model.parameters()`` order (None for unpruned parameters)."""
+    if not masks:
+        return None
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    unknown = set(masks) - set(names)
+    if unknown:
+        raise KeyError(f"masks for unknown parameters: {sorted(unknown)}")
+    return [masks.get(n) for n in names]
