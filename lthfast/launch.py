@@ -14,6 +14,7 @@ the rerun resumes from the stage's last checkpoint).
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,24 @@ class RunPoint:
         return submitit.helpers.DelayedSubmission(self, *args)
 
 
-def _executor(cluster: str, folder: Path, options: LaunchOptions):
+def local_gpus(device: str, cuda_count: int, visible: Optional[str]) -> list[int]:
+    """The GPUs (as submitit's ``visible_gpus`` names them: indices of the machine) that local
+    jobs are spread over, one GPU each, round robin; [] for CPU runs. submitit's local executor
+    hides every GPU from a job that asks for none (CUDA_VISIBLE_DEVICES=""), so a job on
+    ``cuda`` must ask for one."""
+    from .workers import pinned
+
+    if not device.startswith("cuda"):
+        return []
+    devices = [device] if ":" in device else [f"cuda:{i}" for i in range(cuda_count)]
+    ids = [pinned(d, visible)[0]["CUDA_VISIBLE_DEVICES"] for d in devices]
+    if not all(i.isdigit() for i in ids):
+        raise UserError(f"--launcher local pins jobs to GPUs by index; CUDA_VISIBLE_DEVICES="
+                        f"{visible} names them otherwise")
+    return [int(i) for i in ids]
+
+
+def _executor(cluster: str, folder: Path, options: LaunchOptions, gpu: Optional[int] = None):
     try:
         import submitit
     except ImportError:
@@ -81,6 +99,9 @@ def _executor(cluster: str, folder: Path, options: LaunchOptions):
                    "gpus_per_node": options.gpus_per_task}
         if options.partition:
             params["slurm_partition"] = options.partition
+    if gpu is not None:  # local: this job's one GPU (the controller's shell exports it; the
+        # AutoExecutor does not pass on the local executor's own visible_gpus)
+        params["local_setup"] = [f"export CUDA_VISIBLE_DEVICES={gpu}"]
     executor.update_parameters(**params)
     return executor
 
@@ -93,9 +114,19 @@ def _submit(cluster: str) -> Callable:
         runtime = {f.name: getattr(rt, f.name) for f in dataclasses.fields(rt)
                    if f.name != "progress"}  # a terminal's progress bar does not travel
         folder = Path(options.logs or Path(rt.out) / "submitit")
-        executor = _executor(cluster, folder, options)
-        jobs = executor.map_array(RunPoint(), [spec.command] * len(points), points,
-                                  [runtime] * len(points))
+        gpus = local_gpus(rt.device, _cuda_count(), os.environ.get("CUDA_VISIBLE_DEVICES")) \
+            if cluster == "local" else []
+        jobs: list = [None] * len(points)
+        for k, gpu in enumerate(gpus or [None]):  # local on GPUs: point i on GPU i mod N
+            share = list(range(k, len(points), len(gpus) or 1))
+            if not share:
+                continue
+            own = runtime | ({"device": "cuda"} if gpu is not None else {})  # its only GPU
+            submitted = _executor(cluster, folder, options, gpu).map_array(
+                RunPoint(), [spec.command] * len(share), [points[i] for i in share],
+                [own] * len(share))
+            for i, job in zip(share, submitted):
+                jobs[i] = job
         print(f"submitted {len(jobs)} {cluster} job(s): {jobs[0].job_id.split('_')[0]} "
               f"(logs in {folder})", file=sys.stderr, flush=True)
         summary = Path(rt.out) / (f"sweep_{config_hash({'command': spec.command, 'runs': points})}"
@@ -128,13 +159,16 @@ LAUNCHERS.register("local")(_submit("local"))
 LAUNCHERS.register("slurm")(_submit("slurm"))
 
 
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 @LAUNCHERS.register("inprocess")
 def inprocess(spec, rt, options: LaunchOptions) -> Path:
     """Here; with several GPUs (or ``--workers N``) one worker process per device."""
-    import torch
-
     from .sweep import run_sweep
     from .workers import worker_devices
 
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return run_sweep(spec, rt, worker_devices(rt.device, options.workers, gpus))
+    return run_sweep(spec, rt, worker_devices(rt.device, options.workers, _cuda_count()))

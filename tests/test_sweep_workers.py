@@ -141,3 +141,20 @@ def test_ctrl_c_stops_the_workers_and_records_their_points_as_interrupted(data_r
     assert {r["flags"]["seed"] for r in runs} == {0, 1}
     for pid in workers:  # gone: the sweep waited for its workers
         assert not Path(f"/proc/{pid}").exists()
+
+
+def test_local_jobs_on_gpus_get_one_gpu_each(tmp_path):
+    """submitit's local executor hides every GPU from a job that asks for none; lthfast's local
+    launcher gives each job one (round robin), by machine index, through the job's shell."""
+    from lthfast.launch import LaunchOptions, _executor, local_gpus
+
+    assert local_gpus("cuda", 2, None) == [0, 1]
+    assert local_gpus("cuda", 2, "4,6") == [4, 6]
+    assert local_gpus("cuda:1", 2, "4,6") == [6]
+    assert local_gpus("cpu", 2, None) == []
+    with pytest.raises(UserError, match="by index"):
+        local_gpus("cuda", 1, "GPU-8f2c")
+    pytest.importorskip("submitit")
+    job = _executor("local", tmp_path, LaunchOptions(time_min=2), gpu=3).submit(
+        os.getenv, "CUDA_VISIBLE_DEVICES")  # a function: pickled by name, runs there
+    assert job.result() == "3"  # what the job's process saw
