@@ -6,7 +6,8 @@
     python -m benchmarks --only gpu               # the full-scale GPU figures alone
     python -m benchmarks --out /tmp/bench.md --device cpu --workers 2
 
-Sections: loader (a), train_step (b), packed (c), end_to_end (d), gpu (e). Benchmarks never fail
+Sections: loader (a), train_step (b), packed (c), end_to_end (d), gpu (e), counts (f: launches,
+syncs and framework overhead per step, the GPU proxies a CPU can measure). Benchmarks never fail
 for being slow; a section that cannot run (no ffcv, no GPU) says so in its rows.
 """
 
@@ -21,12 +22,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import end_to_end, gpu, loader, packed, train_step
+from . import counts, end_to_end, gpu, loader, packed, train_step
 from .common import DEFAULT_CACHE, Row, auto_device, environment, usable_cpus
 
-ORDER = ("loader", "train_step", "packed", "end_to_end", "gpu")  # as presented
+ORDER = ("loader", "train_step", "packed", "end_to_end", "gpu", "counts")  # as presented
 # As run: the DataLoader sections before ffcv has started numba's thread pool (see loader.py).
-RUN_ORDER = ("train_step", "packed", "loader", "end_to_end", "gpu")
+RUN_ORDER = ("train_step", "packed", "loader", "end_to_end", "gpu", "counts")
 
 TITLES = {
     "loader": "a. Loader: normalised, augmented batches of 512",
@@ -34,6 +35,7 @@ TITLES = {
     "packed": "c. K models at once: packed vs one after another",
     "end_to_end": "d. End to end: CLI wall time on digits",
     "gpu": "e. GPU: full-scale runs",
+    "counts": "f. GPU proxies on the CPU: launches, syncs and framework overhead per step",
 }
 
 TARGETS = (  # (section, case substring, variant substring, minimum lthfast ratio, label)
@@ -63,6 +65,8 @@ def configs(quick: bool, workers: int, args) -> dict:
                            "--steps", "5")),
                 repeats=1, quick=True),
             "gpu": gpu.GpuConfig(iterations=2_000, el2n_iterations=500, quick=True),
+            "counts": counts.CountsConfig(depth=8, batch=16, train=1_000, ks=(1, 2),
+                                          overhead_steps=5, repeats=2, quick=True),
         }
     else:
         cfg = {
@@ -71,6 +75,7 @@ def configs(quick: bool, workers: int, args) -> dict:
             "packed": packed.PackedConfig(),
             "end_to_end": end_to_end.EndToEndConfig(),
             "gpu": gpu.GpuConfig(),
+            "counts": counts.CountsConfig(),
         }
     g = cfg["gpu"]
     if args.gpu_iterations:
@@ -157,7 +162,7 @@ def summary(rows: list[Row], device_type: str = "cpu") -> list[str]:
 
 def intro(name: str) -> str:
     module = {"loader": loader, "train_step": train_step, "packed": packed,
-              "end_to_end": end_to_end, "gpu": gpu}[name]
+              "end_to_end": end_to_end, "gpu": gpu, "counts": counts}[name]
     doc = (module.__doc__ or "").strip().split("\n\n")
     # the docstring minus its trailing command line(s)
     return "\n\n".join(p for p in doc if not p.lstrip().startswith(("python -m", "lthfast ")))
@@ -242,6 +247,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "packed": lambda: packed.run(cfg["packed"], device, args.cache, log),
         "end_to_end": lambda: end_to_end.run(cfg["end_to_end"], device, log),
         "gpu": lambda: gpu.run(cfg["gpu"], None, args.cache, log),
+        "counts": lambda: counts.run(cfg["counts"], device, args.cache, log),
     }
     rows: list[Row] = []
     timings: dict[str, float] = {}

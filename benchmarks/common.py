@@ -41,7 +41,7 @@ class Row:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.unit != "s"
+        return self.unit not in ("s", "ms/step", "launches", "syncs")
 
 
 def sync(device: torch.device | str) -> None:

@@ -115,3 +115,18 @@ def test_missed_target_gets_its_reason_on_that_device_only():
     assert "compute-bound" not in "\n".join(summary(rows, "cuda"))
     rows[1].values = [20.0]  # met: no excuse printed
     assert "compute-bound" not in "\n".join(summary(rows, "cpu"))
+
+
+def test_counts_section(cache):
+    from benchmarks import counts
+
+    rows = counts.run(counts.CountsConfig(depth=8, batch=8, train=400, ks=(1, 2),
+                                          overhead_steps=2, repeats=1), cache=cache,
+                      log=lambda _: None)
+    by = {(r.case, r.variant): r.median for r in rows}
+    outside = [v for (case, variant), v in by.items() if variant == "launches outside the model"]
+    assert len(outside) == 4 and all(0 < v <= 20 for v in outside)
+    assert all(v == 0 for (case, variant), v in by.items() if variant == "host syncs")
+    overhead = [r for r in rows if r.unit == "ms/step"]
+    assert len(overhead) == 2 and all(r.median > 0 for r in overhead)
+    assert "f. GPU proxies" in render({}, rows, ["counts"], {"counts": 1.0}, True, {}, "cpu")

@@ -1,0 +1,158 @@
+"""What a GPU step would cost, measured on the CPU: launches, host syncs, framework overhead.
+
+A ResNet-20 step at batch 128 is ~0.1 ms of H100 arithmetic but ~400 kernel launches, so on a
+GPU it is bounded by the host. Two proxies a CPU can measure:
+- **counts per step** (``lthfast.train.counting``): aten ops that would launch a kernel, outside
+  the model (loader, loss bookkeeping, optimizer, masks) and inside it (forward + loss +
+  backward), and host syncs, for K = 1 and 10, with one shared and with per-model learning rates
+  (a warmup sweep: the lrs change every step). Exact, not timed: any machine gives the same.
+- **overhead per step** on a width-1 ResNet-20 (1 channel per layer, so arithmetic is nil and
+  the time is the framework's): the lthfast loop against a plain PyTorch loop on the same
+  model and batches (torch.optim.SGD, then one ``mul_`` per pruning mask, as open_lth does).
+
+Before FusedSGD and the device-side loss window (commit 4bb66ba) the same counter gave 340
+launches outside a ResNet-20 K=1 or K=3 step, 470 with per-model learning rates, and 3 syncs
+per log.
+
+    python -m benchmarks --only counts [--quick]
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lthfast.data.loader import BatchStream, DeviceData, StreamSeeds
+from lthfast.models.packed import PackedResNet
+from lthfast.prune.magnitude import full_masks, prune
+from lthfast.train.counting import OpCounter, count_syncs
+from lthfast.train.loop import LoopConfig, per_model_loss, train
+from lthfast.train.schedule import Schedule
+
+from .common import DEFAULT_CACHE, Row, open_synthetic, rerun
+
+SECTION = "counts"
+
+
+@dataclass(frozen=True)
+class CountsConfig:
+    depth: int = 20
+    batch: int = 128
+    train: int = 5_000
+    ks: tuple[int, ...] = (1, 10)
+    overhead_steps: int = 50  # steps per timed window of the width-1 network
+    repeats: int = 5
+    quick: bool = False
+
+
+def _model(depth: int, k: int, widths=(16, 32, 64)) -> PackedResNet:
+    return PackedResNet(depth, 10, k, widths, "grouped").to(memory_format=torch.channels_last)
+
+
+def _stream(data, k: int, batch: int) -> BatchStream:
+    return BatchStream(data, [np.arange(data.n)] * k, [StreamSeeds(m, 50 + m) for m in range(k)],
+                       batch)
+
+
+def _pruned(model) -> dict:
+    state = model.state_dict()
+    return prune(state, full_masks(state), 0.5)
+
+
+def _train_counts(data, cfg: CountsConfig, k: int, steps: int, per_model_lr: bool):
+    model = _model(cfg.depth, k)
+    schedule = (tuple(Schedule(0.1, warmup=1000 + m) for m in range(k)) if per_model_lr
+                else Schedule(0.1))
+    with OpCounter() as ops, count_syncs() as syncs:
+        train(model, _stream(data, k, cfg.batch),
+              LoopConfig(schedule, 0, steps, log_every=10_000), masks=_pruned(model))
+    return ops.total, sum(syncs.values())
+
+
+def counts(data, cfg: CountsConfig, k: int, per_model_lr: bool) -> dict:
+    """Per-step launches outside and inside the model, and syncs, as differences of two runs."""
+    short, long = 2, 6
+    ops_short, syncs_short = _train_counts(data, cfg, k, short, per_model_lr)
+    ops_long, syncs_long = _train_counts(data, cfg, k, long, per_model_lr)
+    model = _model(cfg.depth, k)
+    x, y, _ = _stream(data, k, cfg.batch).batch(0)
+    with OpCounter() as inside:
+        per_model_loss(model(x), y).sum().backward()
+    per_step = (ops_long - ops_short) / (long - short)
+    return {"outside": per_step - inside.total, "inside": inside.total,
+            "syncs": (syncs_long - syncs_short) / (long - short)}
+
+
+def _plain_window(model, stream, masks: dict, start: int, steps: int) -> float:
+    params = dict(model.named_parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    t0 = time.perf_counter()
+    for step in range(start, start + steps):
+        x, y, _ = stream.batch(step)
+        logits = model(x)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for name, mask in masks.items():
+                params[name].mul_(mask)
+        loss_value = loss.detach()  # kept on the device, as lthfast does
+    float(loss_value)
+    return (time.perf_counter() - t0) / steps
+
+
+def _lthfast_window(model, stream, masks: dict, start: int, steps: int) -> float:
+    t0 = time.perf_counter()
+    train(model, stream, LoopConfig(Schedule(0.1), start, start + steps, log_every=steps),
+          masks=masks)
+    return (time.perf_counter() - t0) / steps
+
+
+def overhead(data, cfg: CountsConfig) -> dict[str, list[float]]:
+    """ms per step of a width-1 ResNet-20, lthfast and plain loops taking turns."""
+    times: dict[str, list[float]] = {"lthfast": [], "plain": []}
+    runs = {name: (_model(cfg.depth, 1, (1, 1, 1)), fn)
+            for name, fn in (("lthfast", _lthfast_window), ("plain", _plain_window))}
+    masks = {name: _pruned(model) for name, (model, _) in runs.items()}
+    stream = _stream(data, 1, cfg.batch)
+    for repeat in range(cfg.repeats + 1):  # the first round warms up
+        for name, (model, fn) in runs.items():
+            ms = 1000 * fn(model, stream, masks[name], repeat * cfg.overhead_steps,
+                           cfg.overhead_steps)
+            if repeat:
+                times[name].append(ms)
+    return times
+
+
+def run(cfg: CountsConfig = CountsConfig(), device: Optional[torch.device] = None,
+        cache=DEFAULT_CACHE, log=print) -> list[Row]:
+    ds = open_synthetic(cache, cfg.train)
+    data = DeviceData.from_dataset(ds, "train", "cpu")
+    command = rerun(SECTION, cfg.quick)
+    rows = []
+    for k in cfg.ks:
+        for per_model_lr in (False, True):
+            lrs = "per-model lrs (warmup)" if per_model_lr else "one lr"
+            c = counts(data, cfg, k, per_model_lr)
+            log(f"[counts] K={k} {lrs}: {c}")
+            case = f"ResNet-{cfg.depth} K={k} b{cfg.batch}, {lrs}"
+            rows.append(Row(SECTION, case, "launches outside the model", [c["outside"]],
+                            unit="launches", command=command,
+                            note="loader + loss bookkeeping + optimizer + masks"))
+            rows.append(Row(SECTION, case, "launches in the model", [c["inside"]],
+                            unit="launches", command=command, note="forward + loss + backward"))
+            rows.append(Row(SECTION, case, "host syncs", [c["syncs"]], unit="syncs",
+                            command=command, note="outside logging steps"))
+    times = overhead(data, cfg)
+    case = f"width-1 ResNet-{cfg.depth} K=1 b{cfg.batch}: framework overhead"
+    rows.append(Row(SECTION, case, "lthfast loop", times["lthfast"], unit="ms/step",
+                    reference=True, command=command))
+    rows.append(Row(SECTION, case, "plain PyTorch loop", times["plain"], unit="ms/step",
+                    command=command, note="torch.optim.SGD + a mul_ per mask"))
+    return rows
