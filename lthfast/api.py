@@ -23,7 +23,7 @@ import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from .config import Overrides, Preset, pretrain_recipe, preset_for, score_recipe, train_recipe
 from .errors import UserError
@@ -460,6 +460,24 @@ def imp(req: ImpRequest, rt: Runtime) -> Run:
     req.check()
     ctx, spec, cfg = _prepared(req, rt)
     return run_imp(ctx, cfg, spec, req.levels, req.replicates)
+
+
+def imp_many(reqs: Sequence[ImpRequest], rt: Runtime) -> list[Run]:
+    """Several IMP requests at once, packed across runs (``run_imps``): on one dataset, every
+    pre-training and every level whose recipes have the same shape trains as one model.
+    Returns the runs in request order; the results equal those of ``imp`` one by one."""
+    from .experiments.imp import ImpJob, run_imps
+
+    for req in reqs:
+        req.check()
+    prepared = [_prepared(req, rt) for req in reqs]
+    runs: dict[int, Run] = {}
+    for dataset in dict.fromkeys(req.dataset for req in reqs):  # one context per dataset
+        mine = [i for i, req in enumerate(reqs) if req.dataset == dataset]
+        jobs = [ImpJob(prepared[i][2], prepared[i][1], reqs[i].levels, reqs[i].replicates)
+                for i in mine]
+        runs.update(zip(mine, run_imps(prepared[mine[0]][0], jobs)))
+    return [runs[i] for i in range(len(reqs))]
 
 
 # ------------------------------------------------------------------------------------------------

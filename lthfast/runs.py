@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -160,8 +161,13 @@ class Run:
         return Stage(self, replicate, level, branch)
 
     def scratch(self, stages: list[Stage]) -> Path:
-        """Where a packed group of stages keeps its periodic checkpoint (nothing else)."""
+        """Where a packed group of stages keeps its periodic checkpoint (nothing else). A group
+        that spans runs (``run_imps``) is named by a hash of its stages' paths: its checkpoint
+        must never be taken for that of another group of the same replicate numbers."""
         first = stages[0]
+        if any(s.run.path != self.path for s in stages):
+            digest = hashlib.sha256("\n".join(str(s.path) for s in stages).encode()).hexdigest()
+            return self.path / "scratch" / f"group_{digest[:16]}"
         parts = ([f"level_{first.level}"] if first.level is not None else []) + (
             [first.branch.replace("/", "_")] if first.branch else []) + [
             "group_" + "_".join(str(s.replicate) for s in stages)]

@@ -364,3 +364,40 @@ def test_one_replicate_then_a_second_equals_both_at_once(data_root, tmp_path):
     assert len(files) > 20
     for rel in files:
         assert (a.path.parent / rel).read_bytes() == (b.path.parent / rel).read_bytes(), rel
+
+
+def test_runs_packed_across_a_sweep_equal_runs_one_by_one(data_root, tmp_path):
+    """imp_many: schemes x replicates trained as one packed model per pre-training and per
+    level write the same bytes as each run alone; shared pre-training trains once; different
+    lrs (per-model lrs in one packed model) and a different t_r (its own group) both work."""
+    import dataclasses as dc
+
+    short = dict(levels=1, train_steps=40)
+    requests = [tiny_request(**short, replicates=2),
+                tiny_request(**short, replicates=1, size=128),
+                tiny_request(**short, replicates=1, lr=0.05),  # shares the first's pre-training
+                tiny_request(levels=0, train_steps=40, steps=T_R + 2)]  # another t_r: its own group
+    rt = dc.replace(runtime(tmp_path / "packed", data_root), deterministic=True)
+    trace = tmp_path / "trace.jsonl"
+    os.environ["LTHFAST_TRACE"] = str(trace)
+    try:
+        packed = api.imp_many(requests, rt)
+    finally:
+        del os.environ["LTHFAST_TRACE"]
+    alone = [api.imp(r, dc.replace(rt, out=tmp_path / "alone")) for r in requests]
+    assert [r.path.name for r in packed] == [r.path.name for r in alone]
+    files = sorted(p.relative_to(tmp_path / "alone") for p in (tmp_path / "alone").rglob("*")
+                   if p.is_file() and p.name not in ("env.json", ".lock"))
+    assert len(files) > 30
+    for rel in files:
+        assert (tmp_path / "packed" / rel).read_bytes() == (tmp_path / "alone" / rel).read_bytes(), rel
+    assert not list((tmp_path / "packed").rglob("scratch"))
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    trained = [(e["run"], e["stage"]) for e in events if e["event"] == "train"]
+    assert len(trained) == len(set(trained))  # no stage trained twice
+    # pre-training (--lr sets the level lr only, so the third request shares the first's):
+    # 2 + 1 replicates of one t_r in one model, the other t_r alone; level 0: the 2 + 1 + 1
+    # replicates of one t_r in one model, the other alone; level 1: those 4 again
+    assert len(trained) == 4 + 5 + 4
+    assert sorted(e["group"] for e in events if e["event"] == "train") == sorted(
+        [3] * 3 + [1] + [4] * 4 + [1] + [4] * 4)

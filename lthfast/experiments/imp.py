@@ -17,7 +17,11 @@ runner, which trains the replicates that are missing as one packed model.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Hashable, Iterator, Sequence
+
 import numpy as np
 
 from ..config import Recipe
@@ -69,27 +73,54 @@ def pretrain(ctx: Context, cfg: PretrainConfig, subset: SubsetSpec,
     """w_{t_r} for each replicate (K=1 state dicts), training the missing ones packed.
 
     Each replicate's stage keeps the subset it trained on (``subset.npy``)."""
-    run = ctx.store.run("pretrain", cfg).create()
-    data = ctx.train_split(cfg.label_noise, cfg.noise_seed)
+    states = pretrain_many(ctx, [(cfg, subset, replicates)])[0]
+    return [states[r] for r in replicates]
+
+
+def pretrain_many(ctx: Context, wanted: Sequence[tuple[PretrainConfig, SubsetSpec, list[int]]]
+                  ) -> list[dict[int, dict]]:
+    """w_{t_r} of several pre-training runs ({replicate: K=1 state dict} per entry), the missing
+    stages of all of them trained as few packed models as their recipes and data allow."""
+    runs = [ctx.store.run("pretrain", cfg).create() for cfg, _, _ in wanted]
+    by_path = {run.path: (cfg, subset) for run, (cfg, subset, _) in zip(runs, wanted)}
 
     def prepare(stage: Stage) -> StageInputs:
+        cfg, subset = by_path[stage.run.path]
         seeds = replicate_seeds(cfg.seed, stage.replicate)
         return StageInputs(init=seeds["init"],
                            seeds=StreamSeeds(seeds["pretrain_order"], seeds["pretrain_augment"]),
                            indices=subset_of(ctx, subset, stage.replicate))
 
     def artifacts(model, hooks, trained: list[Stage]):
-        return {"subset": [subset_of(ctx, subset, s.replicate) for s in trained]}
+        return {"subset": [subset_of(ctx, by_path[s.run.path][1], s.replicate) for s in trained]}
 
-    with run.lock():
-        stages = [run.stage(r) for r in replicates]
-        train_stage(ctx, stages, prepare, cfg.recipe, data, label="pre-train",
-                    artifacts=artifacts)
-        return [ckpt.load(s.file("weights.pt")) for s in stages]
+    def data_of(cfg: PretrainConfig):  # packed models share one training split on the device
+        return cfg.label_noise, cfg.noise_seed if cfg.label_noise else 0
+
+    stages = unique([run.stage(r) for run, (_, _, reps) in zip(runs, wanted) for r in reps])
+    with locked_runs(runs):
+        for group in packable(stages, lambda s: (_shape(by_path[s.run.path][0].recipe),
+                                                 data_of(by_path[s.run.path][0]))):
+            cfg = by_path[group[0].run.path][0]
+            train_stage(ctx, group, prepare, [by_path[s.run.path][0].recipe for s in group],
+                        ctx.train_split(cfg.label_noise, cfg.noise_seed), label="pre-train",
+                        artifacts=artifacts)
+        return [{r: ckpt.load(run.stage(r).file("weights.pt")) for r in reps}
+                for run, (_, _, reps) in zip(runs, wanted)]
 
 
 def subset_of(ctx: Context, subset: SubsetSpec, replicate: int) -> np.ndarray:
     return make_subset(ctx.ds, subset.for_replicate(replicate))
+
+
+@dataclass(frozen=True)
+class ImpJob:
+    """One IMP run to do: its config, subset, levels and replicates."""
+
+    cfg: ImpConfig
+    subset: SubsetSpec
+    levels: int
+    replicates: int
 
 
 def run_imp(ctx: Context, cfg: ImpConfig, subset: SubsetSpec, levels: int,
@@ -98,34 +129,89 @@ def run_imp(ctx: Context, cfg: ImpConfig, subset: SubsetSpec, levels: int,
 
     A replicate whose pre-training or level diverged is not trained further: later levels
     would train from NaN weights. Its record says where it diverged."""
-    check_config(cfg)
-    reps = list(range(replicates))
+    return run_imps(ctx, [ImpJob(cfg, subset, levels, replicates)])[0]
+
+
+def run_imps(ctx: Context, jobs: Sequence[ImpJob]) -> list[Run]:
+    """Several IMP runs at once, packed across runs: every pre-training stage of compatible
+    recipe and data in one model, then level by level every stage of every run whose level
+    recipe has the same shape (model, batch, momentum, t_r and end) in one model. Fig. 2's
+    5 schemes x 4 replicates x 12 levels are then 13 packed stages, not 260 runs. On a CPU the
+    result is bit-identical to running the jobs one by one (tests/test_imp.py)."""
+    for job in jobs:
+        check_config(job.cfg)
     # pre-training first: if its weights turn out unreadable, no IMP directory is left behind
-    rewind = dict(zip(reps, pretrain(ctx, cfg.pretrain, subset, reps)))
-    run = ctx.store.run("imp", cfg).create()
+    rewinds = pretrain_many(ctx, [(j.cfg.pretrain, j.subset, list(range(j.replicates)))
+                                  for j in jobs])
+    runs = [ctx.store.run("imp", job.cfg).create() for job in jobs]
+    if len({run.path for run in runs}) != len(runs):
+        raise UserError("the same IMP run is asked for twice")
+    by_path = {run.path: (job, rewind) for run, job, rewind in zip(runs, jobs, rewinds)}
     data = ctx.train_split()  # true labels: noise is for pre-training only
     everything = np.arange(ctx.ds.train_size)
 
     def prepare(stage: Stage) -> StageInputs:
-        seeds = replicate_seeds(cfg.pretrain.seed, stage.replicate)
+        job, rewind = by_path[stage.run.path]
+        seeds = replicate_seeds(job.cfg.pretrain.seed, stage.replicate)
         return StageInputs(init=rewind[stage.replicate],
                            seeds=StreamSeeds(seeds["order"], seeds["augment"]),
                            indices=everything,
-                           mask=level_masks(run, stage, rewind[stage.replicate],
-                                            cfg.prune_fraction))
+                           mask=level_masks(stage.run, stage, rewind[stage.replicate],
+                                            job.cfg.prune_fraction))
 
-    pre = ctx.store.run("pretrain", cfg.pretrain)
     # a replicate whose pre-training diverged has NaN weights to rewind to: no level trains
-    alive = [r for r in reps if pre.stage(r).record().diverged is None]
-    with run.lock():
-        for level in range(levels + 1):
-            stages = [run.stage(r, level) for r in alive]
-            records = train_stage(ctx, stages, prepare, cfg.recipe, data,
-                                  start=cfg.pretrain.recipe.steps, label=f"level {level}")
-            alive = [r.replicate for r in records if r.diverged is None]
-        write_results(run, diverged_in_pretraining=sorted(set(reps) - set(
-            r for r in reps if pre.stage(r).record().diverged is None)))
-    return run
+    lost = [[r for r in range(job.replicates)
+             if ctx.store.run("pretrain", job.cfg.pretrain).stage(r).record().diverged is not None]
+            for job in jobs]
+    alive = {run.path: [r for r in range(job.replicates) if r not in gone]
+             for run, job, gone in zip(runs, jobs, lost)}
+    with locked_runs(runs):
+        for level in range(max(job.levels for job in jobs) + 1):
+            stages = [run.stage(r, level) for run, job in zip(runs, jobs)
+                      if level <= job.levels for r in alive[run.path]]
+            for group in packable(stages, lambda s: (_shape(by_path[s.run.path][0].cfg.recipe),
+                                                     by_path[s.run.path][0].cfg.pretrain.recipe.steps)):
+                start = by_path[group[0].run.path][0].cfg.pretrain.recipe.steps
+                records = train_stage(ctx, group, prepare,
+                                      [by_path[s.run.path][0].cfg.recipe for s in group], data,
+                                      start=start, label=f"level {level}")
+                for stage, record in zip(group, records):
+                    if record.diverged is not None:
+                        alive[stage.run.path].remove(stage.replicate)
+        for run, gone in zip(runs, lost):
+            write_results(run, diverged_in_pretraining=gone)
+    return runs
+
+
+def _shape(recipe: Recipe) -> tuple:
+    """What packed stages must share (the stage runner checks it too)."""
+    return recipe.model, recipe.batch_size, recipe.momentum, recipe.steps
+
+
+def packable(stages: Sequence[Stage], key: Callable[[Stage], Hashable]) -> list[list[Stage]]:
+    """``stages`` grouped by ``key``, in first-seen order: each group trains as one model."""
+    groups: dict[Hashable, list[Stage]] = {}
+    for stage in stages:
+        groups.setdefault(key(stage), []).append(stage)
+    return list(groups.values())
+
+
+def unique(stages: Sequence[Stage]) -> list[Stage]:
+    """Each stage once (IMP runs that differ only after t_r share their pre-training)."""
+    seen: dict[Path, Stage] = {}
+    for stage in stages:
+        seen.setdefault(stage.path, stage)
+    return list(seen.values())
+
+
+@contextlib.contextmanager
+def locked_runs(runs: Sequence[Run]) -> Iterator[None]:
+    """Every distinct run's lock, taken in path order: two processes packing overlapping sets
+    of runs cannot each hold a lock the other waits for."""
+    with contextlib.ExitStack() as stack:
+        for path in sorted({run.path for run in runs}):
+            stack.enter_context(next(run for run in runs if run.path == path).lock())
+        yield
 
 
 def level_masks(run: Run, stage: Stage, rewind_state: dict, fraction: float):

@@ -54,13 +54,15 @@ class StepProbe(Hook):
 
     def __init__(self, stages: Sequence[Stage]):
         self.names = [s.name for s in stages]
+        self.runs = [s.run.name for s in stages]  # stage names repeat across runs
         self.started = False
 
     def on_batch(self, step, logits, labels, indices) -> None:
         if not self.started:
             self.started = True
-            for name in self.names:
-                faults.trace(event="train", stage=name, first_step=step)
+            for name, run in zip(self.names, self.runs):
+                faults.trace(event="train", stage=name, run=run, group=len(self.names),
+                             first_step=step)
         for name in self.names:
             faults.point("step", stage=name, step=step)
 
