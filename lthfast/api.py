@@ -466,18 +466,27 @@ def imp_many(reqs: Sequence[ImpRequest], rt: Runtime) -> list[Run]:
     """Several IMP requests at once, packed across runs (``run_imps``): on one dataset, every
     pre-training and every level whose recipes have the same shape trains as one model.
     Returns the runs in request order; the results equal those of ``imp`` one by one."""
+    return run_prepared_imps([prepare_imp(req, rt) for req in reqs])
+
+
+def prepare_imp(req: ImpRequest, rt: Runtime) -> tuple:
+    """A request checked and made ready (its scores computed): what ``run_prepared_imps``
+    takes. A request that cannot run fails here, alone (a sweep's other points go on)."""
+    req.check()
+    return (req, *_prepared(req, rt))
+
+
+def run_prepared_imps(prepared: Sequence[tuple]) -> list[Run]:
     from .experiments.imp import ImpJob, run_imps
 
-    for req in reqs:
-        req.check()
-    prepared = [_prepared(req, rt) for req in reqs]
     runs: dict[int, Run] = {}
-    for dataset in dict.fromkeys(req.dataset for req in reqs):  # one context per dataset
-        mine = [i for i, req in enumerate(reqs) if req.dataset == dataset]
-        jobs = [ImpJob(prepared[i][2], prepared[i][1], reqs[i].levels, reqs[i].replicates)
-                for i in mine]
-        runs.update(zip(mine, run_imps(prepared[mine[0]][0], jobs)))
-    return [runs[i] for i in range(len(reqs))]
+    datasets = dict.fromkeys(req.dataset for req, *_ in prepared)
+    for dataset in datasets:  # one context (data on the device) per dataset
+        mine = [i for i, (req, *_) in enumerate(prepared) if req.dataset == dataset]
+        jobs = [ImpJob(prepared[i][3], prepared[i][2], prepared[i][0].levels,
+                       prepared[i][0].replicates) for i in mine]
+        runs.update(zip(mine, run_imps(prepared[mine[0]][1], jobs)))
+    return [runs[i] for i in range(len(prepared))]
 
 
 # ------------------------------------------------------------------------------------------------

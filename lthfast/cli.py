@@ -289,6 +289,9 @@ def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, \\[f
                                           "sizes and ensembles (minutes on a CPU)"),
           workers: int = typer.Option(0, help="inprocess: worker processes, one per device "
                                               "(0: one per GPU where there are several)"),
+          pack: bool = typer.Option(False, "--pack", metavar="",
+                                    help="imp sweeps, in this process: train compatible runs "
+                                         "packed across grid points (same results)"),
           root: Path = ROOT, out: Path = OUT, device: Optional[str] = DEVICE):
     """Run every grid point of a sweep file (in this process, one worker per GPU, or as
     submitit jobs); prints progress with ETA on stderr, each artifact and, last, the sweep
@@ -299,16 +302,19 @@ def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, \\[f
 
     launch = LAUNCHERS.lookup(launcher)
     options = LaunchOptions(partition, time_min, gpus_per_task, cpus_per_task,
-                            array_parallelism, wait, workers=workers)
+                            array_parallelism, wait, workers=workers, pack=pack)
     options.check()
-    if workers and launcher != "inprocess":
-        raise UserError(f"--workers is for the in-process launcher, not --launcher {launcher}")
+    for flag, value in (("--workers", workers), ("--pack", pack)):
+        if value and launcher != "inprocess":
+            raise UserError(f"{flag} is for the in-process launcher, not --launcher {launcher}")
+    if pack and workers:
+        raise UserError("--pack trains in this process: it cannot take --workers")
     spec = smoke_sweep(load_sweep(file)) if smoke else load_sweep(file)
     if dry_run:
         for line in spec.command_lines(root, out, device):
             print(line)
         return
-    launch(spec, runtime(root, out, device, False, None, 200), options)  # prints what it writes
+    launch(spec, runtime(root, out, device, False, None, 0), options)  # prints what it writes
 
 
 @app.command()
@@ -317,7 +323,7 @@ def demo(root: Path = ROOT, out: Path = OUT, device: Optional[str] = DEVICE):
     prints a plain-words summary, then the table's path."""
     from .demo import run_demo
 
-    rt = runtime(root, out, device, False, None, 200)
+    rt = runtime(root, out, device, False, None, 0)
     print(run_demo(rt, progress=lambda text: print(text, flush=True)))
 
 

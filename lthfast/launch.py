@@ -38,6 +38,7 @@ class LaunchOptions:
     wait: bool = False  # slurm: wait for the array to finish and collect its results
     logs: Optional[Path] = None  # default: OUT/submitit
     workers: int = 0  # inprocess: worker processes (0: one per GPU where there are several)
+    pack: bool = False  # inprocess, imp sweeps: pack compatible runs across points
 
     def check(self) -> None:
         if self.partition is not None and not self.partition.strip():
@@ -171,4 +172,5 @@ def inprocess(spec, rt, options: LaunchOptions) -> Path:
     from .sweep import run_sweep
     from .workers import worker_devices
 
-    return run_sweep(spec, rt, worker_devices(rt.device, options.workers, _cuda_count()))
+    devices = () if options.pack else worker_devices(rt.device, options.workers, _cuda_count())
+    return run_sweep(spec, rt, devices, pack=options.pack)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import shlex
 import sys
@@ -171,7 +172,40 @@ def in_this_process(command: str, points: list[dict], rt, devices) -> Iterator[t
         yield "done", i, run_point(command, point, rt)
 
 
-def run_sweep(spec: Sweep, rt, devices: Sequence[str] = ()) -> Path:
+def packed_in_this_process(command: str, points: list[dict], rt, devices) -> Iterator[tuple]:
+    """``--pack``: the imp points here, packed across runs (``api.run_prepared_imps``). Each
+    point is checked and prepared alone (a bad point fails alone, as without ``--pack``); the
+    good ones that share their runtime flags then train together, every compatible
+    pre-training and level as one model. Their records carry the group's wall time and size."""
+    from .api import prepare_imp, request_from, run_prepared_imps
+
+    groups: dict[str, list[tuple[int, tuple]]] = {}
+    for i, point in enumerate(points):
+        yield "start", i, rt.device
+        start = time.monotonic()
+        try:
+            request, flags = request_from(command, point)
+            key = json.dumps(flags, sort_keys=True)
+            prepared = prepare_imp(request, dataclasses.replace(rt, **flags))
+        except UserError as exc:
+            yield "done", i, {"flags": point, "status": "error", "error": str(exc),
+                              "seconds": round(time.monotonic() - start, 3)}
+            continue
+        groups.setdefault(key, []).append((i, prepared))
+    for members in groups.values():
+        start = time.monotonic()
+        try:
+            runs = run_prepared_imps([p for _, p in members])
+            results = [{"status": "ok", "artifact": str(run.path)} for run in runs]
+        except UserError as exc:
+            results = [{"status": "error", "error": str(exc)}] * len(members)
+        seconds = round(time.monotonic() - start, 3)
+        for (i, _), result in zip(members, results):
+            yield "done", i, {"flags": points[i]} | result | {"seconds": seconds,
+                                                                "packed": len(members)}
+
+
+def run_sweep(spec: Sweep, rt, devices: Sequence[str] = (), pack: bool = False) -> Path:
     """Run every point (here, or with two or more ``devices`` one worker process per device,
     see ``lthfast.workers``); print each artifact, progress with elapsed time and ETA on
     stderr and, last, the summary ``<out>/sweep_<hash>.json`` (every run's record, its wall
@@ -185,7 +219,11 @@ def run_sweep(spec: Sweep, rt, devices: Sequence[str] = ()) -> Path:
     records: dict[int, dict] = {}
     started: dict[int, float] = {}  # points in flight: when they started
     clock = SweepClock(len(points))
-    execute = fan_out if len(devices) > 1 else in_this_process
+    if pack and (spec.command != "imp" or len(devices) > 1):
+        raise UserError("--pack packs imp runs in one process: not for "
+                        + (f"{spec.command} sweeps" if spec.command != "imp" else "workers"))
+    execute = (packed_in_this_process if pack else
+               fan_out if len(devices) > 1 else in_this_process)
 
     def write() -> None:
         atomic_write_json(summary, {"file": str(spec.path), "command": spec.command,

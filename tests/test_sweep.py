@@ -120,6 +120,30 @@ def test_sweep_runs_every_point_and_reruns_nothing(data_root, tmp_path, run_cli)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("done.json")} == done
 
 
+def test_packed_sweep_gives_the_runs_of_an_unpacked_one(data_root, tmp_path, run_cli):
+    """--pack: the good points train packed across runs, the bad one fails alone, and the run
+    directories hold the same results as a sweep run point by point."""
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('command = "imp"\n[flags]\ndataset = "digits"\nsteps = 5\nlevels = 1\n'
+                     'train_steps = 15\nbatch_size = 32\nsubset = "random"\n'
+                     'deterministic = true\n[grid]\nsize = [64, 100000, 128]\n')
+    results = {}
+    for mode in ("packed", "unpacked"):
+        args = ["sweep", sweep, "--root", data_root, "--out", tmp_path / mode]
+        code, out, err = run_cli(args + (["--pack"] if mode == "packed" else []))
+        assert code == 2 and "1 of 3 runs failed" in err.splitlines()[-1]
+        lines = out.split()
+        summary = json.loads(Path(lines[-1]).read_text())
+        assert [r["status"] for r in summary["runs"]] == ["ok", "error", "ok"]
+        results[mode] = [json.loads((Path(run) / "results.json").read_text())["rows"]
+                         for run in lines[:2]]
+        if mode == "packed":
+            assert [r.get("packed") for r in summary["runs"]] == [2, None, 2]
+    assert results["packed"] == results["unpacked"]
+    code, _, err = run_cli(["sweep", sweep, "--pack", "--workers", "2", "--out", tmp_path / "x"])
+    assert code == 2 and "--pack" in err and not (tmp_path / "x").exists()
+
+
 def test_each_run_starts_from_a_clean_torch_state(tmp_path):
     """A deterministic run must not leave deterministic mode on for the next run of a sweep."""
     import torch
