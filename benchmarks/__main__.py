@@ -65,8 +65,8 @@ def configs(quick: bool, workers: int, args) -> dict:
                            "--steps", "5")),
                 repeats=1, quick=True),
             "gpu": gpu.GpuConfig(iterations=2_000, el2n_iterations=500, quick=True),
-            "counts": counts.CountsConfig(depth=8, batch=16, train=1_000, ks=(1, 2),
-                                          overhead_steps=5, repeats=2, quick=True),
+            "counts": counts.CountsConfig(depth=8, batch=16, count_batch=8, train=1_000,
+                                          ks=(1, 2), overhead_steps=5, repeats=2, quick=True),
         }
     else:
         cfg = {

@@ -42,7 +42,8 @@ SECTION = "counts"
 @dataclass(frozen=True)
 class CountsConfig:
     depth: int = 20
-    batch: int = 128
+    batch: int = 128  # of the width-1 overhead runs
+    count_batch: int = 16  # of the counted runs: counts do not depend on the batch size
     train: int = 5_000
     ks: tuple[int, ...] = (1, 10)
     overhead_steps: int = 50  # steps per timed window of the width-1 network
@@ -69,7 +70,7 @@ def _train_counts(data, cfg: CountsConfig, k: int, steps: int, per_model_lr: boo
     schedule = (tuple(Schedule(0.1, warmup=1000 + m) for m in range(k)) if per_model_lr
                 else Schedule(0.1))
     with OpCounter() as ops, count_syncs() as syncs:
-        train(model, _stream(data, k, cfg.batch),
+        train(model, _stream(data, k, cfg.count_batch),
               LoopConfig(schedule, 0, steps, log_every=10_000), masks=_pruned(model))
     return ops.total, sum(syncs.values())
 
@@ -80,7 +81,7 @@ def counts(data, cfg: CountsConfig, k: int, per_model_lr: bool) -> dict:
     ops_short, syncs_short = _train_counts(data, cfg, k, short, per_model_lr)
     ops_long, syncs_long = _train_counts(data, cfg, k, long, per_model_lr)
     model = _model(cfg.depth, k)
-    x, y, _ = _stream(data, k, cfg.batch).batch(0)
+    x, y, _ = _stream(data, k, cfg.count_batch).batch(0)
     with OpCounter() as inside:
         per_model_loss(model(x), y).sum().backward()
     per_step = (ops_long - ops_short) / (long - short)
@@ -141,7 +142,7 @@ def run(cfg: CountsConfig = CountsConfig(), device: Optional[torch.device] = Non
             lrs = "per-model lrs (warmup)" if per_model_lr else "one lr"
             c = counts(data, cfg, k, per_model_lr)
             log(f"[counts] K={k} {lrs}: {c}")
-            case = f"ResNet-{cfg.depth} K={k} b{cfg.batch}, {lrs}"
+            case = f"ResNet-{cfg.depth} K={k}, {lrs}"
             rows.append(Row(SECTION, case, "launches outside the model", [c["outside"]],
                             unit="launches", command=command,
                             note="loader + loss bookkeeping + optimizer + masks"))
