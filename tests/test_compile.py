@@ -64,7 +64,9 @@ def test_compiled_and_eager_steps_agree(fresh_dynamo, execution):
     assert any(not torch.equal(b, torch.zeros_like(b)) for b in compiled.buffers())
 
 
-def test_second_level_and_new_replicate_compile_nothing(fresh_dynamo, digits, monkeypatch):
+@pytest.mark.parametrize("execution", ["grouped", "looped"])
+def test_second_level_and_new_replicate_compile_nothing(fresh_dynamo, digits, monkeypatch,
+                                                        execution):
     """After a first stage (train + evaluate), a pruned level and a new replicate reuse its graphs."""
     monkeypatch.setenv("LTHFAST_COMPILE_BACKEND", "eager")
     data = DeviceData.from_dataset(digits, "train", "cpu")
@@ -72,7 +74,7 @@ def test_second_level_and_new_replicate_compile_nothing(fresh_dynamo, digits, mo
     indices = [np.arange(256)] * 2
 
     def stage(seed, masks=None):
-        model = model_for(2, "grouped", seed)
+        model = model_for(2, execution, seed)
         stream = BatchStream(data, indices, [StreamSeeds(seed, seed + 1)] * 2, 16)
         train(model, stream, LoopConfig(Schedule(0.05), 0, 3, log_every=3, compile=True),
               masks=masks)
