@@ -1,4 +1,5 @@
-"""Full-scale GPU figures: a whole ResNet-20 CIFAR-10 schedule and an EL2N ensemble, compile on/off.
+"""Full-scale GPU figures: a whole ResNet-20 CIFAR-10 schedule and an EL2N ensemble, compile on/off,
+memory layout, and packed (grouped / looped) vs K separate runs.
 
 On a CUDA machine this trains, with lthfast's loop exactly as the CLI does (``BatchStream`` on the
 GPU, channels_last, bf16 autocast, ``torch.compile`` on or off), on a synthetic CIFAR-shaped set
@@ -15,7 +16,9 @@ backward ≈ 2 × forward), forward FLOPs counted by ``torch.utils.flop_counter.
 (convolutions and matmuls), divided by the device's dense bf16 peak (a small table of known
 GPUs, or ``LTHFAST_PEAK_TFLOPS``).
 
-Without CUDA the section is not run. ``--gpu-iterations``/``--gpu-el2n-iterations`` shorten it.
+Variants (``layouts``): compile on and off; for K=1 also NCHW instead of channels_last; for the
+K=10 ensemble also the looped execution and K separate K=1 runs one after another (what packing
+saves). Without CUDA the section is not run. ``--gpu-iterations``/``--gpu-el2n-iterations`` shorten it.
 
     python -m benchmarks --only gpu [--quick]
 """
@@ -66,6 +69,7 @@ class GpuConfig:
     train: int = 50_000
     lr: float = 0.1
     compile_modes: Sequence[bool] = (True, False)
+    layouts: bool = True  # also: K=1 without channels_last; K models looped and as K separate runs
     amp: bool = True
     log_every: int = 100
     quick: bool = False
@@ -83,8 +87,61 @@ def peak_flops(device: torch.device) -> Optional[float]:
     return None
 
 
+@dataclass(frozen=True)
+class Variant:
+    """How one run executes: compiled or not, the packed model's execution, memory layout, and
+    whether the K models run as K separate K=1 runs one after another."""
+
+    compile: bool
+    execution: str = "grouped"
+    channels_last: bool = True
+    separate: bool = False
+
+    def label(self) -> str:
+        parts = [f"compile {'on' if self.compile else 'off'}"]
+        if self.separate:
+            parts.append("K separate runs")
+        elif self.execution != "grouped":
+            parts.append(self.execution)
+        if not self.channels_last:
+            parts.append("NCHW")
+        return ", ".join(parts)
+
+
+def variants(cfg: GpuConfig, k: int) -> list[Variant]:
+    out = [Variant(compile) for compile in cfg.compile_modes]
+    if cfg.layouts:
+        compile = cfg.compile_modes[0]
+        out += ([Variant(compile, channels_last=False)] if k == 1 else
+                [Variant(compile, execution="looped"), Variant(compile, separate=True)])
+    return out
+
+
+class Contiguous:
+    """A stream whose images are NCHW-contiguous (the layout comparison's baseline)."""
+
+    def __init__(self, stream):
+        self.stream, self.k = stream, stream.k
+
+    def batch(self, step: int):
+        x, y, idx = self.stream.batch(step)
+        return x.contiguous(), y, idx
+
+
+def variant_run(ds, cfg: GpuConfig, device: torch.device, k: int, iterations: int,
+                variant: Variant) -> dict:
+    """A variant's run; K separate runs are timed back to back and their windows summed."""
+    if not variant.separate:
+        return train_run(ds, cfg, device, k, iterations, variant)
+    runs = [train_run(ds, cfg, device, 1, iterations, variant, seed=m) for m in range(k)]
+    total = sum(r["total"] for r in runs)
+    images = iterations * cfg.batch * k
+    return {"total": total, "windows": [images / total], "steady": images / total,
+            "losses": [loss for r in runs for loss in r["losses"]]}
+
+
 def train_run(ds, cfg: GpuConfig, device: torch.device, k: int, iterations: int,
-              compile: bool) -> dict:
+              variant: Variant, seed: int = 0) -> dict:
     """One lthfast training run; returns wall time and per-window images/s (all K models)."""
     from lthfast.data.loader import BatchStream, StreamSeeds
     from lthfast.data.loader import DeviceData
@@ -92,12 +149,18 @@ def train_run(ds, cfg: GpuConfig, device: torch.device, k: int, iterations: int,
     from lthfast.train.loop import LoopConfig, train
     from lthfast.train.schedule import Schedule
 
+    compile = variant.compile
     if compile:
         torch._dynamo.reset()  # each run pays its own compile, as a fresh process would
     data = DeviceData.from_dataset(ds, "train", device)
     stream = BatchStream(data, [np.arange(ds.train_size)] * k,
-                         [StreamSeeds(100 + m, 200 + m) for m in range(k)], cfg.batch)
-    model = new_model(cfg.model, ds.num_classes, list(range(k)), device)
+                         [StreamSeeds(100 + seed + m, 200 + seed + m) for m in range(k)],
+                         cfg.batch)
+    model = new_model(cfg.model, ds.num_classes, list(range(seed, seed + k)), device)
+    model.execution = variant.execution
+    if not variant.channels_last:
+        model = model.to(memory_format=torch.contiguous_format)
+        stream = Contiguous(stream)
     marks: list[tuple[int, float]] = []
     log_every = max(1, min(cfg.log_every, iterations // 4 or 1))
     loop = LoopConfig(schedule=Schedule(cfg.lr, tuple(m for m in cfg.milestones if m < iterations)),
@@ -137,16 +200,16 @@ def run(cfg: GpuConfig = GpuConfig(), device: Optional[torch.device] = None,
     peak = peak_flops(device)
     rows = []
     for case, k, iterations in ((full, 1, cfg.iterations), (el2n, cfg.el2n_k, cfg.el2n_iterations)):
-        for compile in cfg.compile_modes:
-            label = f"compile {'on' if compile else 'off'}"
+        for variant in variants(cfg, k):
+            label = variant.label()
             log(f"[gpu] {case}: {label}")
-            r = train_run(ds, cfg, device, k, iterations, compile)
+            r = variant_run(ds, cfg, device, k, iterations, variant)
             achieved = r["steady"] * 3 * fwd
             mfu = f"MFU {100 * achieved / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s" if peak else \
                 "MFU n/a (peak of this device unknown; set LTHFAST_PEAK_TFLOPS)"
             rows.append(Row(
                 SECTION, case, f"lthfast loop, {label}" + (", bf16" if cfg.amp else ""),
-                r["windows"], reference=compile == cfg.compile_modes[0], command=command,
+                r["windows"], reference=variant == variants(cfg, k)[0], command=command,
                 note=(f"total {r['total']:.0f} s incl. compile/warm-up; {achieved / 1e12:.2f} "
                       f"TFLOP/s achieved ({3 * fwd / 1e6:.0f} MFLOP per training image); {mfu}; "
                       f"final loss {np.nanmean(r['losses']):.3f}"),

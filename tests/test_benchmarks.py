@@ -86,7 +86,12 @@ def test_gpu_section(cache):
     # the measurement itself, forced onto the CPU at tiny size
     rows = positive(gpu.run(cfg, device=torch.device("cpu"), cache=cache, log=lambda _: None,
                             force=True), "gpu")
-    assert len(rows) == 2 and all(r.extra["fwd_flops"] > 0 for r in rows)
+    assert all(r.extra["fwd_flops"] > 0 for r in rows)
+    assert [r.variant for r in rows] == [
+        "lthfast loop, compile off, bf16", "lthfast loop, compile off, NCHW, bf16",
+        "lthfast loop, compile off, bf16", "lthfast loop, compile off, looped, bf16",
+        "lthfast loop, compile off, K separate runs, bf16"]
+    assert [r.reference for r in rows] == [True, False, True, False, False]
 
 
 def test_end_to_end(tmp_path):
