@@ -469,23 +469,34 @@ def imp_many(reqs: Sequence[ImpRequest], rt: Runtime) -> list[Run]:
     return run_prepared_imps([prepare_imp(req, rt) for req in reqs])
 
 
-def prepare_imp(req: ImpRequest, rt: Runtime) -> tuple:
+@dataclass(frozen=True)
+class PreparedImp:
+    """An IMP request checked and made ready to train (its scores computed)."""
+
+    request: ImpRequest
+    ctx: Context
+    subset: Any  # data.subsets.SubsetSpec
+    cfg: Any  # experiments.imp.ImpConfig
+
+
+def prepare_imp(req: ImpRequest, rt: Runtime) -> PreparedImp:
     """A request checked and made ready (its scores computed): what ``run_prepared_imps``
     takes. A request that cannot run fails here, alone (a sweep's other points go on)."""
     req.check()
-    return (req, *_prepared(req, rt))
+    return PreparedImp(req, *_prepared(req, rt))
 
 
-def run_prepared_imps(prepared: Sequence[tuple]) -> list[Run]:
+def run_prepared_imps(prepared: Sequence[PreparedImp]) -> list[Run]:
     from .experiments.imp import ImpJob, run_imps
 
     runs: dict[int, Run] = {}
-    datasets = dict.fromkeys(req.dataset for req, *_ in prepared)
-    for dataset in datasets:  # one context (data on the device) per dataset
-        mine = [i for i, (req, *_) in enumerate(prepared) if req.dataset == dataset]
-        jobs = [ImpJob(prepared[i][3], prepared[i][2], prepared[i][0].levels,
-                       prepared[i][0].replicates) for i in mine]
-        runs.update(zip(mine, run_imps(prepared[mine[0]][1], jobs)))
+    for dataset in dict.fromkeys(p.request.dataset for p in prepared):
+        mine = [i for i, p in enumerate(prepared) if p.request.dataset == dataset]
+        ctx = prepared[mine[0]].ctx  # one context (data on the device) per dataset
+        setup_torch(ctx.rt)  # preparing later requests may have set torch up for theirs
+        jobs = [ImpJob(prepared[i].cfg, prepared[i].subset, prepared[i].request.levels,
+                       prepared[i].request.replicates) for i in mine]
+        runs.update(zip(mine, run_imps(ctx, jobs)))
     return [runs[i] for i in range(len(prepared))]
 
 

@@ -166,7 +166,8 @@ class Run:
         must never be taken for that of another group of the same replicate numbers."""
         first = stages[0]
         if any(s.run.path != self.path for s in stages):
-            digest = hashlib.sha256("\n".join(str(s.path) for s in stages).encode()).hexdigest()
+            names = "\n".join(str(s.path.relative_to(self.path.parent)) for s in stages)
+            digest = hashlib.sha256(names.encode()).hexdigest()  # the same for any spelling of --out
             return self.path / "scratch" / f"group_{digest[:16]}"
         parts = ([f"level_{first.level}"] if first.level is not None else []) + (
             [first.branch.replace("/", "_")] if first.branch else []) + [

@@ -176,7 +176,9 @@ def packed_in_this_process(command: str, points: list[dict], rt, devices) -> Ite
     """``--pack``: the imp points here, packed across runs (``api.run_prepared_imps``). Each
     point is checked and prepared alone (a bad point fails alone, as without ``--pack``); the
     good ones that share their runtime flags then train together, every compatible
-    pre-training and level as one model. Their records carry the group's wall time and size."""
+    pre-training and level as one model (at most ``imp.MAX_PACKED`` models at once). Their records
+    carry the group's wall time and size; an error while a group trains (rare: a refused
+    checkpoint, a full disk) is the result of every point of the group."""
     from .api import prepare_imp, request_from, run_prepared_imps
 
     groups: dict[str, list[tuple[int, tuple]]] = {}

@@ -103,3 +103,4 @@ def test_continues_from_its_own_state_and_from_torch_sgd_state():
 def test_refuses_parameters_that_are_not_k_blocks():
     with pytest.raises(ValueError, match="K equal blocks"):
         FusedSGD([torch.nn.Parameter(torch.zeros(5, 2))], 2)
+

@@ -401,3 +401,18 @@ def test_runs_packed_across_a_sweep_equal_runs_one_by_one(data_root, tmp_path):
     assert len(trained) == 4 + 5 + 4
     assert sorted(e["group"] for e in events if e["event"] == "train") == sorted(
         [3] * 3 + [1] + [4] * 4 + [1] + [4] * 4)
+
+
+def test_packed_groups_split_at_the_limit_in_order(tmp_path):
+    from lthfast.experiments.imp import packable
+    from lthfast.runs import RunStore
+
+    a = RunStore(tmp_path).run("pretrain", {"a": 1})
+    b = RunStore(tmp_path).run("pretrain", {"b": 2})
+    stages = [a.stage(r) for r in range(5)] + [b.stage(r) for r in range(2)]
+    groups = packable(stages, key=lambda s: s.run.path == a.path, limit=2)
+    assert [[(s.run.path == a.path, s.replicate) for s in g] for g in groups] == [
+        [(True, 0), (True, 1)], [(True, 2), (True, 3)], [(True, 4)], [(False, 0), (False, 1)]]
+    # a group spanning runs keeps its checkpoint under a name of its own stages
+    assert a.scratch(stages[:2]) != a.scratch([stages[0], stages[5]]) != a.scratch(
+        [stages[0], stages[6]])

@@ -6,11 +6,13 @@ real sweep runs every point, reports a failing one without stopping, and a rerun
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
@@ -142,6 +144,43 @@ def test_packed_sweep_gives_the_runs_of_an_unpacked_one(data_root, tmp_path, run
     assert results["packed"] == results["unpacked"]
     code, _, err = run_cli(["sweep", sweep, "--pack", "--workers", "2", "--out", tmp_path / "x"])
     assert code == 2 and "--pack" in err and not (tmp_path / "x").exists()
+
+
+def test_packed_points_of_one_run_are_one_job(data_root, tmp_path, run_cli):
+    """Points that differ only in --levels are one IMP run: packed, it is trained once to the
+    most levels and both points report it (as without --pack)."""
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('command = "imp"\n[flags]\ndataset = "digits"\nsteps = 5\n'
+                     'train_steps = 15\nbatch_size = 32\nsubset = "random"\nsize = 64\n'
+                     '[grid]\nlevels = [1, 2]\n')
+    code, out, err = run_cli(["sweep", sweep, "--pack", "--root", data_root,
+                              "--out", tmp_path / "out"])
+    assert code == 0, err
+    first, second = out.split()[:2]
+    assert first == second
+    rows = json.loads((Path(first) / "results.json").read_text())["rows"]
+    assert [r["level"] for r in rows] == [0, 1, 2]
+
+
+def test_each_packed_group_trains_under_its_own_torch_settings(data_root, tmp_path,
+                                                                  monkeypatch):
+    """Preparing a later point sets torch up for it; a group must train under its own flags."""
+    import lthfast.experiments.imp as imp
+    from lthfast import api
+    from lthfast.experiments.common import Runtime
+
+    seen = []
+    real = imp.train_stage
+    monkeypatch.setattr(imp, "train_stage", lambda *a, **k: (
+        seen.append(torch.are_deterministic_algorithms_enabled()), real(*a, **k))[1])
+    request = api.ImpRequest(dataset="digits", subset="random", size=64, steps=2, levels=0,
+                             train_steps=4, batch_size=16)
+    rt = Runtime(root=data_root, out=tmp_path, device="cpu", progress=None)
+    strict = api.prepare_imp(request, dataclasses.replace(rt, deterministic=True))
+    api.prepare_imp(dataclasses.replace(request, seed=1), rt)  # leaves torch non-deterministic
+    api.run_prepared_imps([strict])
+    assert seen == [True, True]  # pre-training and level 0
+    torch.use_deterministic_algorithms(False)
 
 
 def test_each_run_starts_from_a_clean_torch_state(tmp_path):

@@ -18,6 +18,7 @@ runner, which trains the replicates that are missing as one packed model.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Hashable, Iterator, Sequence
@@ -140,12 +141,12 @@ def run_imps(ctx: Context, jobs: Sequence[ImpJob]) -> list[Run]:
     result is bit-identical to running the jobs one by one (tests/test_imp.py)."""
     for job in jobs:
         check_config(job.cfg)
+    asked = jobs
+    jobs = merged(ctx, jobs)  # requests of one run (differing in levels / replicates) as one
     # pre-training first: if its weights turn out unreadable, no IMP directory is left behind
     rewinds = pretrain_many(ctx, [(j.cfg.pretrain, j.subset, list(range(j.replicates)))
                                   for j in jobs])
     runs = [ctx.store.run("imp", job.cfg).create() for job in jobs]
-    if len({run.path for run in runs}) != len(runs):
-        raise UserError("the same IMP run is asked for twice")
     by_path = {run.path: (job, rewind) for run, job, rewind in zip(runs, jobs, rewinds)}
     data = ctx.train_split()  # true labels: noise is for pre-training only
     everything = np.arange(ctx.ds.train_size)
@@ -180,7 +181,21 @@ def run_imps(ctx: Context, jobs: Sequence[ImpJob]) -> list[Run]:
                         alive[stage.run.path].remove(stage.replicate)
         for run, gone in zip(runs, lost):
             write_results(run, diverged_in_pretraining=gone)
-    return runs
+    by_run = {run.path: run for run in runs}
+    return [by_run[ctx.store.run("imp", job.cfg).path] for job in asked]
+
+
+def merged(ctx: Context, jobs: Sequence[ImpJob]) -> list[ImpJob]:
+    """One job per IMP run: levels and replicates are not part of a run's identity, so jobs
+    that differ only in them are one run, done to the most levels and replicates asked."""
+    by_path: dict[Path, ImpJob] = {}
+    for job in jobs:
+        path = ctx.store.run("imp", job.cfg).path
+        seen = by_path.get(path)
+        by_path[path] = job if seen is None else dataclasses.replace(
+            seen, levels=max(seen.levels, job.levels),
+            replicates=max(seen.replicates, job.replicates))
+    return list(by_path.values())
 
 
 def _shape(recipe: Recipe) -> tuple:
@@ -188,12 +203,19 @@ def _shape(recipe: Recipe) -> tuple:
     return recipe.model, recipe.batch_size, recipe.momentum, recipe.steps
 
 
-def packable(stages: Sequence[Stage], key: Callable[[Stage], Hashable]) -> list[list[Stage]]:
-    """``stages`` grouped by ``key``, in first-seen order: each group trains as one model."""
+MAX_PACKED = 20  # models in one packed group: Fig. 2's 5 schemes x 4 replicates, and a bound
+# on activation memory (a K-model group holds K networks' activations at once)
+
+
+def packable(stages: Sequence[Stage], key: Callable[[Stage], Hashable],
+             limit: int = MAX_PACKED) -> list[list[Stage]]:
+    """``stages`` grouped by ``key``, in first-seen order, at most ``limit`` a group: each group
+    trains as one model (a replicate's numbers do not depend on its group, so any split works)."""
     groups: dict[Hashable, list[Stage]] = {}
     for stage in stages:
         groups.setdefault(key(stage), []).append(stage)
-    return list(groups.values())
+    return [group[i : i + limit] for group in groups.values()
+            for i in range(0, len(group), limit)]
 
 
 def unique(stages: Sequence[Stage]) -> list[Stage]:

@@ -33,6 +33,15 @@ def _eval_forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 _FORWARDS = {"train": _train_forward, "eval": _eval_forward}
+RECOMPILE_LIMIT = 64  # graphs per compiled function: dynamo's default (8) is reached by a long
+# packed sweep (K changes per group, the batch per dataset), after which it runs eagerly, silently
+
+
+def _raise_recompile_limit() -> None:
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # the name changed across versions
+        if hasattr(config, name) and getattr(config, name) < RECOMPILE_LIMIT:
+            setattr(config, name, RECOMPILE_LIMIT)
 
 
 def backend() -> str:
@@ -43,6 +52,7 @@ def compiled_forward(model: torch.nn.Module, purpose: str) -> Callable[[torch.Te
     """``x -> model(x)`` through this process's compiled ``purpose`` ("train" or "eval")."""
     key = (purpose, backend())
     if key not in _COMPILED:
+        _raise_recompile_limit()
         _COMPILED[key] = torch.compile(_FORWARDS[purpose], backend=key[1], dynamic=False)
     fn = _COMPILED[key]
     return lambda x: fn(model, x)

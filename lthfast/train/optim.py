@@ -160,7 +160,6 @@ class FusedSGD:
         self.buf = buf
 
 
-
 def masks_for(model: torch.nn.Module, masks: Optional[Masks]) -> Optional[list]:
     """The masks in ``model.parameters()`` order (None for unpruned parameters)."""
     if not masks:

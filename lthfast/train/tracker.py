@@ -55,6 +55,9 @@ class LossTracker:
 
     def load_state_dict(self, state: dict) -> None:
         rows = state["rows"]
+        if len(rows):  # room for its rows and a whole window more, whatever log_every was
+            # when it was written (how often to log is not part of a run's identity)
+            self.rows = self.rows.new_empty(len(rows) + len(self.rows), self.k)
         self.rows[: len(rows)].copy_(rows)
         self.filled, self.first_step = len(rows), state["first_step"]
         self.diverged, self.last_finite = list(state["diverged"]), list(state["last_finite"])
