@@ -117,7 +117,9 @@ def per_model_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     whatever K is: a replicate trained alone or packed with others gets bit-identical losses.
     """
     k = logits.shape[1]
-    flat = logits.float().transpose(0, 1).reshape(-1, logits.shape[-1])  # (K·B)×C, model-major
+    # bf16 logits (autocast) in fp32; fp64 models (tests) keep fp64
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    flat = logits.transpose(0, 1).reshape(-1, logits.shape[-1])  # (K·B)×C, model-major
     losses = F.cross_entropy(flat, y.T.reshape(-1), reduction="none")
     return losses.view(k, -1).mean(1)
 
