@@ -62,22 +62,15 @@ def test_the_replay_measures_without_changing_pre_training(data_root, tmp_path):
 def test_grads_resumes_bit_exactly_after_kill9(data_root, tmp_path):
     """The statistics hook's state is checkpointed with the model: killed mid-replay, the rerun
     ends with the same gradient norms, coherence and accuracies as an uninterrupted run."""
-    import os
     import signal
-    import subprocess
-    import sys
 
-    args = [sys.executable, "-m", "lthfast", "grads", "--dataset", "digits", "--steps", "12",
+    from reliability import Cli
+
+    args = ["grads", "--dataset", "digits", "--steps", "12",
             "--train-steps", "40", "--batch-size", "32", "--coherence-every", "3",
             "--coherence-batches", "2", "--eval-every", "4", "--deterministic",
-            "--root", str(data_root)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LTHFAST_")}
-    env["LTHFAST_CHECKPOINT_EVERY"] = "5"
-
-    def run(out, kill=None):
-        extra = {"LTHFAST_KILL": json.dumps(kill)} if kill else {}
-        return subprocess.run(args + ["--out", str(out)], capture_output=True, text=True,
-                              env=env | extra, timeout=300)
+            "--root", data_root]
+    run = lambda out, kill=None: Cli().run(args + ["--out", out], kill=kill, timeout=300)  # noqa: E731
 
     assert run(tmp_path / "ref").returncode == 0
     killed = run(tmp_path / "kill", {"stage": r"pretrain/replicate_0/grads_\w+", "step": 8})

@@ -7,10 +7,7 @@ the falsifiable science check on digits, IMP-level parents, and resumption after
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +15,7 @@ import pytest
 import torch
 
 from lthfast import api
+from reliability import Cli
 from lthfast.experiments.analyses.lmc import connected, interpolate, measure
 from lthfast.experiments.common import Context, Runtime
 from lthfast.models import build
@@ -110,16 +108,10 @@ def test_an_imp_level_parent_spawns_sparse_children(data_root, tmp_path):
 
 
 def test_lmc_resumes_bit_exactly_after_kill9(data_root, tmp_path):
-    args = [sys.executable, "-m", "lthfast", "lmc", "--dataset", "digits", "--steps", "10",
+    args = ["lmc", "--dataset", "digits", "--steps", "10",
             "--train-steps", "60", "--batch-size", "32", "--deterministic",
-            "--root", str(data_root)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LTHFAST_")}
-    env["LTHFAST_CHECKPOINT_EVERY"] = "5"
-
-    def run(out, kill=None):
-        extra = {"LTHFAST_KILL": json.dumps(kill)} if kill else {}
-        return subprocess.run(args + ["--out", str(out)], capture_output=True, text=True,
-                              env=env | extra, timeout=300)
+            "--root", data_root]
+    run = lambda out, kill=None: Cli().run(args + ["--out", out], kill=kill, timeout=300)  # noqa: E731
 
     reference = run(tmp_path / "ref")
     assert reference.returncode == 0, reference.stderr

@@ -106,11 +106,16 @@ class Context:
 
     def train_split(self, label_noise: float = 0.0, noise_seed: int = 0) -> DeviceData:
         """The training set on the device, with true labels or the saved noisy copy."""
-        key = ("train", label_noise, noise_seed if label_noise else 0)
+        key = self.train_split_key(label_noise, noise_seed)
         if key not in self._splits:
             labels = train_labels(self.ds, label_noise, noise_seed)
             self._splits[key] = DeviceData.from_dataset(self.ds, "train", self.device, labels)
         return self._splits[key]
+
+    @staticmethod
+    def train_split_key(label_noise: float = 0.0, noise_seed: int = 0) -> tuple:
+        """Which device copy of the training set a run uses (the seed matters only with noise)."""
+        return "train", label_noise, noise_seed if label_noise else 0
 
     def test_split(self) -> DeviceData:
         if "test" not in self._splits:

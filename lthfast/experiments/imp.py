@@ -95,13 +95,13 @@ def pretrain_many(ctx: Context, wanted: Sequence[tuple[PretrainConfig, SubsetSpe
     def artifacts(model, hooks, trained: list[Stage]):
         return {"subset": [subset_of(ctx, by_path[s.run.path][1], s.replicate) for s in trained]}
 
-    def data_of(cfg: PretrainConfig):  # packed models share one training split on the device
-        return cfg.label_noise, cfg.noise_seed if cfg.label_noise else 0
+    def group_key(stage: Stage) -> tuple:  # packed models share a recipe shape and one split
+        cfg = by_path[stage.run.path][0]
+        return _shape(cfg.recipe), Context.train_split_key(cfg.label_noise, cfg.noise_seed)
 
     stages = unique([run.stage(r) for run, (_, _, reps) in zip(runs, wanted) for r in reps])
     with locked_runs(runs):
-        for group in packable(stages, lambda s: (_shape(by_path[s.run.path][0].recipe),
-                                                 data_of(by_path[s.run.path][0]))):
+        for group in packable(stages, group_key):
             cfg = by_path[group[0].run.path][0]
             train_stage(ctx, group, prepare, [by_path[s.run.path][0].recipe for s in group],
                         ctx.train_split(cfg.label_noise, cfg.noise_seed), label="pre-train",
