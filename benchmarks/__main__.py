@@ -82,6 +82,8 @@ def configs(quick: bool, workers: int, args) -> dict:
         g = replace(g, iterations=args.gpu_iterations)
     if args.gpu_el2n_iterations:
         g = replace(g, el2n_iterations=args.gpu_el2n_iterations)
+    if args.gpu_imp_levels >= 0:
+        g = replace(g, imp_levels=args.gpu_imp_levels)
     if args.gpu_compile != "both":
         g = replace(g, compile_modes=(args.gpu_compile == "on",))
     cfg["gpu"] = g
@@ -225,6 +227,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--gpu-iterations", type=int, default=0, help="override 62,400")
     p.add_argument("--gpu-el2n-iterations", type=int, default=0, help="override 7,800")
     p.add_argument("--gpu-compile", choices=("both", "on", "off"), default="both")
+    p.add_argument("--gpu-imp-levels", type=int, default=-1,
+                   help="levels of the whole IMP run (default 12; 0: skip it)")
     p.add_argument("--idle-wait", type=float, default=0.0,
                    help="on a shared machine: before each section wait up to this many seconds "
                         "for the 1-minute load average to fall below a quarter of the CPUs")

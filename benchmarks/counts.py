@@ -33,8 +33,9 @@ from lthfast.data.loader import BatchStream, DeviceData, StreamSeeds
 from lthfast.models.packed import PackedResNet
 from lthfast.prune.magnitude import full_masks, prune
 from lthfast.train.counting import OpCounter, count_syncs
-from lthfast.train.loop import LoopConfig, per_model_loss, train
+from lthfast.train.loop import LoopConfig, train
 from lthfast.train.schedule import Schedule
+from lthfast.train.step import per_model_loss
 
 from .common import DEFAULT_CACHE, Row, open_synthetic, rerun
 

@@ -16,8 +16,12 @@ backward ≈ 2 × forward), forward FLOPs counted by ``torch.utils.flop_counter.
 (convolutions and matmuls), divided by the device's dense bf16 peak (a small table of known
 GPUs, or ``LTHFAST_PEAK_TFLOPS``).
 
-Variants (``layouts``): compile on and off; for K=1 also NCHW instead of channels_last; for the
-K=10 ensemble also the looped execution and K separate K=1 runs one after another (what packing
+- a whole IMP run of ``imp_levels`` (12) levels through ``lthfast.api.imp``, as ``lthfast imp``
+  runs it: pre-training on all data to t_r = 400, then train → prune 20% → rewind per level.
+
+Variants (``layouts``): compile on and off; the step replayed as a CUDA graph (``--cuda-graph``;
+each row says whether it was captured); for K=1 also NCHW instead of channels_last; for the K=10
+ensemble also the looped execution and K separate K=1 runs one after another (what packing
 saves). Without CUDA the section is not run. ``--gpu-iterations``/``--gpu-el2n-iterations`` shorten it.
 
     python -m benchmarks --only gpu [--quick]
@@ -28,6 +32,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -72,6 +77,9 @@ class GpuConfig:
     layouts: bool = True  # also: K=1 without channels_last; K models looped and as K separate runs
     amp: bool = True
     log_every: int = 100
+    capture: bool = True  # also: the step replayed as a CUDA graph
+    imp_levels: int = 12  # a whole IMP run (0: not run)
+    imp_t_r: int = 400
     quick: bool = False
 
 
@@ -96,9 +104,12 @@ class Variant:
     execution: str = "grouped"
     channels_last: bool = True
     separate: bool = False
+    capture: bool = False
 
     def label(self) -> str:
         parts = [f"compile {'on' if self.compile else 'off'}"]
+        if self.capture:
+            parts.append("CUDA graph")
         if self.separate:
             parts.append("K separate runs")
         elif self.execution != "grouped":
@@ -110,6 +121,8 @@ class Variant:
 
 def variants(cfg: GpuConfig, k: int) -> list[Variant]:
     out = [Variant(compile) for compile in cfg.compile_modes]
+    if cfg.capture:
+        out.append(Variant(cfg.compile_modes[0], capture=True))
     if cfg.layouts:
         compile = cfg.compile_modes[0]
         out += ([Variant(compile, channels_last=False)] if k == 1 else
@@ -137,7 +150,8 @@ def variant_run(ds, cfg: GpuConfig, device: torch.device, k: int, iterations: in
     total = sum(r["total"] for r in runs)
     images = iterations * cfg.batch * k
     return {"total": total, "windows": [images / total], "steady": images / total,
-            "losses": [loss for r in runs for loss in r["losses"]]}
+            "losses": [loss for r in runs for loss in r["losses"]],
+            "captured": all(r["captured"] for r in runs)}
 
 
 def train_run(ds, cfg: GpuConfig, device: torch.device, k: int, iterations: int,
@@ -165,7 +179,7 @@ def train_run(ds, cfg: GpuConfig, device: torch.device, k: int, iterations: int,
     log_every = max(1, min(cfg.log_every, iterations // 4 or 1))
     loop = LoopConfig(schedule=Schedule(cfg.lr, tuple(m for m in cfg.milestones if m < iterations)),
                       start_step=0, end_step=iterations, log_every=log_every, compile=compile,
-                      amp=cfg.amp)
+                      amp=cfg.amp, capture=variant.capture)
     sync(device)
     start = time.perf_counter()
     # progress runs after the loop's host sync of the step, so its timestamps are exact
@@ -179,7 +193,34 @@ def train_run(ds, cfg: GpuConfig, device: torch.device, k: int, iterations: int,
     if not windows:  # too short a run for windows: the whole run
         windows = [iterations * cfg.batch * k / total]
     return {"total": total, "windows": windows, "losses": result.mean_losses,
-            "steady": float(np.median(windows))}
+            "steady": float(np.median(windows)), "captured": result.captured}
+
+
+def imp_run(cfg: GpuConfig, device: torch.device, cache) -> dict:
+    """A whole IMP run through the API (what ``lthfast imp`` does), on the synthetic set:
+    pre-training on all data to t_r, then ``imp_levels`` levels; wall time and final accuracy."""
+    import tempfile
+
+    from lthfast import api
+    from lthfast.experiments.common import Runtime
+
+    from .common import synthetic_dataset
+
+    root = synthetic_dataset(cache, cfg.train).parent
+    request = api.ImpRequest(dataset="synthetic", model=cfg.model, batch_size=cfg.batch,
+                             lr=cfg.lr, pretrain_lr=cfg.lr, train_steps=cfg.iterations,
+                             steps=min(cfg.imp_t_r, cfg.iterations // 2), levels=cfg.imp_levels)
+    with tempfile.TemporaryDirectory(prefix="lthfast_gpu_imp_") as out:
+        rt = Runtime(root=root, out=Path(out), device=str(device), compile=cfg.compile_modes[0],
+                     cuda_graph=cfg.capture and device.type == "cuda")
+        torch._dynamo.reset()
+        sync(device)
+        start = time.perf_counter()
+        run = api.imp(request, rt)
+        sync(device)
+        total = time.perf_counter() - start
+        records = sorted(run.records(), key=lambda r: r.level)
+    return {"total": total, "levels": len(records), "first": records[0], "last": records[-1]}
 
 
 def run(cfg: GpuConfig = GpuConfig(), device: Optional[torch.device] = None,
@@ -189,9 +230,10 @@ def run(cfg: GpuConfig = GpuConfig(), device: Optional[torch.device] = None,
     command = rerun(SECTION, cfg.quick)
     full = f"{cfg.model} CIFAR-10 schedule, {cfg.iterations:,} it × b{cfg.batch}"
     el2n = f"EL2N {cfg.el2n_k} × {cfg.model} packed, {cfg.el2n_iterations:,} it × b{cfg.batch}"
+    imp = f"IMP {cfg.imp_levels} levels × {cfg.model}, {cfg.iterations:,} it × b{cfg.batch}"
     if device.type != "cuda" and not force:
         return [Row(SECTION, case, "lthfast loop", [], note=NOT_RUN, command=command)
-                for case in (full, el2n)]
+                for case in (full, el2n) + ((imp,) if cfg.imp_levels else ())]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     ds = open_synthetic(cache, cfg.train)
@@ -210,9 +252,30 @@ def run(cfg: GpuConfig = GpuConfig(), device: Optional[torch.device] = None,
             rows.append(Row(
                 SECTION, case, f"lthfast loop, {label}" + (", bf16" if cfg.amp else ""),
                 r["windows"], reference=variant == variants(cfg, k)[0], command=command,
-                note=(f"total {r['total']:.0f} s incl. compile/warm-up; {achieved / 1e12:.2f} "
+                note=(("replayed as a CUDA graph; " if r["captured"] else
+                       "not captured (ran eagerly); " if variant.capture else "") +
+                      f"total {r['total']:.0f} s incl. compile/warm-up; {achieved / 1e12:.2f} "
                       f"TFLOP/s achieved ({3 * fwd / 1e6:.0f} MFLOP per training image); {mfu}; "
                       f"final loss {np.nanmean(r['losses']):.3f}"),
                 extra={"total_s": r["total"], "mfu": achieved / peak if peak else None,
                        "fwd_flops": fwd}))
+    if cfg.imp_levels:
+        rows.append(imp_row(cfg, device, cache, command, log))
     return rows
+
+
+def imp_row(cfg: GpuConfig, device: torch.device, cache, command: str, log) -> Row:
+    case = f"IMP {cfg.imp_levels} levels × {cfg.model}, {cfg.iterations:,} it × b{cfg.batch}"
+    label = Variant(cfg.compile_modes[0], capture=cfg.capture and device.type == "cuda").label()
+    log(f"[gpu] {case}: {label}")
+    r = imp_run(cfg, device, cache)
+    per_training = r["total"] / (r["levels"] + 1)  # the levels and the pre-training
+    return Row(SECTION, case, f"lthfast imp, {label}" + (", bf16" if device.type == "cuda" else ""),
+               [r["total"]], unit="s", command=command,
+               note=(f"pre-training to t_r {min(cfg.imp_t_r, cfg.iterations // 2)}, then levels "
+                     f"0–{r['last'].level}, incl. compile, evaluation and checkpoints: "
+                     f"{per_training:.0f} s per training; test accuracy level 0 "
+                     f"{r['first'].test_acc:.3f}, level {r['last'].level} "
+                     f"({100 * r['last'].weights_remaining:.1f}% of weights) "
+                     f"{r['last'].test_acc:.3f} (synthetic data: timing only)"),
+               extra={"total_s": r["total"], "levels": r["levels"]})

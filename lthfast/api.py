@@ -36,7 +36,8 @@ EMBEDDED = ("digits",)
 
 def runtime(root: str | Path = "datasets", out: str | Path = "runs", device: Optional[str] = None,
             deterministic: bool = False, compile: Optional[bool] = None,
-            checkpoint_every: int = 0, loader: str = "device", progress=None) -> Runtime:
+            checkpoint_every: int = 0, loader: str = "device", progress=None,
+            cuda_graph: bool = False) -> Runtime:
     """How to run (never part of a run's identity), checked."""
     from .data.streams import STREAMS
 
@@ -46,7 +47,7 @@ def runtime(root: str | Path = "datasets", out: str | Path = "runs", device: Opt
     check_device(device or default_device())
     return Runtime(root=Path(root), out=Path(out), device=device or default_device(),
                    deterministic=deterministic, compile=compile, progress=progress,
-                   checkpoint_every=checkpoint_every, loader=loader)
+                   checkpoint_every=checkpoint_every, loader=loader, cuda_graph=cuda_graph)
 
 
 def open_data(root: str | Path, dataset: str):
@@ -509,7 +510,7 @@ REQUESTS: dict[str, type] = {"imp": ImpRequest, "scores": ScoreRequest, "lmc": L
                               "warmup": WarmupRequest}
 # Runtime flags a sweep may set per run (how to run, not what): checked like request fields.
 RUNTIME_FLAGS = {"deterministic": bool, "compile": Optional[bool], "loader": str,
-                 "checkpoint_every": int}
+                 "checkpoint_every": int, "cuda_graph": bool}
 
 
 def coerce(name: str, value: Any, hint: Any) -> Any:

@@ -35,17 +35,21 @@ LOADER = typer.Option("device", "--loader", envvar="LTHFAST_LOADER",
                       help="device (lthfast's device-resident loader) or ffcv (stock ffcv Loaders "
                            "over the betons, for comparison; no label noise, not deterministic)")
 COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile (default: on for CUDA)")
+CUDA_GRAPH = typer.Option(False, "--cuda-graph", metavar="", envvar="LTHFAST_CUDA_GRAPH",
+                          help="replay each training step as a CUDA graph (CUDA only; stages "
+                               "whose hooks read the step on the host run eagerly)")
 LABEL_NOISE = typer.Option(0.0, help="fraction of labels re-drawn (imp: in pre-training only)")
 NOISE_SEED = typer.Option(0, help="seed of the label noise")
 
 
 def runtime(root: Path, out: Path, device: Optional[str], deterministic: bool,
-            compile: Optional[bool], checkpoint_every: int, loader: str = "device"):
+            compile: Optional[bool], checkpoint_every: int, loader: str = "device",
+            cuda_graph: bool = False):
     from .api import runtime as make_runtime
     from .progress import make_progress
 
     return make_runtime(root, out, device, deterministic, compile, checkpoint_every, loader,
-                        progress=make_progress())
+                        progress=make_progress(), cuda_graph=cuda_graph)
 
 
 def request(cls, values: dict):
@@ -64,7 +68,8 @@ RENAMED = {"warmup_steps": "warmup"}  # parameter names that would shadow a comm
 def runtime_of(values: dict):
     """The runtime from a training command's parameters (``locals()``)."""
     return runtime(values["root"], values["out"], values["device"], values["deterministic"],
-                   values["compile"], values["checkpoint_every"], values["loader"])
+                   values["compile"], values["checkpoint_every"], values["loader"],
+                   values["cuda_graph"])
 
 
 @app.command("build-beton")
@@ -143,7 +148,7 @@ def imp(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE
         el2n_steps: Optional[int] = EL2N_STEPS, model: Optional[str] = MODEL,
         batch_size: Optional[int] = BATCH_SIZE, lr: Optional[float] = LR,
         pretrain_lr: Optional[float] = PRETRAIN_LR, train_steps: Optional[int] = TRAIN_STEPS,
-        compile: Optional[bool] = COMPILE, loader: str = LOADER,
+        compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH, loader: str = LOADER,
         root: Path = ROOT, out: Path = OUT, seed: int = SEED,
         device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
         checkpoint_every: int = CHECKPOINT_EVERY):
@@ -167,7 +172,7 @@ def lmc(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE
         el2n_steps: Optional[int] = EL2N_STEPS, model: Optional[str] = MODEL,
         batch_size: Optional[int] = BATCH_SIZE, lr: Optional[float] = LR,
         pretrain_lr: Optional[float] = PRETRAIN_LR, train_steps: Optional[int] = TRAIN_STEPS,
-        compile: Optional[bool] = COMPILE, loader: str = LOADER,
+        compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH, loader: str = LOADER,
         root: Path = ROOT, out: Path = OUT, seed: int = SEED,
         device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
         checkpoint_every: int = CHECKPOINT_EVERY):
@@ -190,7 +195,7 @@ def errors(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = S
            el2n_models: Optional[int] = EL2N_MODELS, el2n_steps: Optional[int] = EL2N_STEPS,
            model: Optional[str] = MODEL, batch_size: Optional[int] = BATCH_SIZE,
            lr: Optional[float] = LR, pretrain_lr: Optional[float] = PRETRAIN_LR,
-           train_steps: Optional[int] = TRAIN_STEPS, compile: Optional[bool] = COMPILE,
+           train_steps: Optional[int] = TRAIN_STEPS, compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH,
            loader: str = LOADER, root: Path = ROOT, out: Path = OUT, seed: int = SEED,
            device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
            checkpoint_every: int = CHECKPOINT_EVERY):
@@ -214,7 +219,7 @@ def grads(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SI
           el2n_models: Optional[int] = EL2N_MODELS, el2n_steps: Optional[int] = EL2N_STEPS,
           model: Optional[str] = MODEL, batch_size: Optional[int] = BATCH_SIZE,
           lr: Optional[float] = LR, pretrain_lr: Optional[float] = PRETRAIN_LR,
-          train_steps: Optional[int] = TRAIN_STEPS, compile: Optional[bool] = COMPILE,
+          train_steps: Optional[int] = TRAIN_STEPS, compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH,
           loader: str = LOADER, root: Path = ROOT, out: Path = OUT, seed: int = SEED,
           device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
           checkpoint_every: int = CHECKPOINT_EVERY):
@@ -236,7 +241,7 @@ def warmup(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = S
            rank_by: str = RANK_BY, el2n_models: Optional[int] = EL2N_MODELS,
            el2n_steps: Optional[int] = EL2N_STEPS, batch_size: Optional[int] = BATCH_SIZE,
            lr: Optional[float] = typer.Option(None, help="override the peak lr (3.2)"),
-           train_steps: Optional[int] = TRAIN_STEPS, compile: Optional[bool] = COMPILE,
+           train_steps: Optional[int] = TRAIN_STEPS, compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH,
            loader: str = LOADER, root: Path = ROOT, out: Path = OUT, seed: int = SEED,
            device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
            checkpoint_every: int = CHECKPOINT_EVERY):
@@ -261,7 +266,7 @@ def scores(kind: str = typer.Argument(..., help="el2n, forgetting or lmc"),
            model: Optional[str] = typer.Option(None, help="override the network"),
            batch_size: Optional[int] = typer.Option(None, help="override the batch size"),
            lr: Optional[float] = typer.Option(None, help="override the lr"),
-           compile: Optional[bool] = COMPILE, loader: str = LOADER,
+           compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH, loader: str = LOADER,
            root: Path = ROOT, out: Path = OUT, seed: int = SEED,
            device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
            checkpoint_every: int = CHECKPOINT_EVERY):

@@ -79,19 +79,25 @@ def test_plain_resnet_matches_lthfast_size():
 
 def test_gpu_section(cache):
     cfg = gpu.GpuConfig(model="resnet8", iterations=3, el2n_iterations=2, el2n_k=2, batch=4,
-                        train=200, compile_modes=(False,), log_every=1)
+                        train=200, compile_modes=(False,), log_every=1, imp_levels=2)
     if not torch.cuda.is_available():
         rows = gpu.run(cfg, cache=cache, log=lambda _: None)
-        assert rows and all(r.note == gpu.NOT_RUN and not r.values for r in rows)
+        assert len(rows) == 3 and all(r.note == gpu.NOT_RUN and not r.values for r in rows)
     # the measurement itself, forced onto the CPU at tiny size
     rows = positive(gpu.run(cfg, device=torch.device("cpu"), cache=cache, log=lambda _: None,
                             force=True), "gpu")
-    assert all(r.extra["fwd_flops"] > 0 for r in rows)
-    assert [r.variant for r in rows] == [
-        "lthfast loop, compile off, bf16", "lthfast loop, compile off, NCHW, bf16",
-        "lthfast loop, compile off, bf16", "lthfast loop, compile off, looped, bf16",
+    loops, imp = rows[:-1], rows[-1]
+    assert all(r.extra["fwd_flops"] > 0 for r in loops)
+    assert [r.variant for r in loops] == [
+        "lthfast loop, compile off, bf16", "lthfast loop, compile off, CUDA graph, bf16",
+        "lthfast loop, compile off, NCHW, bf16",
+        "lthfast loop, compile off, bf16", "lthfast loop, compile off, CUDA graph, bf16",
+        "lthfast loop, compile off, looped, bf16",
         "lthfast loop, compile off, K separate runs, bf16"]
-    assert [r.reference for r in rows] == [True, False, True, False, False]
+    assert [r.reference for r in loops] == [True, False, False, True, False, False, False]
+    assert all(r.note.startswith("not captured") for r in loops if "CUDA graph" in r.variant)
+    # the whole IMP run through the API: pre-training, then levels 0..2
+    assert imp.case.startswith("IMP 2 levels") and imp.unit == "s" and imp.extra["levels"] == 3
 
 
 def test_end_to_end(tmp_path):

@@ -37,6 +37,7 @@ CASES = [
     ("subset-file-npz", lambda tmp: IMP + ["--subset-file", npz(tmp / "s.npz")], ".npz"),
     ("scores-npz", lambda tmp: IMP + ["--subset", "easy", "--size", "8", "--scores",
                                       npz(tmp / "s.npz")], ".npz"),
+    ("cuda-graph-on-cpu", IMP + ["--device", "cpu", "--cuda-graph"], "--cuda-graph needs a CUDA"),
     ("checkpoint-every-negative", IMP + ["--checkpoint-every", "-5"], "--checkpoint-every"),
     ("all-with-size", IMP + ["--subset", "all", "--size", "5"], "--size does not apply"),
     ("subset-file-and-kind", lambda tmp: IMP + ["--subset-file", str(np.save(

@@ -14,8 +14,9 @@ from lthfast.data.loader import BatchStream, DeviceData, StreamSeeds
 from lthfast.models import build
 from lthfast.prune.magnitude import full_masks, prune
 from lthfast.train.evaluate import predict
-from lthfast.train.loop import LoopConfig, per_model_loss, train
+from lthfast.train.loop import LoopConfig, train
 from lthfast.train.schedule import Schedule
+from lthfast.train.step import per_model_loss
 
 
 @pytest.fixture

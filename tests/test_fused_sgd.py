@@ -39,11 +39,11 @@ def test_shared_lr_equals_torch_sgd_bit_for_bit_with_masks():
         for p, m in zip(ref, masks):
             if m is not None:
                 p.mul_(m)
-    opt = FusedSGD(ours, k, 0.9, masks)
+    opt = FusedSGD(ours, k, 0.9, masks, [5e-4] * k)
     sgd = torch.optim.SGD(ref, lr=lrs[0], momentum=0.9, weight_decay=5e-4)
     for step, lr in enumerate(lrs):
         set_grads(ours, step), set_grads(ref, step)
-        opt.step([lr] * k, [5e-4] * k)
+        opt.step(opt.lr_vector([lr] * k))
         for group in sgd.param_groups:
             group["lr"] = lr
         sgd.step()
@@ -63,7 +63,7 @@ def test_per_model_lr_and_decay_equal_k_separate_sgd_runs():
     k = 3
     lrs, decays = [0.1, 0.05, 0.2], [1e-4, 0.0, 5e-3]
     ours = packed_params(k)
-    opt = FusedSGD(ours, k, 0.9)
+    opt = FusedSGD(ours, k, 0.9, weight_decays=decays)
     refs = [[torch.nn.Parameter(memory_order(p.detach()).view(k, -1)[m].clone()) for p in ours]
             for m in range(k)]
     sgds = [torch.optim.SGD(refs[m], lr=lrs[m], momentum=0.9, weight_decay=decays[m])
@@ -74,7 +74,7 @@ def test_per_model_lr_and_decay_equal_k_separate_sgd_runs():
             for r, p in zip(refs[m], ours):
                 r.grad = memory_order(p.grad, p).view(k, -1)[m].clone()
             sgds[m].step()
-        opt.step(lrs, decays)
+        opt.step(opt.lr_vector(lrs))
     for m in range(k):
         for r, p in zip(refs[m], ours):
             assert torch.equal(memory_order(p.detach()).view(k, -1)[m], r)  # bit for bit
@@ -87,7 +87,7 @@ def test_continues_from_its_own_state_and_from_torch_sgd_state():
     sgd_b = torch.optim.SGD(b, lr=0.1, momentum=0.9)
     for step in range(3):
         set_grads(a, step), set_grads(b, step)
-        opt_a.step([0.1] * k, [0.0] * k)
+        opt_a.step(opt_a.lr_vector([0.1]))
         sgd_b.step()
     opt_c = FusedSGD(c := [torch.nn.Parameter(p.detach().clone()) for p in a], k, 0.9)
     opt_c.load_state_dict(opt_a.state_dict())
@@ -95,7 +95,7 @@ def test_continues_from_its_own_state_and_from_torch_sgd_state():
     opt_b.load_state_dict(sgd_b.state_dict())  # a checkpoint written before FusedSGD
     for opt, params in ((opt_a, a), (opt_b, b), (opt_c, c)):
         set_grads(params, 9)
-        opt.step([0.1] * k, [0.0] * k)
+        opt.step(opt.lr_vector([0.1]))
     for p, q, r in zip(a, b, c):
         assert torch.equal(p, q) and torch.equal(p, r)
 

@@ -17,8 +17,9 @@ from lthfast.data.loader import BatchStream, DeviceData, StreamSeeds
 from lthfast.models import build
 from lthfast.prune.magnitude import full_masks, prune
 from lthfast.train.counting import OpCounter, count_syncs
-from lthfast.train.loop import LoopConfig, per_model_loss, train
+from lthfast.train.loop import LoopConfig, train
 from lthfast.train.schedule import Schedule
+from lthfast.train.step import per_model_loss
 
 OUTSIDE_MODEL_BUDGET = 20  # loader + loss bookkeeping + optimizer + masks, per step, any K
 

@@ -37,12 +37,17 @@ class Runtime:
     device: str = "cpu"
     deterministic: bool = False
     compile: Optional[bool] = None  # None: on for CUDA, off for CPU
+    cuda_graph: bool = False  # replay training steps as CUDA graphs (off until measured on a GPU)
     amp: Optional[bool] = None  # None: bf16 autocast on CUDA
     checkpoint_every: int = 0  # steps between checkpoints; 0: by wall time only
     checkpoint_seconds: float = 300.0  # a checkpoint every 5 minutes of training, whatever the speed
     log_every: int = 50
     loader: str = "device"  # a name in lthfast.data.streams.STREAMS
     progress: Optional[ProgressFn] = None
+
+    def __post_init__(self):
+        if self.cuda_graph and not self.device.startswith("cuda"):
+            raise UserError("--cuda-graph needs a CUDA device (--device cuda)")
 
     @property
     def torch_device(self) -> torch.device:
@@ -177,7 +182,7 @@ def run_training(ctx: Context, model: PackedResNet, data: DeviceData,
                      start_step=start, end_step=first.steps, momentum=first.momentum,
                      log_every=rt.log_every, checkpoint_every=rt.checkpoint_every,
                      checkpoint_seconds=rt.checkpoint_seconds,
-                     compile=rt.use_compile, amp=rt.use_amp)
+                     compile=rt.use_compile, amp=rt.use_amp, capture=rt.cuda_graph)
     progress = None
     if rt.progress is not None:
         progress = lambda step, total, _losses: rt.progress(label, step - start, total - start)

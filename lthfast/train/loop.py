@@ -21,8 +21,10 @@ Speed choices and why:
   of its input); the loss is computed from the logits cast to fp32;
 - optional ``torch.compile`` of the forward, once per process (``lthfast.train.compiled``);
 - no host sync in the step: the K losses go to a device buffer, read every ``log_every`` steps
-  (``lthfast.train.tracker``); the learning rates are Python scalars, or a device vector when the
-  models differ;
+  (``lthfast.train.tracker``); the learning rates of the whole stage are one device table
+  (``lthfast.train.schedule.lr_table``), a row of which each step reads;
+- the step itself (``lthfast.train.step.TrainStep``) depends only on its tensor inputs, so with
+  ``capture`` it is recorded once as a CUDA graph and replayed (``lthfast.train.capture``);
 - checkpoints by wall time (``checkpoint_seconds``) and/or every ``checkpoint_every`` steps.
 
     python -c "import lthfast.train.loop as l; help(l.train)"
@@ -38,15 +40,16 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import UserError
 from ..prune.magnitude import Masks
 from . import checkpoint as ckpt
+from .capture import CapturedStep, graph_for
 from .compiled import compiled_forward
 from .hooks import Hook
 from .optim import FusedSGD, masks_for
-from .schedule import Schedule
+from .schedule import Schedule, lr_table
+from .step import TrainStep
 from .tracker import LossTracker
 
 # progress(step, end_step, per-model mean losses or None)
@@ -67,6 +70,7 @@ class LoopConfig:
     checkpoint_seconds: float = 0.0  # wall time between checkpoints; 0: not by time
     compile: bool = False
     amp: bool = False  # bf16 autocast (on any device: the runtime decides when)
+    capture: bool = False  # replay the step as a CUDA graph (on CUDA, when no hook needs the host)
 
     def per_model(self, k: int) -> tuple[list[Schedule], list[float]]:
         """K schedules and K weight decays."""
@@ -86,6 +90,7 @@ class LoopResult:
     diverged: list[Optional[dict]] = field(default_factory=list)  # per model: None or {step, last_finite_loss}
     log: list[dict] = field(default_factory=list)
     optimizer_state: Optional[dict] = None  # momentum buffers at ``step``, to continue from
+    captured: bool = False  # whether the steps were replayed from a CUDA graph (or its stand-in)
 
     @property
     def all_diverged(self) -> bool:
@@ -108,20 +113,6 @@ def check_same_masks(saved: Optional[Masks], given: Optional[Masks], path: Path)
     if not same:
         raise UserError(f"checkpoint {path} was written under other pruning masks; delete it "
                         f"to train this stage from its start")
-
-
-def per_model_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """logits B×K×C, y B×K -> mean cross-entropy per model (K,).
-
-    Each model's mean is a reduction over one contiguous row of B losses, the same arithmetic
-    whatever K is: a replicate trained alone or packed with others gets bit-identical losses.
-    """
-    k = logits.shape[1]
-    # bf16 logits (autocast) in fp32; fp64 models (tests) keep fp64
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    flat = logits.transpose(0, 1).reshape(-1, logits.shape[-1])  # (K·B)×C, model-major
-    losses = F.cross_entropy(flat, y.T.reshape(-1), reduction="none")
-    return losses.view(k, -1).mean(1)
 
 
 def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks] = None,
@@ -157,38 +148,39 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
         if state.get("rng") is not None:
             torch.set_rng_state(state["rng"].cpu())
         optimizer_state = state["optimizer"]
+    param_dtype = next(model.parameters()).dtype  # float32; tests also train in float64
     # made after the model's weights are final: it keeps a master copy of them (masked)
-    opt = FusedSGD(list(model.parameters()), k, cfg.momentum, masks_for(model, masks))
+    opt = FusedSGD(list(model.parameters()), k, cfg.momentum, masks_for(model, masks), decays)
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
-    param_dtype = next(model.parameters()).dtype  # float32; tests also train in float64
+    lrs = lr_table(schedules, cfg.start_step, cfg.end_step, param_dtype, device)  # row per step
 
-    forward = compiled_forward(model, "train") if cfg.compile else model
+    def after_backward():  # gradient hooks see the step being taken (the closure reads it)
+        for hook in grad_hooks:
+            hook.after_backward(step, model)
+
     grad_hooks = [h for h in hooks if h.wants_gradients]
+    forward = compiled_forward(model, "train") if cfg.compile else model
+    run_step = TrainStep(forward, opt, cfg.amp, after_backward if grad_hooks else None)
+    graph = graph_for(device) if cfg.capture and not hooks else None  # hooks run on the host
+    if graph is not None:
+        run_step = CapturedStep(run_step, graph(), opt.params)
     saved_at = time.monotonic()
     model.train()
     while step < cfg.end_step:
-        lrs = lrs_at(step)
         x, y, idx = stream.batch(step)
-        x = x.to(param_dtype)  # a no-op unless the model is not float32
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-            logits = forward(x)
-        losses = per_model_loss(logits, y)
-        losses.sum().backward()  # sum over models: each model's gradient is its own mean loss's
-        for hook in grad_hooks:
-            hook.after_backward(step, model)
-        opt.step(lrs, decays)
-        if hooks:
-            detached_logits = logits.detach()
-            for hook in hooks:
-                hook.on_batch(step, detached_logits, y, idx)
+        # x.to: a no-op unless the model is not float32
+        logits, losses = run_step(x.to(param_dtype), y, lrs[step - cfg.start_step])
+        for hook in hooks:
+            hook.on_batch(step, logits, y, idx)
         tracker.record(losses)
         step += 1
 
         if step % cfg.log_every == 0 or step == cfg.end_step:  # the only host sync in the loop
             means = tracker.read()
             result.diverged = list(tracker.diverged)
-            lr = lrs[0] if len(set(lrs)) == 1 else lrs  # a list only when the models differ
+            taken = lrs_at(step - 1)  # the step just taken
+            lr = taken[0] if len(set(taken)) == 1 else taken  # a list only when the models differ
             result.log.append({"step": step, "lr": lr, "loss": means})
             result.mean_losses = means
             if progress is not None:
@@ -208,6 +200,7 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
     result.step = step
     result.diverged = list(tracker.diverged)
     result.optimizer_state = opt.state_dict()
+    result.captured = isinstance(run_step, CapturedStep) and run_step.captured
     return result
 
 

@@ -8,11 +8,12 @@ step is then the same few element-wise ops whatever the depth, width or K:
     p ← p − η b;             copy p back into the parameters (one multi-tensor copy)
 
 which is ``torch.optim.SGD``'s update (momentum μ, no dampening, no Nesterov) applied to every
-element. Per-model learning rates and weight decays (warmup sweeps, lr grids) enter as K-vectors
-expanded once per change to one value per element (model k owns a contiguous block of every
-packed parameter, so the expansion is a gather by a precomputed model index), kept on the
-device: the step then reads them with ``addcmul`` instead of a Python scalar, and never waits
-for the host. With masks, the gradient is masked before it touches the momentum, so pruned
+element. The learning rate η is a device tensor, not a Python number: one value for all models,
+or a K-vector (warmup sweeps, lr grids) expanded to one value per element by a gather with a
+precomputed model index (model k owns a contiguous block of every packed parameter). The step
+therefore reads no host value and can be captured as a CUDA graph and replayed with a new η
+(``lthfast.train.capture``). Weight decays are fixed for a stage: one Python number, or K of
+them expanded once. With masks, the gradient is masked before it touches the momentum, so pruned
 weights and their momentum stay exactly zero without a separate masking pass.
 
 Why not ``torch.optim.SGD`` + a masking pass: that is 4 foreach ops plus 2 ops per masked
@@ -59,7 +60,8 @@ class FusedSGD:
     """SGD for the K packed models of ``params``: one flat master copy, one flat momentum."""
 
     def __init__(self, params: Sequence[torch.nn.Parameter], k: int, momentum: float = 0.9,
-                 masks: Optional[Sequence[Optional[torch.Tensor]]] = None):
+                 masks: Optional[Sequence[Optional[torch.Tensor]]] = None,
+                 weight_decays: Optional[Sequence[float]] = None):
         self.params = [p for p in params if p.requires_grad]
         if len({p.dtype for p in self.params}) != 1 or len({p.device for p in self.params}) != 1:
             raise ValueError("FusedSGD needs parameters of one dtype on one device")
@@ -81,54 +83,50 @@ class FusedSGD:
             self._write_back()
         self.buf: Optional[torch.Tensor] = None  # momentum; None until the first step
         self._model_of: Optional[torch.Tensor] = None
-        self._expanded: dict[str, tuple[tuple[float, ...], torch.Tensor]] = {}
+        decays = [0.0] * k if weight_decays is None else [float(d) for d in weight_decays]
+        if len(decays) != k:
+            raise ValueError(f"{len(decays)} weight decays for {k} models")
+        # one decay: a Python number (torch.optim.SGD's arithmetic); K of them: one per element
+        self.decay = decays[0] if len(set(decays)) == 1 else self._per_element(decays)
 
-    # -- per-model hyperparameters ------------------------------------------------------------
+    def lr_vector(self, lrs: Sequence[float]) -> torch.Tensor:
+        """K learning rates as the tensor ``step`` takes (one value when they are all equal)."""
+        values = [float(lrs[0])] if len(set(lrs)) == 1 else [float(v) for v in lrs]
+        return torch.tensor(values, dtype=self.flat.dtype, device=self.flat.device)
 
-    def _per_element(self, name: str, values: Sequence[float]) -> torch.Tensor:
-        """K values -> one per element of ``flat``, on the device; rebuilt only when they change
-        (at milestones, and every step of a warmup)."""
-        key = tuple(float(v) for v in values)
-        cached = self._expanded.get(name)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+    def _per_element(self, values: Sequence[float] | torch.Tensor) -> torch.Tensor:
+        """K values (a device K-vector, or numbers) -> one per element of ``flat``."""
         if self._model_of is None:  # model k owns block k of each parameter's K equal blocks
             self._model_of = torch.cat([
                 torch.arange(self.k, device=self.flat.device).repeat_interleave(n // self.k)
                 for n in self.sizes])
-        vector = torch.tensor(key, dtype=self.flat.dtype)
-        if self.flat.device.type == "cuda":  # pinned + non_blocking: queued, no wait for the GPU
-            vector = vector.pin_memory()
-        vector = vector.to(self.flat.device, non_blocking=True)
-        expanded = vector.index_select(0, self._model_of)
-        self._expanded[name] = (key, expanded)
-        return expanded
+        if not isinstance(values, torch.Tensor):
+            values = torch.tensor(values, dtype=self.flat.dtype, device=self.flat.device)
+        return values.index_select(0, self._model_of)
 
     # -- the step -----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def step(self, lrs: Sequence[float], weight_decays: Sequence[float]) -> None:
-        """One update at this step's K learning rates and weight decays; leaves grads as None."""
+    def step(self, lr: torch.Tensor) -> None:
+        """One update at learning rate ``lr``: a device tensor of 1 value (all models) or K
+        (one per model), in the parameters' dtype. Leaves the gradients as None."""
         g = torch.cat([memory_order(p.grad if p.grad is not None else torch.zeros_like(p), p)
                        for p in self.params])
         for p in self.params:
             p.grad = None
         if self.mask is not None:
             g.mul_(self.mask)
-        shared = len(set(lrs)) == 1 and len(set(weight_decays)) == 1
-        if shared:  # Python scalars: torch.optim.SGD's exact arithmetic, nothing to expand
-            if weight_decays[0]:
-                g.add_(self.flat, alpha=weight_decays[0])
-        else:
-            g.addcmul_(self.flat, self._per_element("wd", weight_decays))
+        if isinstance(self.decay, torch.Tensor):
+            g.addcmul_(self.flat, self.decay)
+        elif self.decay:
+            g.add_(self.flat, alpha=self.decay)
         if self.buf is None:
             self.buf = g
         else:
             self.buf.mul_(self.momentum).add_(g)
-        if shared:
-            self.flat.add_(self.buf, alpha=-lrs[0])
-        else:
-            self.flat.addcmul_(self.buf, self._per_element("lr", lrs), value=-1.0)
+        # −η·b as addcmul's (−1)·b·η: the same number as torch.optim.SGD's add(b, alpha=−η)
+        per_element = lr if lr.numel() == 1 else self._per_element(lr)
+        self.flat.addcmul_(self.buf, per_element, value=-1.0)
         self._write_back()
 
     def _write_back(self) -> None:

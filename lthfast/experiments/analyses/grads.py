@@ -31,7 +31,7 @@ from ...data.loader import DeviceData
 from ...runs import Run, Stage, hash_of
 from ...train.evaluate import accuracy, predict
 from ...train.hooks import Hook
-from ...train.loop import per_model_loss
+from ...train.step import per_model_loss
 from ..common import Context
 from ..stage import StageInputs, train_stage
 from . import ANALYSES

@@ -1,0 +1,171 @@
+"""A training step recorded once and replayed: CUDA graphs, with a CPU stand-in that checks them.
+
+A ResNet-20 step is ~200 small kernels; on a GPU, launching them one by one from Python costs
+more than running them. A CUDA graph records the step's kernels once and replays them with one
+launch, on the same memory: so a replayed step sees new data only through tensors at fixed
+addresses. ``CapturedStep`` wraps a step function of tensors (``lthfast.train.step.TrainStep``):
+it runs the first calls eagerly (compilation, cuDNN autotuning and the optimizer's first
+momentum happen there), then records one call with its inputs copied into static buffers, and
+from then on copies each call's inputs into those buffers and replays. Where capture is
+impossible (no CUDA, a hook that needs the host in the step, a capture that fails) the step
+runs eagerly, with the same arithmetic.
+
+Whether a step is capturable is checked on the CPU by ``EmulatedGraph``: it records the aten
+ops of one call (running them once, as that call's step) and replays exactly those ops on exactly
+those tensors. A step that reads a Python number that changes (a learning rate, a row index) or a
+host tensor made in the step would replay with stale values and diverge from the eager run,
+which is what ``tests/test_capture.py`` compares. It is chosen by
+``LTHFAST_CAPTURE_BACKEND=emulate`` (tests); on CUDA the default is real graphs.
+
+    lthfast imp --dataset cifar10 --subset random --size 2048 --steps 400 --cuda-graph
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+Step = Callable[..., tuple]
+WARMUP_CALLS = 3  # eager calls before capture: compile, autotune, first momentum
+
+
+class CudaGraph:
+    """``torch.cuda.CUDAGraph`` behind the interface ``CapturedStep`` uses."""
+
+    runs_on_capture = False  # capturing records kernels; replay runs them
+
+    def __init__(self):
+        self.graph = torch.cuda.CUDAGraph()
+        self.side = torch.cuda.Stream()
+
+    @contextlib.contextmanager
+    def eager(self) -> Iterator[None]:
+        """Warm-up calls run on a side stream, as PyTorch's graph docs require (lazy set-up of
+        cuBLAS handles and autograd streams must not happen on the capturing stream)."""
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
+            yield
+        torch.cuda.current_stream().wait_stream(self.side)
+
+    def capture(self):
+        # default (global) error mode, as in PyTorch's whole-network example: backward runs on
+        # autograd's device thread, and any unsafe call there must fail the capture too
+        return torch.cuda.graph(self.graph)
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+class _Recorder(TorchDispatchMode):
+    """Runs and records every aten op that does work (views alias memory: nothing to redo)."""
+
+    def __init__(self, ops: list):
+        super().__init__()
+        self.ops = ops
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._local_scalar_dense.default:
+            raise RuntimeError("the step reads a device value on the host: not capturable")
+        out = func(*args, **kwargs)
+        if not func.is_view:
+            self.ops.append((func, args, kwargs, out))
+        return out
+
+
+class EmulatedGraph:
+    """A CPU stand-in for a CUDA graph: same contract, checkable anywhere.
+
+    Unlike CUDA, the recorded call also runs (it is that step); replay re-runs the recorded
+    ops on the recorded tensors and writes each result where the recorded op wrote its own.
+    """
+
+    runs_on_capture = True
+
+    def __init__(self):
+        self.ops: list = []
+
+    @contextlib.contextmanager
+    def eager(self) -> Iterator[None]:
+        yield
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[None]:
+        with _Recorder(self.ops):
+            yield
+
+    @torch.no_grad()
+    def replay(self) -> None:
+        for func, args, kwargs, out in self.ops:
+            result = func(*args, **kwargs)
+            for recorded, new in zip(tree_leaves(out), tree_leaves(result)):
+                if isinstance(recorded, torch.Tensor) and new is not recorded:
+                    recorded.copy_(new)
+
+
+GRAPHS = {"cuda": CudaGraph, "emulate": EmulatedGraph}
+
+
+def graph_for(device: torch.device) -> Optional[Callable[[], object]]:
+    """The graph kind that captures on ``device``, or None (run eagerly).
+    ``LTHFAST_CAPTURE_BACKEND=emulate`` (tests) puts the CPU stand-in on any device."""
+    name = os.environ.get("LTHFAST_CAPTURE_BACKEND", "cuda")
+    if name not in GRAPHS:
+        raise ValueError(f"LTHFAST_CAPTURE_BACKEND={name!r}: use one of {sorted(GRAPHS)}")
+    if name == "cuda" and device.type != "cuda":
+        return None
+    return GRAPHS[name]
+
+
+class CapturedStep:
+    """``step(*tensors) -> tuple of tensors``, eager for ``warmup`` calls, then replayed.
+
+    The returned tensors of a replayed call are the graph's static outputs: read (or copy)
+    them before the next call. ``params`` are the tensors whose ``.grad`` the step sets: a
+    failed capture resets them before the eager fallback.
+    """
+
+    def __init__(self, step: Step, graph, params: Sequence[torch.Tensor] = (),
+                 warmup: int = WARMUP_CALLS):
+        self.step, self.graph, self.params, self.warmup = step, graph, params, warmup
+        self.calls = 0
+        self.captured = False
+        self.failed: Optional[str] = None  # why capture failed, if it did
+        self.static_in: list[torch.Tensor] = []
+        self.static_out: tuple = ()
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple:
+        self.calls += 1
+        if self.captured:
+            for static, new in zip(self.static_in, inputs):
+                static.copy_(new)
+            self.graph.replay()
+            return self.static_out
+        if self.failed:
+            return self.step(*inputs)
+        if self.calls <= self.warmup:
+            with self.graph.eager():
+                return self.step(*inputs)
+        return self._capture(inputs)
+
+    def _capture(self, inputs: Sequence[torch.Tensor]) -> tuple:
+        static_in = [t.clone() for t in inputs]
+        try:
+            with self.graph.capture():
+                static_out = self.step(*static_in)
+        except Exception as error:  # e.g. an op CUDA cannot capture: this stage runs eagerly
+            self.failed = f"{type(error).__name__}: {error}".splitlines()[0]
+            warnings.warn(f"CUDA graph capture failed ({self.failed}); training eagerly")
+            for p in self.params:
+                p.grad = None
+            return self.step(*inputs)
+        self.captured, self.static_in, self.static_out = True, static_in, static_out
+        if not self.graph.runs_on_capture:
+            self.graph.replay()
+        return self.static_out
