@@ -119,3 +119,20 @@ def test_no_capture_on_the_cpu_or_with_hooks(train_data, monkeypatch):
     monkeypatch.setenv("LTHFAST_CAPTURE_BACKEND", "bogus")
     with pytest.raises(ValueError, match="LTHFAST_CAPTURE_BACKEND"):
         graph_for(torch.device("cpu"))
+
+
+def test_a_replayed_step_launches_only_its_inputs_and_the_loss_record(train_data, monkeypatch):
+    """Per replayed step the host still launches the loader's few ops, the copies into the
+    graph's static inputs (images, labels, lr) and the loss record: ~10, against ~190 eager."""
+    from lthfast.train.counting import OpCounter, count_syncs
+
+    monkeypatch.setenv("LTHFAST_CAPTURE_BACKEND", "emulate")
+    counts = {}
+    for steps in (6, 14):
+        with OpCounter() as ops, count_syncs() as syncs:
+            _, result = run(train_data, 3, True, True, steps=steps)
+        assert result.captured
+        counts[steps] = (ops.total, sum(syncs.values()))
+    per_step = (counts[14][0] - counts[6][0]) / 8
+    assert 0 < per_step <= 12
+    assert counts[14][1] - counts[6][1] == 2  # the two extra logging steps' reads, nothing else

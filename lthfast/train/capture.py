@@ -28,7 +28,7 @@ import warnings
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves
 
 Step = Callable[..., tuple]
@@ -102,6 +102,12 @@ class EmulatedGraph:
 
     @torch.no_grad()
     def replay(self) -> None:
+        # below any dispatch mode: a replay is one launch, not its ops again (``OpCounter``
+        # around a captured run counts what the host still launches per step)
+        with _disable_current_modes():
+            self._rerun()
+
+    def _rerun(self) -> None:
         for func, args, kwargs, out in self.ops:
             result = func(*args, **kwargs)
             for recorded, new in zip(tree_leaves(out), tree_leaves(result)):
