@@ -6,6 +6,9 @@ GPU it is bounded by the host. Two proxies a CPU can measure:
   the model (loader, loss bookkeeping, optimizer, masks) and inside it (forward + loss +
   backward), and host syncs, for K = 1 and 10, with one shared and with per-model learning rates
   (a warmup sweep: the lrs change every step). Exact, not timed: any machine gives the same.
+  With ``--cuda-graph`` a step is one replay: what the host still launches per step (loader,
+  copies into the graph's static inputs, the loss record) is counted on the graph's CPU
+  stand-in (``lthfast.train.capture.EmulatedGraph``), whose replay is not counted.
 - **overhead per step** on a width-1 ResNet-20 at batch 8 (1 channel per layer: arithmetic is
   nil, the time is the framework's: Python, dispatch, kernel calls): the lthfast loop against a
   plain PyTorch loop on the same model and batches (torch.optim.SGD, then one ``mul_`` per
@@ -21,6 +24,7 @@ per log.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -68,14 +72,32 @@ def _pruned(model) -> dict:
     return prune(state, full_masks(state), 0.5)
 
 
-def _train_counts(data, cfg: CountsConfig, k: int, steps: int, per_model_lr: bool):
+def _train_counts(data, cfg: CountsConfig, k: int, steps: int, per_model_lr: bool,
+                  capture: bool = False):
     model = _model(cfg.depth, k)
     schedule = (tuple(Schedule(0.1, warmup=1000 + m) for m in range(k)) if per_model_lr
                 else Schedule(0.1))
+    loop = LoopConfig(schedule, 0, steps, log_every=10_000, capture=capture)
     with OpCounter() as ops, count_syncs() as syncs:
-        train(model, _stream(data, k, cfg.count_batch),
-              LoopConfig(schedule, 0, steps, log_every=10_000), masks=_pruned(model))
+        result = train(model, _stream(data, k, cfg.count_batch), loop, masks=_pruned(model))
+    assert result.captured == capture
     return ops.total, sum(syncs.values())
+
+
+def captured_launches(data, cfg: CountsConfig, k: int, per_model_lr: bool) -> float:
+    """Host launches per replayed step (after 3 eager warm-up steps and the capture)."""
+    short, long = 6, 10
+    previous = os.environ.get("LTHFAST_CAPTURE_BACKEND")
+    os.environ["LTHFAST_CAPTURE_BACKEND"] = "emulate"
+    try:
+        ops_short, _ = _train_counts(data, cfg, k, short, per_model_lr, capture=True)
+        ops_long, _ = _train_counts(data, cfg, k, long, per_model_lr, capture=True)
+    finally:
+        if previous is None:
+            os.environ.pop("LTHFAST_CAPTURE_BACKEND")
+        else:
+            os.environ["LTHFAST_CAPTURE_BACKEND"] = previous
+    return (ops_long - ops_short) / (long - short)
 
 
 def counts(data, cfg: CountsConfig, k: int, per_model_lr: bool) -> dict:
@@ -153,6 +175,12 @@ def run(cfg: CountsConfig = CountsConfig(), device: Optional[torch.device] = Non
                             unit="launches", command=command, note="forward + loss + backward"))
             rows.append(Row(SECTION, case, "host syncs", [c["syncs"]], unit="syncs",
                             command=command, note="outside logging steps"))
+            replayed = captured_launches(data, cfg, k, per_model_lr)
+            log(f"[counts] K={k} {lrs}, replayed: {replayed}")
+            rows.append(Row(SECTION, case, "host launches, step replayed (--cuda-graph)",
+                            [replayed], unit="launches", command=command,
+                            note="loader + static-input copies + loss record; the replay itself "
+                                 "is one graph launch"))
     times = overhead(data, cfg)
     case = f"width-1 ResNet-{cfg.depth} K=1 b{cfg.batch}: framework overhead"
     rows.append(Row(SECTION, case, "lthfast loop", times["lthfast"], unit="ms/step",
