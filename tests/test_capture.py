@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from lthfast.data.loader import BatchStream, DeviceData, StreamSeeds
+from lthfast.errors import UserError
+from lthfast.experiments.common import Runtime
 from lthfast.models import build
 from lthfast.prune.magnitude import full_masks, prune
 from lthfast.train.capture import CapturedStep, EmulatedGraph, graph_for
@@ -51,6 +53,27 @@ def test_the_stand_in_freezes_host_values_as_a_cuda_graph_does():
         assert all(torch.equal(a[0], b[0]) for a, b in zip(got, run_steps(eager, xs))) == equal
 
 
+@pytest.mark.parametrize("body,why", [
+    (lambda x: x.add_(sum(x.tolist())), "reads device values"),
+    (lambda x: x.add_(torch.tensor([1.0, 2.0, 3.0])), "tensor from host values"),
+    (lambda x: x[x > 1].add_(1), "value-dependent shape"),
+])
+def test_the_stand_in_refuses_what_cuda_cannot_capture(body, why):
+    step = CapturedStep(lambda x: (body(x),), EmulatedGraph(), warmup=0)
+    with pytest.warns(UserWarning, match="capture failed"):
+        step(torch.arange(3.0))
+    assert not step.captured and why in step.failed
+
+
+def test_integer_indexing_is_capturable_and_inputs_must_keep_their_shape():
+    table = torch.arange(10.0)
+    step = CapturedStep(lambda i: (table[i] * 2,), EmulatedGraph(), warmup=0)
+    assert [step(torch.tensor([i]))[0].item() for i in (1, 4, 7)] == [2.0, 8.0, 14.0]
+    assert step.captured
+    with pytest.raises(ValueError, match="captured step takes"):
+        step(torch.tensor([1, 2]))
+
+
 def test_a_capture_that_fails_falls_back_to_eager_with_a_warning():
     state = torch.zeros(3)
 
@@ -71,7 +94,7 @@ def train_data(digits):
     return DeviceData.from_dataset(digits, "train", "cpu")
 
 
-def run(train_data, k, capture, per_model, steps=11, hooks=()):
+def run(train_data, k, capture, per_model, steps=11, hooks=(), amp=False):
     torch.manual_seed(0)
     model = build("resnet8", 10, k=k).to(memory_format=torch.channels_last)
     state = model.state_dict()
@@ -81,18 +104,21 @@ def run(train_data, k, capture, per_model, steps=11, hooks=()):
     decay = tuple(1e-4 * (m + 1) for m in range(k)) if per_model else 5e-4
     stream = BatchStream(train_data, [np.arange(train_data.n)] * k,
                          [StreamSeeds(m, 10 + m) for m in range(k)], 16)
-    cfg = LoopConfig(schedule, 2, 2 + steps, weight_decay=decay, log_every=4, capture=capture)
+    cfg = LoopConfig(schedule, 2, 2 + steps, weight_decay=decay, log_every=4, capture=capture,
+                     amp=amp)
     result = train(model, stream, cfg, masks=masks, hooks=hooks)
     return model, result
 
 
-@pytest.mark.parametrize("k,per_model", [(1, False), (3, True)])
-def test_replayed_training_equals_eager_training_bit_for_bit(train_data, monkeypatch, k, per_model):
+@pytest.mark.parametrize("k,per_model,amp", [(1, False, False), (3, True, False), (3, True, True)])
+def test_replayed_training_equals_eager_training_bit_for_bit(train_data, monkeypatch, k, per_model,
+                                                              amp):
     """The real loop: loader, per-step learning rates (warmup, a milestone), per-model lrs and
-    weight decays, masks, loss window and logging, through eager warm-up, capture and replay."""
-    eager_model, eager = run(train_data, k, False, per_model)
+    weight decays, masks, bf16 autocast, loss window and logging, through eager warm-up,
+    capture and replay."""
+    eager_model, eager = run(train_data, k, False, per_model, amp=amp)
     monkeypatch.setenv("LTHFAST_CAPTURE_BACKEND", "emulate")
-    replayed_model, replayed = run(train_data, k, True, per_model)
+    replayed_model, replayed = run(train_data, k, True, per_model, amp=amp)
     assert replayed.captured and not eager.captured
     assert replayed.log == eager.log and len(eager.log) == 4  # losses and lrs at steps 4, 8, 12, 13
     for (name, a), b in zip(eager_model.state_dict().items(), replayed_model.state_dict().values()):
@@ -136,3 +162,11 @@ def test_a_replayed_step_launches_only_its_inputs_and_the_loss_record(train_data
     per_step = (counts[14][0] - counts[6][0]) / 8
     assert 0 < per_step <= 12
     assert counts[14][1] - counts[6][1] == 2  # the two extra logging steps' reads, nothing else
+
+
+def test_the_runtime_asks_for_cuda_graphs_only_where_they_can_run():
+    with pytest.raises(UserError, match="needs a CUDA device"):
+        Runtime(device="cpu", cuda_graph=True)
+    with pytest.raises(UserError, match="needs --loader device"):  # ffcv's threads touch CUDA
+        Runtime(device="cuda", cuda_graph=True, loader="ffcv")
+    assert Runtime(device="cuda", cuda_graph=True).cuda_graph

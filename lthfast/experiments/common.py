@@ -48,6 +48,9 @@ class Runtime:
     def __post_init__(self):
         if self.cuda_graph and not self.device.startswith("cuda"):
             raise UserError("--cuda-graph needs a CUDA device (--device cuda)")
+        if self.cuda_graph and self.loader != "device":
+            # ffcv's loader threads touch CUDA while a step is being captured
+            raise UserError("--cuda-graph needs --loader device")
 
     @property
     def torch_device(self) -> torch.device:

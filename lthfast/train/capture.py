@@ -31,6 +31,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves
 
+from .counting import count_syncs
+
 Step = Callable[..., tuple]
 WARMUP_CALLS = 3  # eager calls before capture: compile, autotune, first momentum
 
@@ -39,6 +41,7 @@ class CudaGraph:
     """``torch.cuda.CUDAGraph`` behind the interface ``CapturedStep`` uses."""
 
     runs_on_capture = False  # capturing records kernels; replay runs them
+    broken: Optional[str] = None  # set by a failed capture: no more captures in this process
 
     def __init__(self):
         self.graph = torch.cuda.CUDAGraph()
@@ -53,17 +56,51 @@ class CudaGraph:
             yield
         torch.cuda.current_stream().wait_stream(self.side)
 
-    def capture(self):
-        # default (global) error mode, as in PyTorch's whole-network example: backward runs on
-        # autograd's device thread, and any unsafe call there must fail the capture too
-        return torch.cuda.graph(self.graph)
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[None]:
+        """Capture on the warm-up stream (cuBLAS workspaces made while warming up are the
+        ones the graph uses). The outer ``torch.cuda.stream`` restores the current stream even
+        when capture fails: ``torch.cuda.graph`` does not, if ending the capture raises."""
+        if CudaGraph.broken:
+            raise RuntimeError(f"an earlier capture in this process failed ({CudaGraph.broken})")
+        try:
+            with torch.cuda.stream(self.side), torch.cuda.graph(self.graph, stream=self.side):
+                yield
+        except Exception as error:
+            # After a failed capture the caching allocator may still believe one is under way
+            # (fixed in later PyTorch): capturing again, or emptying the cache, could assert.
+            cause = error.__context__ or error
+            CudaGraph.broken = f"{type(cause).__name__}: {cause}".splitlines()[0]
+            self.graph = None
+            raise RuntimeError(CudaGraph.broken) from error
 
     def replay(self) -> None:
         self.graph.replay()
 
 
+# Ops whose output shape depends on tensor values: on CUDA they read the device, which a
+# capture forbids. (``aten.index.Tensor`` only with boolean indices: integer ones are fine.)
+_VALUE_SHAPED = torch.Tag.dynamic_output_shape
+
+
+def _capturable(func, args) -> Optional[str]:
+    """Why ``func`` cannot be captured on CUDA, or None."""
+    if func is torch.ops.aten._local_scalar_dense.default:
+        return "the step reads a device value on the host"
+    if func is torch.ops.aten.lift_fresh.default:
+        return "the step makes a tensor from host values"
+    if _VALUE_SHAPED in func.tags:
+        if func is torch.ops.aten.index.Tensor and not any(
+                isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
+                for i in (args[1] if len(args) > 1 else ())):
+            return None
+        return f"{func} has a value-dependent shape"
+    return None
+
+
 class _Recorder(TorchDispatchMode):
-    """Runs and records every aten op that does work (views alias memory: nothing to redo)."""
+    """Runs and records every aten op that does work (views alias memory: nothing to redo);
+    refuses what a CUDA capture would refuse."""
 
     def __init__(self, ops: list):
         super().__init__()
@@ -71,8 +108,9 @@ class _Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is torch.ops.aten._local_scalar_dense.default:
-            raise RuntimeError("the step reads a device value on the host: not capturable")
+        why = _capturable(func, args)
+        if why:
+            raise RuntimeError(f"{why}: not capturable")
         out = func(*args, **kwargs)
         if not func.is_view:
             self.ops.append((func, args, kwargs, out))
@@ -84,6 +122,8 @@ class EmulatedGraph:
 
     Unlike CUDA, the recorded call also runs (it is that step); replay re-runs the recorded
     ops on the recorded tensors and writes each result where the recorded op wrote its own.
+    Like CUDA, it refuses a step that reads the device from the host (``item``, ``tolist``,
+    ``cpu``, ...), makes tensors from host values, or has value-dependent shapes.
     """
 
     runs_on_capture = True
@@ -97,8 +137,11 @@ class EmulatedGraph:
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[None]:
-        with _Recorder(self.ops):
+        with count_syncs() as syncs, _Recorder(self.ops):
             yield
+        if syncs:
+            raise RuntimeError(f"the step reads device values on the host ({dict(syncs)}): "
+                               f"not capturable")
 
     @torch.no_grad()
     def replay(self) -> None:
@@ -110,9 +153,15 @@ class EmulatedGraph:
     def _rerun(self) -> None:
         for func, args, kwargs, out in self.ops:
             result = func(*args, **kwargs)
-            for recorded, new in zip(tree_leaves(out), tree_leaves(result)):
-                if isinstance(recorded, torch.Tensor) and new is not recorded:
-                    recorded.copy_(new)
+            recorded, new = tree_leaves(out), tree_leaves(result)
+            if len(recorded) != len(new):
+                raise RuntimeError(f"replaying {func}: {len(new)} outputs, recorded {len(recorded)}")
+            for old, now in zip(recorded, new):
+                if isinstance(old, torch.Tensor) and now is not old:
+                    if now.shape != old.shape or now.dtype != old.dtype:
+                        raise RuntimeError(f"replaying {func}: output {tuple(now.shape)} "
+                                           f"{now.dtype}, recorded {tuple(old.shape)} {old.dtype}")
+                    old.copy_(now)
 
 
 GRAPHS = {"cuda": CudaGraph, "emulate": EmulatedGraph}
@@ -149,7 +198,10 @@ class CapturedStep:
     def __call__(self, *inputs: torch.Tensor) -> tuple:
         self.calls += 1
         if self.captured:
-            for static, new in zip(self.static_in, inputs):
+            for static, new in zip(self.static_in, inputs, strict=True):
+                if new.shape != static.shape or new.dtype != static.dtype:
+                    raise ValueError(f"a captured step takes {tuple(static.shape)} "
+                                     f"{static.dtype}, got {tuple(new.shape)} {new.dtype}")
                 static.copy_(new)
             self.graph.replay()
             return self.static_out
