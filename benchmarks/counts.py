@@ -1,7 +1,7 @@
 """What a GPU step would cost, measured on the CPU: launches, host syncs, framework overhead.
 
 A ResNet-20 step at batch 128 is ~0.1 ms of H100 arithmetic but ~400 kernel launches, so on a
-GPU it is bounded by the host. Two proxies a CPU can measure:
+GPU it is bounded by the host. Proxies a CPU can measure:
 - **counts per step** (``lthfast.train.counting``): aten ops that would launch a kernel, outside
   the model (loader, loss bookkeeping, optimizer, masks) and inside it (forward + loss +
   backward), and host syncs, for K = 1 and 10, with one shared and with per-model learning rates
@@ -9,6 +9,9 @@ GPU it is bounded by the host. Two proxies a CPU can measure:
   With ``--cuda-graph`` a step is one replay: what the host still launches per step (loader,
   copies into the graph's static inputs, the loss record) is counted on the graph's CPU
   stand-in (``lthfast.train.capture.EmulatedGraph``), whose replay is not counted.
+- **host time of the loader's draws** per step (batch 128): dataset indices and crop offsets
+  come from numpy on the host, 32 steps per copy to the device, so the device never waits on a
+  per-step copy; the host must still draw faster than the GPU trains.
 - **overhead per step** on a width-1 ResNet-20 at batch 8 (1 channel per layer: arithmetic is
   nil, the time is the framework's: Python, dispatch, kernel calls): the lthfast loop against a
   plain PyTorch loop on the same model and batches (torch.optim.SGD, then one ``mul_`` per
@@ -51,6 +54,7 @@ class CountsConfig:
     depth: int = 20
     batch: int = 8  # of the width-1 overhead runs: small, so arithmetic is nil next to dispatch
     count_batch: int = 16  # of the counted runs: counts do not depend on the batch size
+    draw_batch: int = 128  # of the timed host-side draws
     train: int = 5_000
     ks: tuple[int, ...] = (1, 10)
     overhead_steps: int = 50  # steps per timed window of the width-1 network
@@ -140,6 +144,19 @@ def _lthfast_window(model, stream, masks: dict, start: int, steps: int) -> float
     return (time.perf_counter() - t0) / steps
 
 
+def draw_times(data, cfg: CountsConfig, k: int) -> list[float]:
+    """Host ms per step to draw a chunk of steps' indices and augmentation (numpy, per model
+    and step from seeded generators, so any step can be redrawn on resume)."""
+    stream = _stream(data, k, cfg.draw_batch)
+    stream._chunk(0)
+    times = []
+    for repeat in range(cfg.repeats):
+        start = time.perf_counter()
+        stream._chunk(repeat + 1)
+        times.append(1000 * (time.perf_counter() - start) / stream.chunk_steps)
+    return times
+
+
 def overhead(data, cfg: CountsConfig) -> dict[str, list[float]]:
     """ms per step of a width-1 ResNet-20, lthfast and plain loops taking turns."""
     times: dict[str, list[float]] = {"lthfast": [], "plain": []}
@@ -181,6 +198,14 @@ def run(cfg: CountsConfig = CountsConfig(), device: Optional[torch.device] = Non
                             [replayed], unit="launches", command=command,
                             note="loader + static-input copies + loss record; the replay itself "
                                  "is one graph launch"))
+    for k in cfg.ks:
+        draws = draw_times(data, cfg, k)
+        log(f"[counts] K={k} host draws: {draws}")
+        rows.append(Row(SECTION, f"Loader draws, K={k} b{cfg.draw_batch}", "host time per step",
+                        draws, unit="ms/step", command=command,
+                        note=f"indices, labels and crop offsets of {BatchStream.chunk_steps} "
+                             f"steps per host-to-device copy, amortised; the GPU step must "
+                             f"take longer than this for the host to keep ahead"))
     times = overhead(data, cfg)
     case = f"width-1 ResNet-{cfg.depth} K=1 b{cfg.batch}: framework overhead"
     rows.append(Row(SECTION, case, "lthfast loop", times["lthfast"], unit="ms/step",

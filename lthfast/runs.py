@@ -8,6 +8,7 @@ old hashes), and it holds ``config.json`` and ``env.json``. Inside, one stage pe
     <kind>_<hash>/replicate_<r>/level_<k>/               IMP levels
     <kind>_<hash>/replicate_<r>/[level_<k>/]<branch>/    analyses hung under a stage (as open_lth)
     <kind>_<hash>/scratch/<stages>/checkpoint.pt         packing groups: checkpoints only
+    <kind>_<hash>/scratch/<stages>/stages.json           ... and the stages each one trains
 
 A stage is finished exactly when its ``done.json`` (a ``StageRecord``) exists; it is written
 last, after the stage's weights and metrics. Replicates and levels are not part of the hash, so
@@ -24,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -174,6 +176,107 @@ class Run:
             "group_" + "_".join(str(s.replicate) for s in stages)]
         return self.path / "scratch" / "_".join(parts)
 
+    def open_scratch(self, stages: list[Stage]) -> Path:
+        """The group's scratch directory, made, with the list of its stages (paths relative to
+        the store), by which a later attempt that packs them otherwise can tell it is spent."""
+        path = self.scratch(stages)
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path / "stages.json",
+                          [str(s.path.relative_to(self.path.parent)) for s in stages])
+        return path
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def is_done(self) -> bool:
+        return (self.path / "done.json").exists()
+
+    def mark_done(self, record: StageRecord) -> None:
+        faults.point("mark_done", stage=self.name)
+        atomic_write_json(self.path / "done.json", record.to_json())
+        faults.trace(event="done", stage=self.name)
+
+    def record(self) -> StageRecord:
+        path = self.path / "done.json"
+        return StageRecord.from_json(read_json(path), path)
+
+
+_STAGE_DIR = re.compile(r"(replicate|level)_(\d+)")
+
+
+class Run:
+    """One run directory: its kind, config, stages, scratch space and run-level artifacts."""
+
+    def __init__(self, kind: str, config: dict, path: Path):
+        self.kind, self.config, self.path = kind, config, path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def create(self) -> "Run":
+        """Write config.json and env.json (once); refuse a directory that holds another config."""
+        cfg_path = self.path / "config.json"
+        if cfg_path.exists():
+            if read_json(cfg_path) != json.loads(canonical_json(self.config)):
+                raise UserError(f"{self.path} holds a different config; refusing to mix runs")
+        else:
+            atomic_write_json(cfg_path, self.config)
+            atomic_write_json(self.path / "env.json", environment())
+        return self
+
+    def exists(self) -> bool:
+        return (self.path / "config.json").exists()
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator["Run"]:
+        with locked(self.path):
+            yield self
+
+    def stage(self, replicate: int, level: Optional[int] = None,
+              branch: Optional[str] = None) -> Stage:
+        return Stage(self, replicate, level, branch)
+
+    def scratch(self, stages: list[Stage]) -> Path:
+        """Where a packed group of stages keeps its periodic checkpoint (nothing else). A group
+        that spans runs (``run_imps``) is named by a hash of its stages' paths: its checkpoint
+        must never be taken for that of another group of the same replicate numbers."""
+        first = stages[0]
+        if any(s.run.path != self.path for s in stages):
+            names = "\n".join(str(s.path.relative_to(self.path.parent)) for s in stages)
+            digest = hashlib.sha256(names.encode()).hexdigest()  # the same for any spelling of --out
+            return self.path / "scratch" / f"group_{digest[:16]}"
+        parts = ([f"level_{first.level}"] if first.level is not None else []) + (
+            [first.branch.replace("/", "_")] if first.branch else []) + [
+            "group_" + "_".join(str(s.replicate) for s in stages)]
+        return self.path / "scratch" / "_".join(parts)
+
+    def open_scratch(self, stages: list[Stage]) -> Path:
+        """The group's scratch directory, made, with the list of its stages (paths relative to
+        the store), by which a later attempt that packs them otherwise can tell it is spent."""
+        path = self.scratch(stages)
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path / "stages.json",
+                          [str(s.path.relative_to(self.path.parent)) for s in stages])
+        return path
+
+    def clear_spent_scratch(self) -> None:
+        """Remove the scratch of every group whose stages are all done. A group's own scratch
+        goes when it finishes; this clears those of attempts killed mid-way whose stages were
+        later trained in other groups (a sweep packed differently, or not at all). Call it
+        holding the run's lock: no group of a locked run is training."""
+        root = self.path / "scratch"
+        for group in sorted(p for p in root.glob("*") if p.is_dir()):
+            try:
+                stages = read_json(group / "stages.json")
+            except UserError:  # written before manifests existed, or being written: keep
+                continue
+            if isinstance(stages, list) and all(
+                    (self.path.parent / str(s) / "done.json").exists() for s in stages):
+                shutil.rmtree(group, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            root.rmdir()
+
     def file(self, name: str) -> Path:
         """A run-level artifact: ``results.json``, ``scores.npy``, ..."""
         return self.path / name
@@ -207,6 +310,23 @@ class RunStore:
             raise ValueError(f"unknown run kind {kind!r} (known: {', '.join(KINDS)})")
         config = to_dict(cfg)
         return Run(kind, config, self.out / f"{kind}_{config_hash(config)}")
+
+    def clear_spent_scratch(self) -> None:
+        """Remove the scratch of every packing group, in any run, whose stages are all done.
+        A group's own scratch goes when it finishes; this also clears that of an attempt killed
+        mid-way whose stages were later trained in other groups (a sweep packed differently, or
+        not at all), wherever its stages' runs are. No lock is needed: a group whose stages are
+        all done is trained by no one (a stage trains only under its run's lock, until done)."""
+        for group in sorted(self.out.glob("*/scratch/*/")):
+            try:
+                stages = read_json(group / "stages.json")
+            except UserError:  # written before manifests existed, or being written: keep
+                continue
+            if isinstance(stages, list) and all(
+                    (self.out / str(s) / "done.json").exists() for s in stages):
+                shutil.rmtree(group, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    group.parent.rmdir()
 
     def runs(self, kind: str) -> Iterator[Run]:
         """Every run of ``kind`` with a readable config (a run being created is skipped)."""

@@ -140,6 +140,8 @@ def test_counts_section(cache):
     assert all(v == 0 for (case, variant), v in by.items() if variant == "host syncs")
     replayed = [v for (case, variant), v in by.items() if variant.startswith("host launches")]
     assert len(replayed) == 4 and all(0 < v <= 12 for v in replayed)
-    overhead = [r for r in rows if r.unit == "ms/step"]
+    draws = [r for r in rows if r.case.startswith("Loader draws")]
+    assert len(draws) == 2 and all(r.median > 0 for r in draws)
+    overhead = [r for r in rows if r.unit == "ms/step" and r not in draws]
     assert len(overhead) == 2 and all(r.median > 0 for r in overhead)
     assert "f. GPU proxies" in render({}, rows, ["counts"], {"counts": 1.0}, True, {}, "cpu")

@@ -109,3 +109,30 @@ def test_files_honour_the_umask(tmp_path, umask, mode):
         os.umask(old)
     for name in ("config.json", "env.json"):
         assert stat.S_IMODE((run.path / name).stat().st_mode) == mode
+
+
+def test_spent_scratch_is_cleared_wherever_its_stages_live(tmp_path):
+    """A packing group killed mid-way leaves a checkpoint; once every stage it trained is done
+    (trained later in other groups), it goes, even when the group spans runs."""
+    store = RunStore(tmp_path)
+    a = store.run("imp", pinned_config("imp")).create()
+    b = store.run("pretrain", pinned_config("pretrain")).create()
+    spanning, own = [a.stage(0, 1), b.stage(0)], [a.stage(1, 1)]
+    for stages in (spanning, own):
+        (a.open_scratch(stages) / "checkpoint.pt").write_bytes(b"partial")
+    legacy = a.path / "scratch" / "group_9"  # no stages.json: written by an older lthfast
+    legacy.mkdir()
+
+    def done(stage):
+        stage.mark_done(StageRecord(replicate=stage.replicate, level=stage.level, start=0,
+                                    end=1, test_acc=0.5, test_loss=1.0))
+
+    done(a.stage(0, 1))
+    store.clear_spent_scratch()
+    assert a.scratch(spanning).exists() and a.scratch(own).exists()  # b's stage is not done
+    done(b.stage(0))
+    store.clear_spent_scratch()
+    assert not a.scratch(spanning).exists() and a.scratch(own).exists()
+    done(a.stage(1, 1))
+    store.clear_spent_scratch()
+    assert not a.scratch(own).exists() and legacy.exists()

@@ -13,7 +13,6 @@ periodic checkpoint lives in the run's scratch space and is removed once its sta
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
@@ -26,7 +25,7 @@ from ..errors import UserError
 from ..files import atomic_save_npy, atomic_write_bytes, to_json
 from ..models.packed import PackedResNet, load_packed, pack_state, unpack_state
 from ..prune.magnitude import Masks, remaining_fraction
-from ..runs import Stage, StageRecord
+from ..runs import RunStore, Stage, StageRecord
 from ..train import checkpoint as ckpt
 from ..train.evaluate import predict, summary
 from ..train.hooks import Hook
@@ -119,6 +118,7 @@ def _train_group(ctx: Context, stages: list[Stage], recipes: list[Recipe],
             raise ValueError("packed stages must switch data at the same step")
         early = (inputs[0].early[0], [i.early[1] for i in inputs])
     if recipes[0].steps > start:
+        stages[0].run.open_scratch(stages)
         result = run_training(ctx, model, data, [i.indices for i in inputs],
                               [i.seeds for i in inputs], recipes, start, checkpoint, label,
                               masks=masks, hooks=hooks, early=early)
@@ -141,7 +141,5 @@ def _train_group(ctx: Context, stages: list[Stage], recipes: list[Recipe],
             end=recipes[i].steps, test_acc=metrics["acc"][i], test_loss=metrics["loss"][i],
             weights_remaining=remaining_fraction(inputs[i].mask) if inputs[i].mask else 1.0,
             diverged=result.diverged[i] if result else None, loader=ctx.rt.loader))
-    ckpt.remove(checkpoint)
-    with contextlib.suppress(OSError):  # scratch space of finished groups leaves nothing behind
-        checkpoint.parent.rmdir()
-        checkpoint.parent.parent.rmdir()
+    # this group's scratch, and any left by killed attempts whose stages are now all done
+    RunStore(stages[0].run.path.parent).clear_spent_scratch()
