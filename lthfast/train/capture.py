@@ -15,7 +15,12 @@ ops of one call (running them once, as that call's step) and replays exactly tho
 those tensors. A step that reads a Python number that changes (a learning rate, a row index) or a
 host tensor made in the step would replay with stale values and diverge from the eager run,
 which is what ``tests/test_capture.py`` compares. It is chosen by
-``LTHFAST_CAPTURE_BACKEND=emulate`` (tests); on CUDA the default is real graphs.
+``LTHFAST_CAPTURE_BACKEND=emulate`` (tests); on CUDA the default is real graphs. (Where a
+capture fails, the stand-in has already run part of that step, which CUDA would not have: it
+proves what is capturable, not the arithmetic of the eager fallback.)
+
+Not yet run on a GPU: ``--cuda-graph`` stays opt-in until ``python -m benchmarks --only gpu``
+(its "CUDA graph" rows) has measured it there.
 
     lthfast imp --dataset cifar10 --subset random --size 2048 --steps 400 --cuda-graph
 """
