@@ -70,6 +70,24 @@ def test_random_subset_is_class_balanced(digits):
     assert set(np.bincount(digits.train_labels[uneven], minlength=10)) == {20, 21}
 
 
+def test_uneven_class_shares_are_drawn_by_the_subset_seed(digits):
+    """15 over 10 classes: five get 2. Which five follows the seed, not always the same ones."""
+    shares = {tuple(np.bincount(digits.train_labels[make_subset(
+        digits, SubsetSpec("random", size=15, seed=seed))], minlength=10)) for seed in range(6)}
+    assert len(shares) > 1 and all(sorted(s) == [1] * 5 + [2] * 5 for s in shares)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.float32])
+def test_integer_scores_rank_as_numbers(digits, tmp_path, dtype):
+    """Forgetting counts saved as unsigned bytes: "hard" still takes the highest counts."""
+    counts = np.arange(digits.train_size) % 7
+    path = tmp_path / "counts.npy"
+    np.save(path, counts.astype(dtype))
+    hard = make_subset(digits, SubsetSpec("hard", size=100, scores=str(path)))
+    easy = make_subset(digits, SubsetSpec("easy", size=100, scores=str(path)))
+    assert set(counts[hard]) == {6} and set(counts[easy]) == {0}
+
+
 def test_easy_and_hard_pick_the_right_ends(digits, tmp_path):
     scores = np.random.default_rng(0).random(digits.train_size).astype(np.float32)
     path = tmp_path / "scores.npy"

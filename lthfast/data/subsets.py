@@ -118,15 +118,16 @@ def per_class_quota(counts: np.ndarray, size: int, rng: np.random.Generator) -> 
 
 
 def ranked_pick(order: np.ndarray, labels: np.ndarray, size: int, offset: int,
-                balanced: bool, num_classes: int) -> np.ndarray:
+                balanced: bool, num_classes: int, seed: int) -> np.ndarray:
     """Take ``size`` indices from a ranking (best first), skipping the first ``offset`` of it
-    (per class when balanced)."""
+    (per class when balanced; when the classes cannot all get the same share, which of them get
+    one more is drawn with ``seed``, the subset's seed, so seeds do not favour the same classes)."""
     if not balanced:
         if offset + size > len(order):
             raise UserError(f"--offset {offset} + --size {size} exceeds the train size {len(order)}")
         return order[offset : offset + size]
     counts = np.bincount(labels, minlength=num_classes)
-    quota = per_class_quota(counts, size, np.random.default_rng(0))
+    quota = per_class_quota(counts, size, np.random.default_rng(seed))
     picked = []
     for c in range(num_classes):
         ranked_c = order[labels[order] == c]
@@ -149,7 +150,7 @@ def random_rule(ds: DatasetArrays, spec: SubsetSpec) -> np.ndarray:
     order = rng.permutation(ds.train_size)
     balanced = True if spec.class_balanced is None else spec.class_balanced
     return ranked_pick(order, np.asarray(ds.train_labels), size, spec.offset, balanced,
-                       ds.num_classes)
+                       ds.num_classes, spec.seed)
 
 
 def load_scores(path: str | Path, n: int) -> np.ndarray:
@@ -157,9 +158,12 @@ def load_scores(path: str | Path, n: int) -> np.ndarray:
     if scores.ndim != 1 or len(scores) != n:
         raise UserError(f"scores file {path} has shape {scores.shape}; expected ({n},), "
                         "one score per train example in dataset order")
-    if not np.issubdtype(scores.dtype, np.number) or not np.all(np.isfinite(scores)):
-        raise UserError(f"scores file {path} contains NaN/inf or non-numbers")
-    return scores
+    if (not (np.issubdtype(scores.dtype, np.integer) or np.issubdtype(scores.dtype, np.floating))
+            or not np.all(np.isfinite(scores))):
+        raise UserError(f"scores file {path} contains NaN/inf or non-real numbers")
+    # float64: ranking negates the scores, which wraps around for unsigned counts (uint8
+    # forgetting counts would make "hard" pick the easiest) and overflows at a signed minimum
+    return scores.astype(np.float64)
 
 
 def score_rule(descending: bool) -> SubsetRule:
@@ -171,7 +175,7 @@ def score_rule(descending: bool) -> SubsetRule:
         # stable sort: ties keep dataset order, so the same scores always give the same subset
         order = np.argsort(-scores if descending else scores, kind="stable")
         return ranked_pick(order, np.asarray(ds.train_labels), size, spec.offset,
-                           bool(spec.class_balanced), ds.num_classes)
+                           bool(spec.class_balanced), ds.num_classes, spec.seed)
     return rule
 
 
