@@ -73,6 +73,29 @@ def test_packed_forward_equals_separate_models(execution):
         assert torch.allclose(out[:, k], m(x[:, k])[:, 0], atol=1e-5)
 
 
+@pytest.mark.parametrize("momentum", [0.5, None])  # None: a cumulative average (BN recompute)
+def test_looped_batchnorm_follows_the_packed_models_settings(momentum):
+    """BatchNorm momentum and eps are module attributes, not tensors: the looped execution
+    must use the packed model's, and every model must count batches from the same number."""
+    torch.manual_seed(0)
+    models = {}
+    for execution in ("grouped", "looped"):
+        m = build("resnet8", 10, k=3)
+        m.reset_parameters([1, 2, 3])
+        m.execution = execution
+        for bn in (b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)):
+            bn.momentum, bn.eps = momentum, 1e-3
+        models[execution] = m
+    x = torch.randn(4, 9, 16, 16)
+    for _ in range(2):
+        for m in models.values():
+            m(x)
+    grouped, looped = (models[e].state_dict() for e in ("grouped", "looped"))
+    for name in grouped:
+        if "running" in name or "num_batches" in name:
+            assert torch.allclose(grouped[name], looped[name], atol=1e-6), name
+
+
 def digits_stream(ds, seeds, batch=32, indices=None):
     data = DeviceData(ds.train_images, ds.train_labels, ds.meta["mean"], ds.meta["std"],
                       ds.augment, "cpu")

@@ -165,14 +165,26 @@ class PackedResNet(nn.Module):
         buffers = {n: b.view(k, *single_shape(b, k)).unbind(0) for n, b in self.named_buffers()
                    if b.dim() > 0}  # BN running stats: updated in place through the views
         counters = {n: b for n, b in self.named_buffers() if b.dim() == 0}  # num_batches_tracked
+        # the K models share one batch counter: the first call advances it, the others each
+        # see it as it was (momentum=None averages by it)
+        before = {n: b.clone() for n, b in counters.items()} if k > 1 else {}
+        self._sync_batchnorm(twin)
         outs = []
         for m in range(k):
-            # the K models share one batch counter: let only the first call advance it
             tensors = {n: v[m] for n, v in (params | buffers).items()} | (
-                counters if m == 0 else {n: b.clone() for n, b in counters.items()})
+                counters if m == 0 else {n: b.clone() for n, b in before.items()})
             xm = x[:, 3 * m : 3 * m + 3].contiguous(memory_format=torch.channels_last)
             outs.append(functional_call(twin, tensors, (xm,)))
         return torch.cat(outs, dim=1)
+
+    def _sync_batchnorm(self, twin: "PackedResNet") -> None:
+        """BatchNorm settings are attributes, not tensors, so ``functional_call`` does not
+        carry them: give the twin this model's momentum and eps (e.g. momentum=None while
+        BatchNorm statistics are recomputed)."""
+        for mine, its in zip(self.modules(), twin.modules()):
+            if isinstance(mine, nn.modules.batchnorm._BatchNorm) and (
+                    its.momentum != mine.momentum or its.eps != mine.eps):
+                its.momentum, its.eps = mine.momentum, mine.eps
 
     def _twin(self) -> "PackedResNet":
         """A K=1 network of the same shape (not a submodule: it owns no state of this model).
