@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import re
 import shutil
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -39,15 +41,27 @@ from .files import (atomic_write_json, canonical_json, config_hash, environment,
 KINDS = ("pretrain", "imp", "el2n", "forgetting", "lmc", "warmup")
 
 
+@functools.lru_cache(maxsize=None)
+def _float_fields(cls: type) -> frozenset[str]:
+    """Fields of a dataclass typed float or Optional[float]."""
+    hints = typing.get_type_hints(cls)
+    return frozenset(name for name, hint in hints.items()
+                     if hint is float or hint == Optional[float])
+
+
 def to_dict(obj: Any) -> Any:
     """A config (dataclass, possibly nested) as JSON-able data, fields at their default dropped:
-    adding a field with a default keeps every old hash."""
+    adding a field with a default keeps every old hash. Integers in float fields become floats
+    (``lr=1`` from Python is ``lr=1.0`` from the CLI: one run, one hash)."""
     if dataclasses.is_dataclass(obj):
         out = {}
+        floats = _float_fields(type(obj))
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             if f.default is not dataclasses.MISSING and value == f.default:
                 continue
+            if f.name in floats and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
             out[f.name] = to_dict(value)
         return out
     if isinstance(obj, (tuple, list)):

@@ -17,7 +17,7 @@ from lthfast import api
 from lthfast.data.subsets import SubsetSpec
 from lthfast.errors import UserError
 from lthfast.files import atomic_write_json
-from lthfast.runs import KINDS, RunStore, StageRecord, hash_of
+from lthfast.runs import KINDS, RunStore, StageRecord, hash_of, to_dict
 
 # The Fig. 2 point "CIFAR-10, random 2,048, t_r = 200" and the appendix-A score ensembles.
 CIFAR10_RANDOM_2048 = api.ImpRequest(dataset="cifar10", subset="random", size=2048, steps=200)
@@ -136,3 +136,15 @@ def test_spent_scratch_is_cleared_wherever_its_stages_live(tmp_path):
     done(a.stage(1, 1))
     store.clear_spent_scratch()
     assert not a.scratch(own).exists() and legacy.exists()
+
+
+def test_an_integer_in_a_float_field_hashes_as_the_float():
+    """``lr=1`` from Python and ``--lr 1`` from the CLI (1.0) are one run."""
+    from lthfast.config import Recipe
+
+    def recipe(lr):
+        return Recipe(model="resnet20", batch_size=128, lr=lr, milestones=(10,), steps=20)
+
+    assert hash_of(recipe(1)) == hash_of(recipe(1.0)) != hash_of(recipe(2.0))
+    assert isinstance(to_dict(recipe(1))["lr"], float)
+    assert to_dict(recipe(1))["batch_size"] == 128  # int fields stay ints
