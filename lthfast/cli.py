@@ -104,12 +104,13 @@ def subset(kind: str = typer.Argument(..., help="all, random, easy or hard"),
     check_noise_fraction(label_noise, noise_seed)
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
-    ds = open_data(root, dataset)
-    if label_noise:
-        print(noisy_labels_path(ds, label_noise, noise_seed))
     spec = SubsetSpec(kind=kind, size=size, seed=seed,
                       scores=str(scores) if scores else None, offset=offset,
                       class_balanced=class_balanced)
+    spec.check()  # e.g. --size with all: refused before any data is opened or written
+    ds = open_data(root, dataset)
+    if label_noise:
+        print(noisy_labels_path(ds, label_noise, noise_seed))
     print(write_subset(ds, spec))
 
 
