@@ -15,8 +15,10 @@ same results to float tolerance):
   1.1-1.4x slower than K single models one after another (BENCHMARKS.md, section c);
 - ``auto``: looped on the CPU, grouped elsewhere.
 
-Parameters are stored so that ``param.view(K, -1)[k]`` is model k's slice (all packed dims are
-the leading one), which pruning, initialisation and unpacking rely on.
+Every packed dimension is the leading one, so model k's slice of a parameter is block k of K
+equal blocks along dim 0: ``param.reshape(K, -1)[k]`` (a view for contiguous tensors; a
+channels_last conv weight needs ``reshape``, or ``view(K, *single_shape)``), which pruning,
+initialisation and unpacking rely on.
 
 Widths 16/32/64, 3×3 convs, BN, 1×1 projection shortcuts (with BN) where the shape changes;
 ResNet-20/32/56 have 0.27M / 0.46M / 0.85M parameters.
