@@ -57,6 +57,9 @@ def test_the_replay_measures_without_changing_pre_training(data_root, tmp_path):
             acc = np.load(branch / f"{name}.npy")
             assert acc.shape == (4,) and np.all((0 <= acc) & (acc <= 1))
     assert summary["mean_coherence"] > 0
+    # rerun with fewer replicates: replicate 1's finished replay stays in the summary
+    again = api.grads(dataclasses.replace(request, replicates=1), rt)
+    assert json.loads(again.read_text()) == summary
 
 
 def test_grads_resumes_bit_exactly_after_kill9(data_root, tmp_path):

@@ -78,6 +78,18 @@ def test_per_example_barriers_average_to_the_dataset_barrier(two_children, digit
             "linearly_connected"} <= set(summary)
 
 
+def test_a_rerun_with_fewer_replicates_keeps_the_finished_ones(two_children, data_root):
+    """``lmc --replicates 2`` then ``--replicates 1``: replicate 1's branch is finished on disk,
+    so the rewritten summary (and the report's lmc.csv) still holds it, unchanged."""
+    from lthfast.results import lmc_rows
+
+    out, path, summary = two_children
+    request = api.LmcRequest(subset="random", size=256, steps=10, replicates=1, **SMALL)
+    again = api.lmc(request, rt(out, data_root))
+    assert again == path and json.loads(again.read_text()) == summary
+    assert [r["replicate"] for r in lmc_rows(out)] == [0, 1]
+
+
 def test_the_two_percent_rule():
     assert connected(0.0) and connected(0.0199) and connected(-0.01)
     assert not connected(0.02) and not connected(0.3)

@@ -20,7 +20,7 @@ from ...files import atomic_save_npy, atomic_write_json
 from ...runs import Run, StageRecord
 from ...train.evaluate import el2n, predict
 from ..common import Context, packed_model
-from . import ANALYSES
+from . import ANALYSES, finished
 
 BRANCH = "errors"
 BINS = np.linspace(0.0, np.sqrt(2.0), 41)  # ‖p − y‖₂ lies in [0, √2]
@@ -52,12 +52,19 @@ def run(ctx: Context, parent: Run, states: dict[int, dict], level: Optional[int]
             stages[r].mark_done(StageRecord(replicate=r, level=level, branch=BRANCH, start=start,
                                             end=start, test_acc=None, test_loss=None,
                                             extra=summarize(errors)))
-        per = {str(r): stages[r].record().extra for r in sorted(states)}
-        name = "errors.json" if level is None else f"errors_level_{level}.json"
-        return atomic_write_json(parent.file(name), {
-            "level": level, "t_r": start, "mean": float(np.mean([p["mean"] for p in per.values()])),
-            "replicates": per,
-            "per_example": {r: str(stages[int(r)].file("errors.npy")) for r in per}})
+        return write_summary(parent, level, start)
+
+
+def write_summary(parent: Run, level: Optional[int], start: int):
+    """``<parent>/errors[_level_k].json`` over every replicate measured so far (also those of
+    an earlier run with more ``--replicates``, which a rerun with fewer must not drop)."""
+    stages = {str(s.replicate): s for s in finished(parent, level, BRANCH)}
+    per = {r: s.record().extra for r, s in stages.items()}
+    name = "errors.json" if level is None else f"errors_level_{level}.json"
+    return atomic_write_json(parent.file(name), {
+        "level": level, "t_r": start, "mean": float(np.mean([p["mean"] for p in per.values()])),
+        "replicates": per,
+        "per_example": {r: str(s.file("errors.npy")) for r, s in stages.items()}})
 
 
 ANALYSES.register("errors")(run)

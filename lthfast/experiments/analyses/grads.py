@@ -34,7 +34,7 @@ from ...train.hooks import Hook
 from ...train.step import per_model_loss
 from ..common import Context
 from ..stage import StageInputs, train_stage
-from . import ANALYSES
+from . import ANALYSES, finished
 
 PROBE_SEEDS = 3  # seed domain of the coherence batches
 
@@ -170,19 +170,25 @@ def run(ctx: Context, pre: Run, recipe, data: DeviceData, seeds_of,
     with pre.lock():
         train_stage(ctx, stages, prepare, recipe, data, label="grads",
                     hooks=make_hooks, artifacts=artifacts)
-        per = {}
-        for stage in stages:
-            arrays = {n: np.load(stage.file(f"{n}.npy")) for n in
-                      ("grad_norms", "coherence", "coherence_steps", "speed_steps", "train_acc",
-                       "subset_acc", "test_acc")}
-            per[str(stage.replicate)] = summarize(arrays) | {"path": str(stage.path)}
-        return atomic_write_json(pre.file(f"{cfg.branch}.json"), {
-            "t_r": recipe.steps, "config": {"coherence_every": cfg.coherence_every,
-                                            "coherence_batches": cfg.coherence_batches,
-                                            "eval_every": cfg.eval_every},
-            "mean_grad_norm": float(np.mean([p["mean_grad_norm"] for p in per.values()])),
-            "mean_coherence": float(np.mean([p["mean_coherence"] for p in per.values()])),
-            "replicates": per})
+        return write_summary(pre, cfg, recipe.steps)
+
+
+def write_summary(pre: Run, cfg: GradsConfig, t_r: int):
+    """``<pre>/grads_<hash>.json`` over every replicate replayed so far (also those of an earlier
+    run with more ``--replicates``, which a rerun with fewer must not drop)."""
+    per = {}
+    for stage in finished(pre, None, cfg.branch):
+        arrays = {n: np.load(stage.file(f"{n}.npy")) for n in
+                  ("grad_norms", "coherence", "coherence_steps", "speed_steps", "train_acc",
+                   "subset_acc", "test_acc")}
+        per[str(stage.replicate)] = summarize(arrays) | {"path": str(stage.path)}
+    return atomic_write_json(pre.file(f"{cfg.branch}.json"), {
+        "t_r": t_r, "config": {"coherence_every": cfg.coherence_every,
+                               "coherence_batches": cfg.coherence_batches,
+                               "eval_every": cfg.eval_every},
+        "mean_grad_norm": float(np.mean([p["mean_grad_norm"] for p in per.values()])),
+        "mean_coherence": float(np.mean([p["mean_coherence"] for p in per.values()])),
+        "replicates": per})
 
 
 ANALYSES.register("grads")(run)

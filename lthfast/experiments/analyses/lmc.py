@@ -46,7 +46,7 @@ from ...train import checkpoint as ckpt
 from ...train.evaluate import example_losses, predict
 from .. import common
 from ..stage import StageInputs, train_stage
-from . import ANALYSES
+from . import ANALYSES, finished
 
 CONNECTED_BELOW = 0.02  # error barrier under 2%: linearly mode connected (Frankle et al. 2020)
 LMC_SEEDS = 2  # seed domain of children (IMP replicates use 0, score ensembles 1)
@@ -212,8 +212,12 @@ def run(ctx: common.Context, parent: Parent, cfg: LmcConfig) -> dict[int, StageR
 
 
 def write_summary(parent: Parent, cfg: LmcConfig, records: dict[int, StageRecord]):
-    """``<parent run>/<branch>.json``: the mean over replicates and each replicate's summary."""
-    per = {r: rec.extra for r, rec in sorted(records.items())}
+    """``<parent run>/<branch>.json``: the mean over replicates and each replicate's summary,
+    for every replicate whose branch is finished on disk: ``records`` (this command's) and
+    those an earlier run with more ``--replicates`` measured, which a rerun must not drop."""
+    stages = {s.replicate: s for s in finished(parent.run, cfg.level, cfg.branch)}
+    per = {r: (records[r] if r in records else stages[r].record()).extra
+           for r in sorted(set(stages) | set(records))}
     mean = lambda key: float(np.mean([s[key] for s in per.values()]))  # noqa: E731
     out = {key: mean(key) for key in ("loss_barrier", "error_barrier", "loss_barrier_naive_bn",
                                       "error_barrier_naive_bn")}
