@@ -56,7 +56,7 @@ import torch
 
 from ..errors import UserError
 from ..files import read_json
-from .loader import StreamSeeds
+from .loader import StreamSeeds, host_to_device
 
 
 class _Normalise(torch.nn.Module):
@@ -199,7 +199,7 @@ class FFCVStream:
             ys.append(y.reshape(-1))
             idxs.append(idx)
         y = torch.stack(ys, 1).to(self.device, dtype=torch.int64)
-        idx = torch.from_numpy(np.stack(idxs, 1)).to(self.device)
+        idx = host_to_device(np.stack(idxs, 1), self.device)  # pinned, queued: no wait per step
         return out.permute(0, 3, 1, 2), y, idx
 
     def close(self) -> None:
