@@ -26,9 +26,9 @@ import numpy as np
 
 from .errors import UserError
 from .files import atomic_write_bytes
-from .plots import curves_by_run, labels
+from .plots import LABEL_FIELDS, curves_by_run, describe, labels
 from .registry import Registry
-from .results import read_csv
+from .results import CONFIG_COLUMNS, ONSET_KEY, onset_key, read_csv
 
 FIGURES = Registry("figure")  # name -> fn(report_dir) -> list of written paths
 
@@ -95,27 +95,43 @@ def sparsity(report: Path) -> list[Path]:
     return written
 
 
+# A curve of Fig. 3: a run's whole config but its subset size (and replicate), so runs that
+# differ in label noise, seed, lr, ... at the same sizes stay apart (paper.sh makes such runs).
+SIZE_CURVE = tuple(c for c in CONFIG_COLUMNS if c != "subset_size")
+# What a legend may name: every config column (the dataset where a figure does not say it).
+LEGEND_FIELDS = (*LABEL_FIELDS, "shared_subset", "noise_seed")
+
+
+def size_curves(rows: list[dict]) -> dict[str, dict[int, dict[int, list[float]]]]:
+    """legend -> level -> subset size -> test accuracies of the finite replicates, from imp.csv
+    rows of sized subsets; a legend names the dataset and whatever else tells curves apart."""
+    by = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in rows:
+        if r["subset_size"] and r["test_acc"] is not None and not r["diverged"]:
+            key = tuple(r[c] for c in SIZE_CURVE)
+            by[key][r["level"]][r["subset_size"]].append(r["test_acc"])
+    configs = {key: dict(zip(SIZE_CURVE, key)) for key in by}
+    names = describe(configs, LEGEND_FIELDS)
+    return dict(sorted((f"{configs[key]['dataset']} {names[key]}", by[key]) for key in by))
+
+
 @FIGURES.register("size")
 def size(report: Path) -> list[Path]:
-    plt, rows = _pyplot(), _imp(report)
-    rows = [r for r in rows if r["subset_size"] and r["test_acc"] is not None
-            and not r["diverged"]]
-    if not rows:
+    plt, curves = _pyplot(), size_curves(_imp(report))
+    if not curves:
         raise UserError("no IMP runs on subsets of a given size in imp.csv")
-    levels = sorted({r["level"] for r in rows})
+    levels = sorted({level for c in curves.values() for level in c})
     picked = sorted({levels[len(levels) // 2], levels[-1]})
     fig, axes = plt.subplots(1, len(picked), squeeze=False, figsize=(4 * len(picked), 3.6))
     for ax, level in zip(axes[0], picked):
-        by = defaultdict(lambda: defaultdict(list))
-        for r in rows:
-            if r["level"] == level:
-                by[(r["dataset"], r["subset"], r["t_r"])][r["subset_size"]].append(r["test_acc"])
-        for (dataset, subset, t_r), sizes in sorted(by.items()):
+        for label, by_level in curves.items():
+            sizes = by_level.get(level)
+            if not sizes:  # no run of this curve reached the level
+                continue
             xs = sorted(sizes)
             means = [np.mean(sizes[x]) for x in xs]
             stds = [np.std(sizes[x]) for x in xs]
-            ax.errorbar(xs, means, yerr=stds, marker="o", markersize=3, capsize=2,
-                        label=f"{dataset} {subset}, t_r={t_r}")
+            ax.errorbar(xs, means, yerr=stds, marker="o", markersize=3, capsize=2, label=label)
         ax.set(xscale="log", xlabel="subset size", ylabel="test accuracy",
                title=f"level {level}")
         ax.legend()
@@ -130,13 +146,17 @@ def onset(report: Path) -> list[Path]:
     plt, rows = _pyplot(), _table(report, "lmc.csv")
     by = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r["level"] == "":
-            by[(r["dataset"], r["subset"], r["subset_size"])][int(r["spawn_step"])].append(
+        if r["level"] == "":  # children of dense parents w_t, t the spawn step
+            by[onset_key(r)][int(r["spawn_step"])].append(
                 (_num(r["error_barrier"]), _num(r["loss_barrier"])))
+    if not by:
+        raise UserError("lmc.csv has no children of a dense parent: run 'lthfast lmc' without "
+                        "--level at a few --steps, then 'lthfast report'")
+    configs = {key: dict(zip(ONSET_KEY, key)) for key in by}
+    names = describe(configs, (*LEGEND_FIELDS, "children", "alphas"), always=())
     fig, (ax_e, ax_l) = plt.subplots(1, 2, figsize=(9, 3.6))
-    for (dataset, subset, size_), steps in sorted(by.items()):
+    for label, steps in sorted((f"{configs[k]['dataset']} {names[k]}", by[k]) for k in by):
         xs = sorted(steps)
-        label = f"{dataset} {subset}" + (f" {size_}" if size_ else "")
         for ax, i in ((ax_e, 0), (ax_l, 1)):
             ax.plot([max(x, 1) for x in xs], [np.mean([v[i] for v in steps[x]]) for x in xs],
                     marker="o", markersize=3, label=label)
@@ -153,14 +173,19 @@ def onset(report: Path) -> list[Path]:
 @FIGURES.register("barriers")
 def barriers(report: Path) -> list[Path]:
     plt, rows = _pyplot(), _table(report, "schemes.csv")
-    last = max(int(r["level"]) for r in rows)
-    rows = [r for r in rows if int(r["level"]) == last and r["loss_barrier"] != ""]
+    # schemes.csv has a row per scheme and level with finite IMP results (none at all when
+    # every IMP replicate diverged), its barrier empty where no LMC ran at w_{t_r}
+    rows = [r for r in rows if r["loss_barrier"] != "" and r["test_acc"] != ""]
     if not rows:
-        raise UserError("schemes.csv has no scheme with both a barrier and IMP results")
+        raise UserError(f"{report / 'schemes.csv'} has no scheme with both a barrier and "
+                        "finite IMP results: run 'lthfast lmc' and 'lthfast imp' with the same "
+                        "flags (and IMP replicates that do not diverge), then 'lthfast report'")
+    last = max(int(r["level"]) for r in rows)
+    rows = [r for r in rows if int(r["level"]) == last]
+    names = describe(dict(enumerate(rows)), (*LEGEND_FIELDS, "dataset"))
     fig, (ax_b, ax_p) = plt.subplots(1, 2, figsize=(9, 3.6))
-    for r in rows:
-        label = f"{r['subset']} {r['subset_size']} t_r={r['t_r']}".replace("  ", " ")
-        ax_b.scatter(_num(r["loss_barrier"]), _num(r["test_acc"]), label=label)
+    for i, r in enumerate(rows):
+        ax_b.scatter(_num(r["loss_barrier"]), _num(r["test_acc"]), label=names[i])
         ax_p.scatter(_num(r["pretrain_acc"]), _num(r["test_acc"]))
     ax_b.set(xlabel="mean train loss barrier at w_{t_r}", ylabel=f"test accuracy, level {last}")
     ax_p.set(xlabel="pre-training test accuracy", ylabel=f"test accuracy, level {last}")

@@ -22,21 +22,34 @@ LABEL_FIELDS = ("subset", "subset_size", "rank_by", "class_balanced", "offset", 
                 "seed")
 
 
+def describe(configs: dict, fields: tuple[str, ...] = LABEL_FIELDS,
+             always: tuple[str, ...] = ("t_r",)) -> dict:
+    """key -> a legend naming the subset (and its size), the ``always`` fields and every other
+    field of ``fields`` whose value differs between ``configs`` (key -> config columns): only
+    what tells the curves of one figure apart, so legends stay short. A field some configs leave
+    unset (the subset seed of an "all" run) is named only when nothing else tells them apart."""
+    unset = (None, "")
+
+    def values(f: str, with_unset: bool) -> set:
+        return {str(c.get(f)) for c in configs.values() if with_unset or c.get(f) not in unset}
+
+    def legends(with_unset: bool) -> dict:
+        varying = [f for f in fields if f in always or len(values(f, with_unset)) > 1]
+        out = {}
+        for key, c in configs.items():
+            parts = [f"{c['subset']}" + (f" {c['subset_size']}" if c.get("subset_size") else "")]
+            parts += [f"{f}={c[f]}" for f in varying
+                      if f not in ("subset", "subset_size") and c.get(f) not in unset]
+            out[key] = ", ".join(parts)
+        return out
+
+    out = legends(with_unset=False)
+    return out if len(set(out.values())) == len(out) else legends(with_unset=True)
+
+
 def labels(rows: list[dict]) -> dict[str, str]:
     """run -> a legend naming the subset, t_r and whatever else separates it from the others."""
-    configs = {row["run"]: row for row in rows}
-    unset = (None, "")  # e.g. the subset seed of an "all" run
-
-    def varies(f: str) -> bool:
-        return len({str(c.get(f)) for c in configs.values() if c.get(f) not in unset}) > 1
-
-    varying = [f for f in LABEL_FIELDS if f == "t_r" or varies(f)]
-    out = {}
-    for run, c in configs.items():
-        parts = [f"{c['subset']}" + (f" {c['subset_size']}" if c.get("subset_size") else "")]
-        parts += [f"{f}={c[f]}" for f in varying
-                  if f not in ("subset", "subset_size") and c.get(f) not in unset]
-        out[run] = ", ".join(parts)
+    out = describe({row["run"]: row for row in rows})
     if len(set(out.values())) < len(out):  # identical legends: tell the runs apart by name
         out = {run: f"{label} ({run})" for run, label in out.items()}
     return out

@@ -74,8 +74,8 @@ def pretrain_columns(pre: dict) -> dict:
             "batch_size"]}})
 
 
-LMC_COLUMNS = ("run", "parent", *CONFIG_COLUMNS, "spawn_step", "level", "children", "replicate",
-               "loss_barrier", "error_barrier", "loss_barrier_naive_bn",
+LMC_COLUMNS = ("run", "parent", *CONFIG_COLUMNS, "spawn_step", "level", "children", "alphas",
+               "replicate", "loss_barrier", "error_barrier", "loss_barrier_naive_bn",
                "error_barrier_naive_bn", "linearly_connected")
 
 
@@ -102,10 +102,14 @@ def summaries(out: Path, patterns: tuple[str, ...]):
 
 
 def lmc_rows(out: Path) -> list[dict]:
-    """One row per LMC summary and replicate, under pre-training points and IMP runs."""
+    """One row per LMC summary and replicate, under pre-training points and IMP runs. ``lr`` and
+    ``train_steps`` are the children's (an IMP parent's are the same; a pre-training parent has
+    none, so they come from the summary, empty in one written before summaries held them)."""
     return [{"run": path.stem, "parent": run.name, **identity,
+             **{k: summary.get(k, "") for k in ("lr", "train_steps") if identity[k] == ""},
              "spawn_step": summary["spawn_step"], "level": summary["level"],
-             "children": summary["children"], "replicate": r,
+             "children": summary["children"],
+             "alphas": " ".join(str(a) for a in summary.get("alphas", [])), "replicate": r,
              **{k: rep[k] for k in LMC_COLUMNS[-5:]}}
             for run, identity, path, summary, r, rep in summaries(out, ("lmc_*.json",))]
 
@@ -160,18 +164,26 @@ def analysis_rows(out: Path) -> list[dict]:
     return rows
 
 
-ONSET_COLUMNS = ("dataset", "model", "subset", "subset_size", "rank_by", "label_noise", "level",
-                 "spawn_steps", "error_barriers", "onset")
+# An onset curve (Fig. 1 right): an LMC run's whole config but its spawn step (the parent's
+# t_r) and replicate, so runs differing in seed, pretrain lr, class balance, children, train
+# steps, ... never merge.
+ONSET_KEY = (*(c for c in CONFIG_COLUMNS if c != "t_r"), "level", "children", "alphas")
+ONSET_COLUMNS = (*ONSET_KEY, "spawn_steps", "error_barriers", "onset")
 CONNECTED_BELOW = 0.02  # the paper's rule: an error barrier under 2% counts as zero
 
 
+def onset_key(row: dict) -> tuple:
+    """The curve an lmc.csv row belongs to (a column an older table lacks counts as empty)."""
+    return tuple(row.get(c, "") for c in ONSET_KEY)
+
+
 def onset_rows(lmc: list[dict]) -> list[dict]:
-    """The onset of linear mode connectivity (Fig. 1 right): per parent scheme, the first spawn
-    step after which the mean error barrier stays under 2% (empty if it never does)."""
+    """The onset of linear mode connectivity (Fig. 1 right): per LMC config but the spawn step,
+    the first spawn step after which the mean error barrier stays under 2% (empty if it never
+    does)."""
     groups: dict[tuple, dict[int, list]] = {}
     for row in lmc:
-        key = tuple(row[c] for c in ONSET_COLUMNS[:7])
-        groups.setdefault(key, {}).setdefault(int(row["spawn_step"]), []).append(
+        groups.setdefault(onset_key(row), {}).setdefault(int(row["spawn_step"]), []).append(
             float(row["error_barrier"]))
     out = []
     for key, steps in sorted(groups.items(), key=lambda kv: str(kv[0])):
@@ -182,7 +194,7 @@ def onset_rows(lmc: list[dict]) -> list[dict]:
             if all(m < CONNECTED_BELOW for m in means[i:]):
                 onset = ts[i]
                 break
-        out.append(dict(zip(ONSET_COLUMNS[:7], key)) | {
+        out.append(dict(zip(ONSET_KEY, key)) | {
             "spawn_steps": " ".join(map(str, ts)),
             "error_barriers": " ".join(f"{m:.4f}" for m in means), "onset": onset})
     return out

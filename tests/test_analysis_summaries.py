@@ -106,3 +106,23 @@ def test_grads_summary_keeps_replicates_an_earlier_run_replayed(pre, tmp_path):
     assert summary["mean_grad_norm"] == pytest.approx(2.5)
     assert [(r["replicate"], r["mean_grad_norm"]) for r in analysis_rows(tmp_path)] == [
         (r, norms[r]) for r in REPLICATES]
+
+
+def test_lmc_rows_of_children_trained_differently_stay_apart(pre, tmp_path):
+    """Children of one pre-training point trained to 20 or 40 iterations are two LMC configs:
+    lmc.csv says which (the parent's own columns have no children's lr or train steps), and
+    their onsets are two rows."""
+    from lthfast.results import onset_rows
+
+    for steps, barrier in ((20, 0.0), (40, 0.5)):
+        cfg = lmc.LmcConfig(recipe=Recipe("resnet8", 32, 0.1, (), steps), start=5)
+        mark(pre.stage(0, None, cfg.branch), {
+            "loss_barrier": barrier, "error_barrier": barrier, "loss_barrier_naive_bn": 0.0,
+            "error_barrier_naive_bn": 0.0, "linearly_connected": barrier < 0.02})
+        lmc.write_summary(lmc.Parent(pre, [pre.stage(0)], {0: {}}, {0: None}), cfg,
+                          {0: pre.stage(0, None, cfg.branch).record()})
+    rows = sorted(lmc_rows(tmp_path), key=lambda r: r["train_steps"])
+    assert [(r["train_steps"], r["lr"], r["alphas"], r["t_r"]) for r in rows] == [
+        (20, 0.1, "0.5", 5), (40, 0.1, "0.5", 5)]
+    onset = {r["train_steps"]: r["onset"] for r in onset_rows(rows)}
+    assert onset == {20: 5, 40: ""}

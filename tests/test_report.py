@@ -160,3 +160,28 @@ def test_onset_is_the_first_spawn_step_after_which_the_barrier_stays_under_two_p
     table += rows({0: 0.3, 100: 0.05}, scheme="easy")  # never connected
     onset = {r["subset"]: r["onset"] for r in onset_rows(table)}
     assert onset == {"all": 400, "easy": ""}
+
+
+def test_onset_keeps_lmc_runs_that_differ_in_any_flag_apart():
+    """Spawned from schemes that differ only in seed, pre-training lr, class balance, number of
+    children or the children's train steps, barriers are separate curves with their own onsets:
+    averaged together, the connected scheme's onset at 0 would be lost."""
+    from lthfast.results import onset_rows
+
+    base = {"dataset": "cifar10", "model": "resnet20", "subset": "random", "subset_size": 2048,
+            "rank_by": "", "class_balanced": "", "seed": 0, "pretrain_lr": 0.4, "lr": 0.1,
+            "train_steps": 62400, "label_noise": 0.0, "level": "", "children": 2,
+            "alphas": "0.5"}
+    variants = [{}, {"seed": 1}, {"pretrain_lr": 0.1}, {"class_balanced": True},
+                {"children": 3}, {"train_steps": 31200}]
+    table = [base | change | {"spawn_step": t, "replicate": r, "t_r": t,
+                              "error_barrier": 0.0 if not change else 0.3}
+             for change in variants for t in (0, 100) for r in (0, 1)]
+    rows = onset_rows(table)
+    assert len(rows) == len(variants)
+    onsets = sorted((r["onset"] != "", r["seed"], r["pretrain_lr"], str(r["class_balanced"]),
+                     r["children"], r["train_steps"]) for r in rows)
+    assert onsets == sorted([(True, 0, 0.4, "", 2, 62400), (False, 1, 0.4, "", 2, 62400),
+                             (False, 0, 0.1, "", 2, 62400), (False, 0, 0.4, "True", 2, 62400),
+                             (False, 0, 0.4, "", 3, 62400), (False, 0, 0.4, "", 2, 31200)])
+    assert [r["onset"] for r in rows if r["onset"] != ""] == [0]

@@ -222,7 +222,8 @@ def write_summary(parent: Parent, cfg: LmcConfig, records: dict[int, StageRecord
     out = {key: mean(key) for key in ("loss_barrier", "error_barrier", "loss_barrier_naive_bn",
                                       "error_barrier_naive_bn")}
     out |= {"spawn_step": cfg.start, "level": cfg.level, "children": cfg.children,
-            "alphas": list(cfg.alphas), "linearly_connected": connected(out["error_barrier"]),
+            "alphas": list(cfg.alphas), "lr": cfg.recipe.lr, "train_steps": cfg.recipe.steps,
+            "linearly_connected": connected(out["error_barrier"]),
             "replicates": {str(r): s for r, s in per.items()},
             "per_example": {str(r): str(parent.run.stage(r, cfg.level, cfg.branch).path)
                             for r in per}}
