@@ -23,7 +23,7 @@ import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 from .config import Overrides, Preset, pretrain_recipe, preset_for, score_recipe, train_recipe
 from .errors import UserError
@@ -39,15 +39,29 @@ def runtime(root: str | Path = "datasets", out: str | Path = "runs", device: Opt
             checkpoint_every: int = 0, loader: str = "device", progress=None,
             cuda_graph: bool = False) -> Runtime:
     """How to run (never part of a run's identity), checked."""
+    check_runtime_flags(checkpoint_every=checkpoint_every, loader=loader)
+    check_device(device or default_device())
+    return Runtime(root=Path(root), out=Path(out), device=device or default_device(),
+                   deterministic=deterministic, compile=compile, progress=progress,
+                   checkpoint_every=checkpoint_every, loader=loader, cuda_graph=cuda_graph)
+
+
+def check_runtime_flags(checkpoint_every: int = 0, loader: str = "device", **_: Any) -> None:
+    """The runtime flags' own bounds (``Runtime.__post_init__`` checks how they combine with
+    the device): what ``runtime`` and every sweep point go through."""
     from .data.streams import STREAMS
 
     if checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0 (0: by wall time only), got {checkpoint_every}")
     STREAMS.lookup(loader)
-    check_device(device or default_device())
-    return Runtime(root=Path(root), out=Path(out), device=device or default_device(),
-                   deterministic=deterministic, compile=compile, progress=progress,
-                   checkpoint_every=checkpoint_every, loader=loader, cuda_graph=cuda_graph)
+
+
+def with_flags(rt: Runtime, flags: dict[str, Any]) -> Runtime:
+    """``rt`` with a sweep point's runtime flags (``RUNTIME_FLAGS``), checked as ``runtime``
+    checks them: their bounds, then ``Runtime.__post_init__`` on the result (e.g. --cuda-graph
+    on a CPU device)."""
+    check_runtime_flags(**flags)
+    return dataclasses.replace(rt, **flags)
 
 
 def open_data(root: str | Path, dataset: str):
@@ -79,11 +93,31 @@ class Common:
     batch_size: Optional[int] = None
     lr: Optional[float] = None
 
+    COMMAND: ClassVar[str] = ""  # the CLI command of the request, for messages
+
+    def command(self) -> str:
+        return self.COMMAND
+
+    def unused(self) -> tuple[str, ...]:
+        """Fields this command does not use. Set to anything but their default they are
+        refused: two requests that differ only there would be the same run (and a sweep's
+        grid points along such an axis would collide)."""
+        return ()
+
+    def check_unused(self) -> None:
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in self.unused():
+            value = getattr(self, name)
+            if value != defaults[name]:
+                raise UserError(f"{self.command()} does not use --{name.replace('_', '-')} "
+                                f"(got {value!r}): leave it out")
+
     def check_common(self) -> None:
         from .config import PRESETS
         from .data.sources import SOURCES
         from .data.subsets import check_noise_fraction
 
+        self.check_unused()
         SOURCES.lookup(self.dataset)
         if self.dataset not in PRESETS:
             raise UserError(f"no preset for dataset '{self.dataset}' (known: {', '.join(PRESETS)})")
@@ -103,6 +137,15 @@ class ScoreRequest(Common):
     train_steps: Optional[int] = None
     pretrain_lr: Optional[float] = None  # lmc: the parent's pre-training lr
 
+    COMMAND: ClassVar[str] = "scores"
+
+    def command(self) -> str:
+        return f"scores {self.kind}"
+
+    def unused(self) -> tuple[str, ...]:
+        # el2n / forgetting train score ensembles on the training schedule: no parent
+        return () if self.kind == "lmc" else ("children", "pretrain_lr")
+
     def preset(self) -> Preset:
         preset = Overrides(self.model, self.batch_size, self.lr, self.pretrain_lr,
                            self.train_steps).apply(preset_for(self.dataset))
@@ -121,6 +164,22 @@ class ScoreRequest(Common):
         if self.children < 2:
             raise UserError(f"--children must be >= 2 (barriers are between pairs), got "
                             f"{self.children}")
+        self.check_spawn("--steps")
+
+    def check_spawn(self, flag: str) -> None:
+        """lmc: children train from the spawn step to the end of the schedule, so the spawn
+        step must come before it (at or past T they would train nothing: all-zero scores)."""
+        if self.kind != "lmc":
+            return
+        from .experiments.scores import SCORES
+
+        preset = self.preset()
+        t = SCORES.lookup("lmc").default_steps(preset) if self.steps is None else self.steps
+        if t >= preset.train_steps:
+            given = (f"{flag} {t} (the lmc spawn step)" if self.steps is not None else
+                     f"the lmc spawn step ({flag}, default t* = {t})")
+            raise UserError(f"{given} must be smaller than the {preset.train_steps} "
+                            "iterations of training (--train-steps)")
 
     def config(self):
         from .experiments.scores import SCORES, ScoreConfig
@@ -158,6 +217,8 @@ class ImpRequest(Common):
     pretrain_lr: Optional[float] = None
     train_steps: Optional[int] = None
 
+    COMMAND: ClassVar[str] = "imp"
+
     def preset(self) -> Preset:
         return Overrides(self.model, self.batch_size, self.lr, self.pretrain_lr,
                          self.train_steps).apply(preset_for(self.dataset))
@@ -179,12 +240,14 @@ class ImpRequest(Common):
 
     def score_request(self) -> ScoreRequest:
         """The scores that rank easy / hard subsets. ``el2n_models`` and ``el2n_steps`` are
-        the score's two knobs: for ``--rank-by lmc`` the parent's replicates and spawn step."""
+        the score's two knobs: for ``--rank-by lmc`` the parent's replicates and spawn step
+        (and the parent's pre-training lr, which only lmc scores use)."""
         return ScoreRequest(dataset=self.dataset, seed=self.seed, label_noise=self.label_noise,
                             noise_seed=self.noise_seed, model=self.model,
                             batch_size=self.batch_size, lr=self.lr, kind=self.rank_by,
                             models=self.el2n_models, steps=self.el2n_steps,
-                            train_steps=self.train_steps, pretrain_lr=self.pretrain_lr)
+                            train_steps=self.train_steps,
+                            pretrain_lr=self.pretrain_lr if self.rank_by == "lmc" else None)
 
     def config(self, subset_identity: dict):
         from .experiments.imp import ImpConfig, PretrainConfig
@@ -231,7 +294,9 @@ class ImpRequest(Common):
             raise UserError(f"subset file {self.subset_file} must be a 1-D array")
         self.check_schedule()
         if self.needs_scores():
-            self.score_request().check()
+            score = self.score_request()
+            score.check_spawn("--el2n-steps")  # named as this command's flag
+            score.check()
 
 
 @dataclass(frozen=True)
@@ -243,6 +308,11 @@ class LmcRequest(ImpRequest):
     alphas: str = "0.5"  # comma-separated interpolation points in [0, 1]
     level: Optional[int] = None
     levels: int = 0  # not used: the parent's level is ``level``
+
+    COMMAND: ClassVar[str] = "lmc"
+
+    def unused(self) -> tuple[str, ...]:
+        return ("levels",)
 
     def alpha_values(self) -> tuple[float, ...]:
         try:
@@ -285,6 +355,11 @@ class ErrorsRequest(ImpRequest):
     level: Optional[int] = None
     levels: int = 0  # not used: the mask's level is ``level``
 
+    COMMAND: ClassVar[str] = "errors"
+
+    def unused(self) -> tuple[str, ...]:
+        return ("levels",)
+
     def check(self) -> None:
         super().check()
         if self.level is not None and self.level < 0:
@@ -310,6 +385,11 @@ class GradsRequest(ImpRequest):
     coherence_batches: int = 16
     eval_every: int = 100
     levels: int = 0  # not used
+
+    COMMAND: ClassVar[str] = "grads"
+
+    def unused(self) -> tuple[str, ...]:
+        return ("levels",)
 
     def check(self) -> None:
         super().check()
@@ -352,6 +432,13 @@ class WarmupRequest(ImpRequest):
     replicates: int = 8
     levels: int = 0  # not used
 
+    COMMAND: ClassVar[str] = "warmup"
+
+    def unused(self) -> tuple[str, ...]:
+        # the design trains the preset's network on true labels, at one lr; no pre-training
+        # or levels (``steps`` gets a message of its own first, in ``check``)
+        return ("label_noise", "noise_seed", "model", "pretrain_lr", "steps", "levels")
+
     def check_schedule(self) -> None:
         """No pre-training or levels; the warmup's own bounds are checked in ``check``."""
 
@@ -376,14 +463,25 @@ class WarmupRequest(ImpRequest):
                             f"{self.train_steps}")
         super().check()
 
-    def warmup_config(self, train_size: int, subset_identity: dict):
+    def recipe(self, train_size: int):
         from .config import warmup_recipe
+
+        return warmup_recipe(self.dataset, train_size, self.warmup, self.batch_size, self.lr,
+                             self.train_steps)
+
+    def check_length(self, train_size: int) -> None:
+        """Without --train-steps the schedule's length (160 epochs) depends on the train set's
+        size: checked once the dataset is open, before any score is computed."""
+        steps = self.recipe(train_size).steps
+        if self.warmup >= steps:
+            raise UserError(f"--warmup {self.warmup} must be shorter than the {steps} "
+                            "iterations of training")
+
+    def warmup_config(self, train_size: int, subset_identity: dict):
         from .experiments.warmup import WarmupConfig
 
-        recipe = warmup_recipe(self.dataset, train_size, self.warmup, self.batch_size, self.lr,
-                               self.train_steps)
-        return WarmupConfig(dataset=self.dataset, recipe=recipe, subset=subset_identity,
-                            seed=self.seed)
+        return WarmupConfig(dataset=self.dataset, recipe=self.recipe(train_size),
+                            subset=subset_identity, seed=self.seed)
 
 
 def warmup(req: WarmupRequest, rt: Runtime) -> Path:
@@ -391,11 +489,10 @@ def warmup(req: WarmupRequest, rt: Runtime) -> Path:
     from .experiments.warmup import run_warmup
 
     req.check()
-    ctx, spec, _ = _prepared(req, rt)
+    ctx = context(rt, req.dataset)
+    req.check_length(ctx.ds.train_size)  # before the scores that rank its subset are trained
+    ctx, spec, _ = _prepared(req, rt, ctx)
     cfg = req.warmup_config(ctx.ds.train_size, spec.identity())
-    if cfg.recipe.warmup >= cfg.recipe.steps:
-        raise UserError(f"--warmup {req.warmup} must be shorter than the {cfg.recipe.steps} "
-                        "iterations of training")
     return run_warmup(ctx, cfg, spec, req.replicates).path
 
 
@@ -424,13 +521,13 @@ def _parent(ctx: Context, spec, cfg, level: Optional[int], replicates: int):
     return Parent(run, stages, states, masks)
 
 
-def _prepared(req: ImpRequest, rt: Runtime):
+def _prepared(req: ImpRequest, rt: Runtime, ctx: Optional[Context] = None):
     """Context, subset and IMP config of a checked request (scores computed when missing)."""
     from .data.streams import check_loader
     from .data.subsets import make_subset
     from .experiments.scores import compute_scores
 
-    ctx = context(rt, req.dataset)
+    ctx = context(rt, req.dataset) if ctx is None else ctx
     check_loader(rt.loader, ctx.ds, req.label_noise, rt.deterministic)
     score_path = compute_scores(ctx, req.score_request().config()) if req.needs_scores() else None
     spec = req.subset_spec(score_path)
@@ -529,18 +626,25 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
     return hint(value) if hint in (float, Path) else value
 
 
-def request_from(command: str, values: dict[str, Any]):
-    """A checked request and runtime flags from plain values, e.g. one grid point of a sweep."""
+def request_from(command: str, values: dict[str, Any], rt: Optional[Runtime] = None):
+    """A checked request and runtime flags from plain values, e.g. one grid point of a sweep.
+    The runtime flags are checked as ``runtime`` checks them; with ``rt`` (the sweep's device
+    known) also in combination with it (``with_flags``)."""
     cls = REQUESTS[command]
     hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
     fields, flags = {}, {}
     for name, value in values.items():
-        if name in hints:
+        if name in names:
             fields[name] = coerce(name, value, hints[name])
         elif name in RUNTIME_FLAGS:
             flags[name] = coerce(name, value, RUNTIME_FLAGS[name])
         else:
             raise UserError(f"'{command}' has no flag --{name.replace('_', '-')}")
+    # Without the sweep's runtime (a file being loaded: its device not known yet) the flags are
+    # checked on "cuda", which allows every flag: only what does not depend on the device
+    # fails here; the sweep checks every point again with its runtime before the first run.
+    with_flags(Runtime(device="cuda") if rt is None else rt, flags)
     request = cls(**fields)
     request.check()
     return request, flags

@@ -110,7 +110,9 @@ def _executor(cluster: str, folder: Path, options: LaunchOptions, gpu: Optional[
 def _submit(cluster: str) -> Callable:
     def launch(spec, rt, options: LaunchOptions) -> Path:
         from .files import atomic_write_json, config_hash
+        from .sweep import check_runtimes
 
+        check_runtimes(spec, rt)  # with the sweep's device: a bad grid fails before submitting
         points = list(spec.points())
         runtime = {f.name: getattr(rt, f.name) for f in dataclasses.fields(rt)
                    if f.name != "progress"}  # a terminal's progress bar does not travel

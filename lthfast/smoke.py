@@ -158,8 +158,11 @@ def smoke_sweep(spec):
     flags = {name: smoke_axis(name, [value], scale)[0] for name, value in spec.flags.items()}
     subsets = [spec.flags.get("subset", "all"), *spec.grid.get("subset", [])]
     implicit = IMPLICIT_FOR.get(spec.command, IMPLICIT)
-    for f in dataclasses.fields(REQUESTS[spec.command]):
-        if f.name in spec.flags or f.name in spec.grid or f.name not in RULES:
+    cls = REQUESTS[spec.command]
+    # fields the command does not use are refused when set (e.g. children for el2n scores)
+    unused = set(cls(**({"kind": spec.argument} if spec.argument else {})).unused())
+    for f in dataclasses.fields(cls):
+        if f.name in spec.flags or f.name in spec.grid or f.name not in RULES or f.name in unused:
             continue
         if f.name.startswith("el2n_") and not set(subsets) & set(SCORED):
             continue  # no point ranks a subset: the flags would only clutter its commands

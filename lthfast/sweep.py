@@ -14,7 +14,9 @@ replicates). A sweep file says that once::
 
 Every grid point is turned into the command's typed request and checked before the first run
 starts (lazily, up to ``MAX_RUNS`` points), so a typo or a value of the wrong type fails at once,
-not after a day of training. Runs call the Python API in this process one after another, each
+not after a day of training; so are its runtime flags (``loader``, ``checkpoint_every``, ...), on
+the sweep's device once the command names it, and a flag the command does not use is refused
+(its points would be one run). ``--dry-run`` prints the commands in the CLI's own words. Runs call the Python API in this process one after another, each
 from a clean torch global state; a run that fails with a user error is reported and the sweep
 goes on; a diverged run is a result, not a failure; Ctrl-C stops the sweep and records the run
 as interrupted. Finished stages are skipped, so rerunning a sweep trains only what is missing.
@@ -28,7 +30,6 @@ same grid at CPU scale (``lthfast.smoke``). Each run's wall time goes into the s
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import math
@@ -66,21 +67,53 @@ class Sweep:
             point = self.flags | dict(zip(keys, values))
             yield point | ({"kind": self.argument} if self.argument else {})
 
-    def command_lines(self, root: Path, out: Path, device: Optional[str]) -> Iterator[str]:
+    def command_lines(self, root: Path, out: Path, device: Optional[str]) -> list[str]:
+        """The runs as ``lthfast`` command lines, in the words of the real CLI; every point's
+        runtime flags are first checked on the device the commands would run on."""
+        from .experiments.common import Runtime, default_device
+
+        check_runtimes(self, Runtime(root=Path(root), out=Path(out),
+                                     device=device or default_device()))
+        options = cli_options(self.command)
         common = {"root": str(root), "out": str(out)} | ({"device": device} if device else {})
+        lines = []
         for point in self.points():
             argv = [self.command] + ([point.pop("kind")] if self.argument else [])
             for name, value in (point | common).items():
-                argv += flag_argv(name, value)
-            yield "lthfast " + shlex.join(argv)
+                argv += flag_argv(self.command, name, value, options)
+            lines.append("lthfast " + shlex.join(argv))
+        return lines
 
 
-def flag_argv(name: str, value: Any) -> list[str]:
-    """Key/value -> CLI words: booleans are switches (``--compile`` / ``--no-compile``)."""
+def cli_options(command: str) -> dict[str, Any]:
+    """The options of ``lthfast COMMAND`` (click parameters), by each word that names one:
+    ``--compile`` and ``--no-compile`` name the same option."""
+    import typer.main
+
+    from .cli import app
+
+    params = typer.main.get_command(app).commands[command].params
+    return {word: param for param in params if param.param_type_name == "option"
+            for word in [*param.opts, *getattr(param, "secondary_opts", [])]}
+
+
+def flag_argv(command: str, name: str, value: Any, options: dict[str, Any]) -> list[str]:
+    """Key/value -> the CLI's words for it (``options``: ``cli_options(command)``). Booleans
+    are switches: ``--compile`` / ``--no-compile``; a false switch with no ``--no-`` form is
+    its default (``--deterministic``), left out."""
     flag = "--" + name.replace("_", "-")
-    if isinstance(value, bool):
-        return [flag] if value else ["--no-" + name.replace("_", "-")]
-    return [flag, str(value)]
+    param = options.get(flag)
+    if param is None:
+        raise UserError(f"lthfast {command} has no option {flag}")
+    if not isinstance(value, bool):
+        return [flag, str(value)]
+    if value:
+        return [param.opts[0]]
+    if getattr(param, "secondary_opts", None):
+        return [param.secondary_opts[0]]
+    if not param.default:
+        return []
+    raise UserError(f"lthfast {command} {flag} is on by default and cannot be switched off")
 
 
 def load_sweep(path: Path) -> Sweep:
@@ -125,6 +158,10 @@ def load_sweep(path: Path) -> Sweep:
     both = set(flags) & set(grid)
     if both:
         raise UserError(f"{path}: {', '.join(sorted(both))} in both [flags] and [grid]")
+    if argument is not None and "kind" in set(flags) | set(grid):
+        # the argument is the kind of every run: a 'kind' beside it would be overwritten
+        raise UserError(f"{path}: the {command} kind is the file's argument ({argument!r}); "
+                        "'kind' cannot be in [flags] or [grid] (one file per kind)")
     spec = Sweep(path=Path(path), command=command, argument=argument, flags=flags, grid=grid)
     if spec.size > MAX_RUNS:
         raise UserError(f"{path}: the grid has {spec.size:,} runs, more than the limit of "
@@ -133,16 +170,41 @@ def load_sweep(path: Path) -> Sweep:
 
 
 def check_points(spec: Sweep) -> Sweep:
-    """Every point turned into its typed request and checked; the first bad one is the error."""
+    """Every point turned into its typed request and checked; the first bad one is the error.
+    Runtime flags are checked too, those that depend on the device once it is known
+    (``check_runtimes``)."""
     from .api import request_from
 
     for i, point in enumerate(spec.points(), 1):
         try:
             request_from(spec.command, point)
         except UserError as exc:
-            scale = " (smoke scale)" if spec.scale != "full" else ""
-            raise UserError(f"{spec.path}{scale}: run {i} ({describe(point)}): {exc}") from None
+            raise point_error(spec, i, point, exc) from None
     return spec
+
+
+def check_runtimes(spec: Sweep, rt) -> None:
+    """Every point's runtime flags with the sweep's runtime ``rt`` (its device), as each run
+    will take them (``api.with_flags``): e.g. ``cuda_graph = true`` on a CPU sweep fails here,
+    before the first run, not at its point."""
+    from .api import RUNTIME_FLAGS, coerce, with_flags
+
+    seen: set[str] = set()  # grid points mostly share their runtime flags
+    for i, point in enumerate(spec.points(), 1):
+        try:
+            flags = {name: coerce(name, value, RUNTIME_FLAGS[name])
+                     for name, value in point.items() if name in RUNTIME_FLAGS}
+            key = json.dumps(flags, sort_keys=True)
+            if key not in seen:
+                with_flags(rt, flags)
+                seen.add(key)
+        except UserError as exc:
+            raise point_error(spec, i, point, exc) from None
+
+
+def point_error(spec: Sweep, i: int, point: dict[str, Any], exc: UserError) -> UserError:
+    scale = " (smoke scale)" if spec.scale != "full" else ""
+    return UserError(f"{spec.path}{scale}: run {i} ({describe(point)}): {exc}")
 
 
 def describe(point: dict[str, Any]) -> str:
@@ -152,13 +214,13 @@ def describe(point: dict[str, Any]) -> str:
 def run_point(command: str, point: dict[str, Any], rt) -> dict:
     """One grid point through the API: its record (flags, status, artifact or error, and its
     wall time in seconds). A user error is this point's result, not the sweep's end."""
-    from .api import RUNNERS, request_from
+    from .api import RUNNERS, request_from, with_flags
 
     start = time.monotonic()
     record: dict[str, Any] = {"flags": point}
     try:
-        request, flags = request_from(command, point)
-        artifact = RUNNERS[command](request, dataclasses.replace(rt, **flags))
+        request, flags = request_from(command, point, rt)
+        artifact = RUNNERS[command](request, with_flags(rt, flags))
         record |= {"status": "ok", "artifact": str(artifact)}
     except UserError as exc:
         record |= {"status": "error", "error": str(exc)}
@@ -179,16 +241,16 @@ def packed_in_this_process(command: str, points: list[dict], rt, devices) -> Ite
     pre-training and level as one model (at most ``imp.MAX_PACKED`` models at once). Their records
     carry the group's wall time and size; an error while a group trains (rare: a refused
     checkpoint, a full disk) is the result of every point of the group."""
-    from .api import prepare_imp, request_from, run_prepared_imps
+    from .api import prepare_imp, request_from, run_prepared_imps, with_flags
 
     groups: dict[str, list[tuple[int, tuple]]] = {}
     for i, point in enumerate(points):
         yield "start", i, rt.device
         start = time.monotonic()
         try:
-            request, flags = request_from(command, point)
+            request, flags = request_from(command, point, rt)
             key = json.dumps(flags, sort_keys=True)
-            prepared = prepare_imp(request, dataclasses.replace(rt, **flags))
+            prepared = prepare_imp(request, with_flags(rt, flags))
         except UserError as exc:
             yield "done", i, {"flags": point, "status": "error", "error": str(exc),
                               "seconds": round(time.monotonic() - start, 3)}
@@ -216,6 +278,7 @@ def run_sweep(spec: Sweep, rt, devices: Sequence[str] = (), pack: bool = False) 
     from .progress import SweepClock
     from .workers import fan_out
 
+    check_runtimes(spec, rt)  # the device is known now: a grid that cannot run here fails first
     points = list(spec.points())
     summary = Path(rt.out) / f"sweep_{config_hash({'command': spec.command, 'runs': points})}.json"
     records: dict[int, dict] = {}

@@ -57,6 +57,20 @@ CASES = [
     ("scores-for-random", lambda tmp: IMP + ["--subset", "random", "--size", "8", "--scores",
                                              str(np.save(tmp / "sc.npy", np.zeros(1438)) or
                                                  tmp / "sc.npy")], "--scores ranks"),
+    # LMC scores spawned at or past T: the children would train nothing (all-zero scores)
+    ("lmc-scores-spawn-past-schedule", ["scores", "lmc", "--dataset", "digits", "--root", "root",
+                                        "--out", "out", "--steps", "300", "--models", "1"],
+     "--steps 300 (the lmc spawn step) must be smaller than the 200 iterations"),
+    ("rank-by-lmc-spawn-past-schedule", IMP + ["--subset", "easy", "--size", "50", "--rank-by",
+                                               "lmc", "--el2n-steps", "20"],
+     "--el2n-steps 20 (the lmc spawn step) must be smaller than the 20 iterations"),
+    # flags a command does not use: the run would be that of the command without them
+    ("el2n-scores-children", ["scores", "el2n", "--dataset", "digits", "--root", "root",
+                              "--out", "out", "--children", "4"],
+     "scores el2n does not use --children"),
+    ("forgetting-scores-pretrain-lr", ["scores", "forgetting", "--dataset", "digits", "--root",
+                                       "root", "--out", "out", "--pretrain-lr", "0.1"],
+     "scores forgetting does not use --pretrain-lr"),
 ]
 
 

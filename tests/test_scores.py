@@ -166,3 +166,54 @@ def test_ensemble_members_are_not_the_imp_replicates_and_reruns_repeat_scores(di
         member = ckpt.load(path.parent / f"replicate_{m}" / "weights.pt")["stem.weight"]
         # one step of training moves the weights a little; a shared init would stay close
         assert (member - imp_init[: member.shape[0]]).abs().mean() > 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# LMC scores: the spawn step must come before the end of the schedule
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps", ["200", "300"])  # digits: T = 200
+def test_lmc_scores_spawned_at_or_past_the_end_are_refused_before_any_work(
+        steps, data_root, tmp_path, run_cli):
+    """Children train [t, T): from t >= T they train nothing and every score would be 0."""
+    code, out, err = run_cli(["scores", "lmc", "--dataset", "digits", "--steps", steps,
+                              "--models", "1", "--root", data_root, "--out", tmp_path / "out"])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"error: --steps {steps} (the lmc spawn step) must be smaller "
+                               "than the 200 iterations"), lines[0]
+    assert out == "" and not (tmp_path / "out").exists()
+
+
+def test_lmc_spawn_step_is_checked_against_the_schedule_where_scores_are_derived():
+    from lthfast import api
+    from lthfast.errors import UserError
+
+    small = dict(dataset="digits", subset="easy", size=100, rank_by="lmc")
+    api.ImpRequest(**small, el2n_steps=199).check()  # the last step before T: fine
+    with pytest.raises(UserError, match=r"^--el2n-steps 300 \(the lmc spawn step\) must be "
+                                        r"smaller than the 200 iterations"):
+        api.ImpRequest(**small, el2n_steps=300).check()
+    # a shortened schedule: the default spawn step (t* = 20) is past its end
+    with pytest.raises(UserError, match=r"lmc spawn step \(--el2n-steps, default t\* = 20\) "
+                                        r"must be smaller than the 10 iterations"):
+        api.ImpRequest(**small, steps=5, train_steps=10).check()
+    # warmup ranks its subset by scores on the preset's schedule (T = 200 on digits)
+    with pytest.raises(UserError, match="--el2n-steps 250"):
+        api.WarmupRequest(**small, warmup=5, el2n_steps=250).check()
+    with pytest.raises(UserError, match="--steps 201"):
+        api.ScoreRequest(dataset="digits", kind="lmc", steps=201).check()
+    api.ScoreRequest(dataset="digits", kind="el2n", steps=300).check()  # not a spawn step
+
+
+def test_compute_scores_refuses_an_lmc_parent_past_the_schedule(digits, tmp_path):
+    """The library below the request checks it too, before writing anything."""
+    from lthfast.errors import UserError
+
+    parent, recipe = Recipe("resnet8", 32, 0.1, (), 50), Recipe("resnet8", 32, 0.1, (), 50)
+    cfg = ScoreConfig(score="lmc", dataset="digits", recipe=recipe, parent=parent, models=1,
+                      children=2)
+    with pytest.raises(UserError, match="spawn step 50 must be smaller than the 50"):
+        compute_scores(score_context(digits, tmp_path / "out"), cfg)
+    assert not (tmp_path / "out").exists()

@@ -77,6 +77,29 @@ BAD_SWEEPS = [
      "run 2 (levels=-1): --levels must be >= 0"),
     ("huge grid", 'command = "imp"\n[grid]\nseed = [%s]\nnoise_seed = [%s]\nlevels = [1, 2, 3]\n'
      % (", ".join(map(str, range(1000))), ", ".join(map(str, range(1000)))), "limit of 100,000"),
+    # the argument is every run's kind: a kind axis would collide into identical runs
+    ("kind axis beside the argument", 'command = "scores"\nargument = "el2n"\n'
+     '[grid]\nkind = ["el2n", "forgetting"]\n', "'kind' cannot be in [flags] or [grid]"),
+    ("kind flag beside the argument", 'command = "scores"\nargument = "el2n"\n'
+     '[flags]\nkind = "forgetting"\n', "'kind' cannot be in [flags] or [grid]"),
+    # fields a command does not use: its points would be one run (and no CLI command)
+    ("warmup label noise axis", 'command = "warmup"\n[flags]\ndataset = "digits"\n'
+     'subset = "random"\nsize = 100\n[grid]\nlabel_noise = [0.0, 0.1]\n',
+     "run 2 (dataset=digits, subset=random, size=100, label_noise=0.1): warmup does not use "
+     "--label-noise"),
+    ("el2n children", 'command = "scores"\nargument = "el2n"\n[flags]\ndataset = "digits"\n'
+     'children = 4\n', "scores el2n does not use --children"),
+    ("lmc scores spawned past the schedule", 'command = "scores"\nargument = "lmc"\n'
+     '[flags]\ndataset = "digits"\n[grid]\nsteps = [100, 300]\n',
+     "run 2 (dataset=digits, steps=300, kind=lmc): --steps 300 (the lmc spawn step)"),
+    # runtime flags are checked like request fields, before any run
+    ("unknown loader in a later point", 'command = "imp"\n[flags]\ndataset = "digits"\n'
+     '[grid]\nloader = ["device", "bogus"]\n',
+     "run 2 (dataset=digits, loader=bogus): unknown loader 'bogus'"),
+    ("negative checkpoint interval", 'command = "imp"\n[flags]\ncheckpoint_every = -5\n',
+     "--checkpoint-every must be >= 0"),
+    ("cuda graphs with the ffcv loader", 'command = "imp"\n[flags]\ncuda_graph = true\n'
+     'loader = "ffcv"\n', "--cuda-graph needs --loader device"),
 ]
 
 
@@ -89,6 +112,106 @@ def test_malformed_sweep_fails_before_any_run(text, message, tmp_path, run_cli):
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
     assert message in lines[0]
     assert out == "" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text,message", [c[1:] for c in BAD_SWEEPS], ids=[c[0] for c in BAD_SWEEPS])
+def test_malformed_sweep_fails_its_dry_run(text, message, tmp_path, run_cli):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    code, out, err = run_cli(["sweep", path, "--dry-run"])
+    assert code == 2 and err.startswith("error: ") and message in err and out == "", err
+
+
+@pytest.mark.parametrize("launcher", ["inprocess", "local"])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_cuda_graphs_in_a_cpu_sweep_fail_before_any_run(launcher, dry_run, tmp_path, run_cli):
+    """The device is the sweep command's: once known, every point's runtime flags are checked
+    with it before the first run (or job), not when that point comes."""
+    path = tmp_path / "s.toml"
+    path.write_text('command = "imp"\n[flags]\ndataset = "digits"\nsubset = "random"\n'
+                    'size = 64\nsteps = 2\nlevels = 0\ntrain_steps = 4\n'
+                    '[grid]\ncuda_graph = [false, true]\n')
+    args = ["sweep", path, "--device", "cpu", "--out", tmp_path / "out", "--launcher", launcher]
+    code, out, err = run_cli(args + (["--dry-run"] if dry_run else []))
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert "run 2 (" in lines[0] and "--cuda-graph needs a CUDA device" in lines[0]
+    assert out == "" and not (tmp_path / "out").exists()
+
+
+def test_runtime_flags_of_a_request_are_checked_with_its_runtime(tmp_path):
+    from lthfast import api
+    from lthfast.errors import UserError
+    from lthfast.experiments.common import Runtime
+
+    point = {"dataset": "digits", "cuda_graph": True}
+    _, flags = api.request_from("imp", point)  # the device not known: allowed
+    assert flags == {"cuda_graph": True}
+    with pytest.raises(UserError, match="--cuda-graph needs a CUDA device"):
+        api.request_from("imp", point, Runtime(out=tmp_path, device="cpu"))
+    with pytest.raises(UserError, match="--checkpoint-every must be >= 0"):
+        api.request_from("imp", {"checkpoint_every": -1})
+    rt = api.with_flags(Runtime(out=tmp_path, device="cpu"), {"checkpoint_every": 7})
+    assert rt.checkpoint_every == 7 and rt.device == "cpu"
+
+
+def parse_command_line(line: str):
+    """A --dry-run line through the real CLI's parser: (command, its parameters); raises on a
+    word the CLI rejects."""
+    import typer.main
+
+    from lthfast.cli import app
+
+    words = shlex.split(line)
+    assert words[0] == "lthfast"
+    command = typer.main.get_command(app).commands[words[1]]
+    return words[1], command.make_context(words[1], words[2:]).params
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_dry_run_prints_commands_the_cli_parses_into_the_same_runs(name, run_cli):
+    """Every printed command parses with the real typer app, into the request (and runtime
+    flags) the sweep itself runs for that point."""
+    from lthfast import api, cli
+    from lthfast.sweep import load_sweep
+
+    code, out, err = run_cli(["sweep", SWEEPS / name, "--dry-run", "--device", "cpu"])
+    assert code == 0, err
+    spec = load_sweep(SWEEPS / name)
+    lines = out.splitlines()
+    assert len(lines) == spec.size
+    for line, point in zip(lines, spec.points()):
+        command, params = parse_command_line(line)
+        assert command == spec.command
+        request, flags = api.request_from(command, point)
+        assert cli.request(type(request), params) == request, line
+        assert {k: params[k] for k in flags} == flags, line
+
+
+def test_false_switches_are_written_as_the_cli_takes_them(tmp_path, run_cli):
+    """A false switch with a --no- form is written so; one without (--shared-subset,
+    --deterministic, --cuda-graph: off by default) is left out: the CLI has no --no- for it."""
+    path = tmp_path / "s.toml"
+    path.write_text('command = "imp"\n[flags]\ndataset = "digits"\nsubset = "random"\n'
+                    'size = 64\nshared_subset = false\ndeterministic = false\n'
+                    'cuda_graph = false\n[grid]\ncompile = [false, true]\n'
+                    'class_balanced = [false, true]\n')
+    code, out, err = run_cli(["sweep", path, "--dry-run", "--device", "cpu"])
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 4 and not any("--no-shared" in w or "--no-deterministic" in w
+                                       or "--no-cuda" in w for w in lines)
+    seen = []
+    for line in lines:
+        _, params = parse_command_line(line)
+        assert params["shared_subset"] is False and params["deterministic"] is False
+        seen.append((params["compile"], params["class_balanced"]))
+    assert seen == [(False, False), (False, True), (True, False), (True, True)]
+    path.write_text('command = "imp"\n[flags]\nshared_subset = true\ndeterministic = true\n')
+    code, out, err = run_cli(["sweep", path, "--dry-run", "--device", "cpu"])
+    assert code == 0, err
+    _, params = parse_command_line(out.strip())
+    assert params["shared_subset"] is True and params["deterministic"] is True
 
 
 def test_missing_sweep_file(tmp_path, run_cli):

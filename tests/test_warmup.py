@@ -57,3 +57,28 @@ def test_a_diverging_warmup_is_a_result_and_the_sweep_goes_on(data_root, tmp_pat
     assert huge["diverged"] == 2 and all(r["diverged"]["step"] < 40 for r in huge["rows"])
     assert sane["diverged"] == 0 and all(r["test_acc"] > 0.5 for r in sane["rows"])
     assert huge["config"]["recipe"]["warmup"] == 5
+
+
+def test_a_warmup_longer_than_the_schedule_fails_before_its_scores_are_trained(
+        data_root, tmp_path, run_cli):
+    """Without --train-steps the schedule's length (160 epochs) needs the train set's size:
+    checked once the dataset is open, before the EL2N scores that rank the subset."""
+    code, out, err = run_cli(["warmup", "--dataset", "digits", "--subset", "easy", "--size",
+                              "100", "--warmup", "100000", "--el2n-models", "1",
+                              "--el2n-steps", "5", "--root", data_root, "--out",
+                              tmp_path / "out", "--device", "cpu"])
+    lines = [line for line in err.splitlines() if line.strip()]
+    steps = warmup_recipe("digits", 1438, 0).steps
+    message = f"error: --warmup 100000 must be shorter than the {steps} iterations of training"
+    assert code == 2 and lines == [message], err
+    assert out == "" and not (tmp_path / "out").exists()  # no el2n_*/ trained first
+
+
+def test_warmup_has_no_label_noise_option_and_refuses_it_from_a_sweep(tmp_path, run_cli):
+    """The design trains on true labels: a noisy warmup would be the clean run, silently."""
+    code, _, err = run_cli(["warmup", "--dataset", "digits", "--label-noise", "0.1"])
+    assert code == 2 and "--label-noise" in err
+    sweep = tmp_path / "w.toml"
+    sweep.write_text('command = "warmup"\n[flags]\ndataset = "digits"\nlabel_noise = 0.1\n')
+    code, out, err = run_cli(["sweep", sweep, "--dry-run"])
+    assert code == 2 and "warmup does not use --label-noise" in err and out == ""

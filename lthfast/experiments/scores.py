@@ -170,6 +170,10 @@ def compute_scores(ctx: Context, cfg: ScoreConfig) -> Path:
     """Train the K networks (or reuse them) and write ``scores.npy``; returns its path."""
     kind = SCORES.lookup(cfg.score)
     check_score_request(cfg.models, cfg.recipe.steps)
+    if cfg.parent is not None and cfg.parent.steps >= cfg.recipe.steps:
+        # children train [t, T): from t >= T nothing, and every barrier would be 0
+        raise UserError(f"lmc scores: the spawn step {cfg.parent.steps} must be smaller than "
+                        f"the {cfg.recipe.steps} iterations of training")
     run = ctx.store.run(cfg.score, cfg).create()
     data = ctx.train_split(cfg.label_noise, cfg.noise_seed)  # noisy examples score as hard
     everything = np.arange(ctx.ds.train_size)
