@@ -130,13 +130,36 @@ def test_forgetting_counter_matches_hand_worked_sequences():
     counter = ForgettingCounter(2, 4, torch.device("cpu"))
     feed(counter, [0, 1])
     assert counter.forgotten.tolist() == COUNTS
-    assert (~counter.ever_correct).tolist() == NEVER
+    assert (~counter.state_dict()["ever_correct"]).tolist() == NEVER
     reference = [[forgetting_from_sequence([c == "T" for c in SEQUENCES[m][e]])
                   for e in range(4)] for m in range(2)]
     assert counter.forgotten.tolist() == reference
     scores = counter.scores()
     assert scores.tolist() == pytest.approx(MEAN, abs=0)
     assert int(np.argmax(scores)) == 1
+
+
+def test_repeats_within_a_batch_count_their_presentations_in_order():
+    """Batches of 8 over 5 examples (a subset smaller than the batch, or an epoch boundary):
+    the counter equals each example's presentation sequence, in batch order."""
+    rng = np.random.default_rng(0)
+    n, k, b = 5, 2, 8
+    counter = ForgettingCounter(k, n, torch.device("cpu"))
+    history = [[[] for _ in range(n)] for _ in range(k)]
+    for step in range(30):
+        idx = torch.from_numpy(rng.integers(0, n, size=(b, k)))
+        right = torch.from_numpy(rng.random((b, k)) < 0.5)
+        y = idx % C
+        logits = torch.zeros(b, k, C).scatter_(2, torch.where(right, y, (y + 1) % C)[..., None], 1.0)
+        counter.on_batch(step, logits, y, idx)
+        for pos in range(b):
+            for m in range(k):
+                history[m][int(idx[pos, m])].append(bool(right[pos, m]))
+    state = counter.state_dict()
+    assert counter.forgotten.tolist() == [[forgetting_from_sequence(h) for h in hs]
+                                          for hs in history]
+    assert state["last_correct"].tolist() == [[h[-1] for h in hs] for hs in history]
+    assert state["ever_correct"].tolist() == [[any(h) for h in hs] for hs in history]
 
 
 @pytest.mark.parametrize("model", [0, 1])

@@ -76,35 +76,51 @@ SCORES = Registry("score")  # name -> ScoreKind
 
 
 class ForgettingCounter(Hook):
-    """Counts forgetting events per (model, example) on the device, without host syncs."""
+    """Counts forgetting events per (model, example) on the device, without host syncs.
+
+    A batch that crosses an epoch boundary (or a subset smaller than the batch) can hold an
+    example more than once: its presentations count in order (the second compares with the
+    first), which a plain gather/scatter would not do (both would compare with the stored
+    state, and which write wins is undefined on CUDA). So the batch is stably sorted by example,
+    each presentation compares with the one before it, and only an example's last presentation
+    is written back: the others write to a spare column ``n``, never read.
+    """
 
     def __init__(self, k: int, n: int, device: torch.device):
-        self.last_correct = torch.zeros(k, n, dtype=torch.bool, device=device)
-        self.ever_correct = torch.zeros(k, n, dtype=torch.bool, device=device)
+        self.n = n
+        self.last_correct = torch.zeros(k, n + 1, dtype=torch.bool, device=device)
+        self.ever_correct = torch.zeros(k, n + 1, dtype=torch.bool, device=device)
         self.forgotten = torch.zeros(k, n, dtype=torch.int32, device=device)
 
     def on_batch(self, step: int, logits: torch.Tensor, y: torch.Tensor,
                  idx: torch.Tensor) -> None:
-        correct = (logits.argmax(-1) == y).T  # K×B
-        idx = idx.T
-        prev = torch.gather(self.last_correct, 1, idx)
+        idx, order = torch.sort(idx.T, dim=1, stable=True)  # K×B, presentations of one example
+        correct = (logits.argmax(-1) == y).T.gather(1, order)  # adjacent, in batch order
+        repeat = torch.zeros_like(correct)
+        repeat[:, 1:] = idx[:, 1:] == idx[:, :-1]  # not the example's first presentation here
+        before = torch.zeros_like(correct)
+        before[:, 1:] = correct[:, :-1]
+        prev = torch.where(repeat, before, self.last_correct.gather(1, idx))
         self.forgotten.scatter_add_(1, idx, (prev & ~correct).int())
-        self.last_correct.scatter_(1, idx, correct)
-        self.ever_correct.scatter_(1, idx, self.ever_correct.gather(1, idx) | correct)
+        spare = torch.full_like(idx, self.n)
+        last = torch.ones_like(correct)
+        last[:, :-1] = ~repeat[:, 1:]  # the next presentation is of another example
+        self.last_correct.scatter_(1, torch.where(last, idx, spare), correct)
+        self.ever_correct.scatter_(1, torch.where(correct, idx, spare), correct)
 
     def state_dict(self) -> dict:
-        return {"last_correct": self.last_correct, "ever_correct": self.ever_correct,
-                "forgotten": self.forgotten}
+        return {"last_correct": self.last_correct[:, : self.n],
+                "ever_correct": self.ever_correct[:, : self.n], "forgotten": self.forgotten}
 
     def load_state_dict(self, state: dict) -> None:
         for name, value in state.items():
-            getattr(self, name).copy_(value)
+            getattr(self, name)[:, : self.n].copy_(value)
 
     def per_model(self) -> np.ndarray:
         """K×N: each model's counts; an example it never got right scores its largest count + 1."""
         counts = self.forgotten.float()
         top = counts.max(dim=1, keepdim=True).values + 1
-        return torch.where(~self.ever_correct, top, counts).cpu().numpy()
+        return torch.where(~self.ever_correct[:, : self.n], top, counts).cpu().numpy()
 
     def scores(self) -> np.ndarray:
         return self.per_model().mean(0)
