@@ -185,3 +185,22 @@ def test_ctrl_c_or_sigterm_says_so_and_the_rerun_resumes(signum, code, cli, digi
     assert "Traceback" not in stderr and stdout == ""
     run = cli.ok(args)
     assert (run / "results.json").read_bytes() == imp_reference["results"]
+
+
+def test_a_run_asked_for_more_levels_is_unfinished_until_they_are_done(cli, digits_root,
+                                                                         rel_tmp):
+    """--levels 1, then --levels 2 killed during level 2: the report must not call the run
+    finished (its old results.json said levels 0-1 were all), yet keep levels 0-1."""
+    from lthfast.results import imp_rows
+
+    out = rel_tmp / "imp_more_levels"
+    args = [*IMP_ARGS, "--root", digits_root, "--out", out]
+    fewer = [*args[: args.index("--levels")], "--levels", "1", *args[args.index("--levels") + 2:]]
+    run = cli.ok(fewer)
+    assert (run / "results.json").exists() and all(r["finished"] for r in imp_rows(out))
+    cli.killed(args, {"stage": "imp/replicate_0/level_2", "step": 25})
+    rows = imp_rows(out)
+    assert not (run / "results.json").exists()
+    assert sorted(r["level"] for r in rows) == [0, 1] and not any(r["finished"] for r in rows)
+    cli.ok(args)
+    assert [r["level"] for r in json.loads((run / "results.json").read_text())["rows"]] == [0, 1, 2]

@@ -167,6 +167,10 @@ def run_imps(ctx: Context, jobs: Sequence[ImpJob]) -> list[Run]:
     alive = {run.path: [r for r in range(job.replicates) if r not in gone]
              for run, job, gone in zip(runs, jobs, lost)}
     with locked_runs(runs):
+        for run, job in zip(runs, jobs):  # more levels or replicates asked: not finished now
+            if any(not run.stage(r, level).is_done()
+                   for r in alive[run.path] for level in range(job.levels + 1)):
+                unfinish(run)
         for level in range(max(job.levels for job in jobs) + 1):
             stages = [run.stage(r, level) for run, job in zip(runs, jobs)
                       if level <= job.levels for r in alive[run.path]]
@@ -242,6 +246,13 @@ def level_masks(run: Run, stage: Stage, rewind_state: dict, fraction: float):
         return full_masks(rewind_state)
     prev = run.stage(stage.replicate, stage.level - 1)
     return prune(ckpt.load(prev.file("weights.pt")), ckpt.load(prev.file("mask.pt")), fraction)
+
+
+def unfinish(run: Run) -> None:
+    """A run that is asked for more (levels, replicates) is unfinished until they are done:
+    its ``results.json`` (which ``report`` reads as "finished", and which is rebuilt from the
+    stages' records at the end) goes first. No result is lost: every level keeps its own."""
+    run.file("results.json").unlink(missing_ok=True)
 
 
 def write_results(run: Run, diverged_in_pretraining: list[int]) -> None:
