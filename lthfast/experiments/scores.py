@@ -15,7 +15,10 @@ keyed by the config hash; lower means easier for both.
   over K. An example never classified correctly ranks hardest: it gets one more than the
   largest count of that model.
 
-Scores on noisy labels use the noisy labels (appendix A: the noisy examples then rank as hard).
+EL2N and forgetting scores with label noise use the noisy labels (appendix A: the noisy examples
+then rank as hard). LMC scores use them as ``lthfast lmc`` does: the parent pre-trains on them
+(label noise is for pre-training only), its children train and their barriers are measured on the
+true labels.
 
     lthfast scores el2n --dataset digits --models 4 --steps 60
     # -> runs/el2n_<hash>/scores.npy
