@@ -99,12 +99,21 @@ def work(worker: int, command: str, points: list, runtime: dict, tasks, results)
             results.put(("done", worker, i, run_point(command, points[i], rt)))
     except Interrupted:
         pass  # the parent records the point as interrupted; finished stages are kept
+    finally:  # nothing left to unwind: a late terminate just ends the process, quietly
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def fan_out(command: str, points: list, rt, devices: Sequence[str]) -> Iterator[tuple]:
     """Run the points on one worker per device: ("start", i, device), ("done", i, record)."""
     import multiprocessing
 
+    from .api import EMBEDDED, open_data
+
+    # embedded datasets are built on first use, with ffcv's writer processes, which a daemonic
+    # worker may not start: build them here, once, before any worker needs them
+    for dataset in sorted({p.get("dataset") for p in points} & set(EMBEDDED)):
+        open_data(rt.root, dataset)
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no CUDA state inherited
     tasks, results = ctx.Queue(), ctx.Queue()
     devices = list(devices)[:len(points)]
@@ -115,6 +124,7 @@ def fan_out(command: str, points: list, rt, devices: Sequence[str]) -> Iterator[
     runtime = {f.name: getattr(rt, f.name) for f in dataclasses.fields(rt)
                if f.name != "progress"}  # a terminal's progress bar does not travel
     procs = []
+    left = len(points)  # points not yet reported done
     # the cores shared out among CPU workers, unless the user said how many threads
     share = max(1, (os.cpu_count() or 1) // max(1, devices.count("cpu")))
     try:
@@ -128,7 +138,6 @@ def fan_out(command: str, points: list, rt, devices: Sequence[str]) -> Iterator[
                 procs[-1].start()
         busy: dict[int, int] = {}  # worker -> the point it runs
         waiting = set(range(len(points)))  # not started yet
-        left = len(points)
         while left:
             try:
                 kind, w, i, record = results.get(timeout=POLL_S)
@@ -155,6 +164,9 @@ def fan_out(command: str, points: list, rt, devices: Sequence[str]) -> Iterator[
                 left -= 1
                 yield "done", i, record
     finally:
+        if not left:  # all done: the workers are exiting by themselves, let them
+            for proc in procs:
+                proc.join(STOP_S)
         for proc in procs:  # on Ctrl-C they stop by themselves; on SIGTERM or an error, told to
             if proc.is_alive():
                 proc.terminate()

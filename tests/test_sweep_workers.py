@@ -92,6 +92,21 @@ def test_two_workers_share_the_points_and_train_every_stage_once(data_root, tmp_
         assert rows[0] == rows[1]
 
 
+def test_workers_on_a_fresh_root_find_the_embedded_dataset_built(tmp_path, monkeypatch, run_cli):
+    """digits is built on first use with ffcv's writer processes, which a (daemonic) worker may
+    not start: the sweep builds it before the workers need it."""
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(SWEEP.replace("size = [32, 48]\nlr = [0.1, 0.05]", "size = [32, 48]")
+                     .replace("levels = 1", "levels = 0"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    code, out, err = run_cli(["sweep", sweep, "--workers", "2", "--device", "cpu",
+                              "--root", tmp_path / "fresh", "--out", tmp_path / "out"])
+    assert code == 0, err
+    record = json.loads(Path(out.split()[-1]).read_text())
+    assert [r["status"] for r in record["runs"]] == ["ok", "ok"]
+    assert (tmp_path / "fresh" / "digits" / "meta.json").exists()
+
+
 def test_workers_flag_is_checked(tmp_path, run_cli):
     sweep = tmp_path / "s.toml"
     sweep.write_text(SWEEP)
