@@ -524,11 +524,12 @@ def _parent(ctx: Context, spec, cfg, level: Optional[int], replicates: int):
 def _prepared(req: ImpRequest, rt: Runtime, ctx: Optional[Context] = None):
     """Context, subset and IMP config of a checked request (scores computed when missing)."""
     from .data.streams import check_loader
-    from .data.subsets import make_subset
+    from .data.subsets import check_fits, make_subset
     from .experiments.scores import compute_scores
 
     ctx = context(rt, req.dataset) if ctx is None else ctx
     check_loader(rt.loader, ctx.ds, req.label_noise, rt.deterministic)
+    check_fits(ctx.ds, req.subset_spec())  # size and offset: before scores train to rank it
     score_path = compute_scores(ctx, req.score_request().config()) if req.needs_scores() else None
     spec = req.subset_spec(score_path)
     subset = make_subset(ctx.ds, spec)  # a subset that cannot be made fails here, first

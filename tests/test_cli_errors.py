@@ -53,6 +53,7 @@ CASES = [
     ("steps-past-schedule-with-easy", IMP + ["--subset", "easy", "--size", "50", "--steps",
                                              "500"], "--steps 500 must be smaller"),
     ("levels-negative", IMP + ["--levels", "-1"], "--levels"),
+
     ("random-without-size", IMP + ["--subset", "random"], "needs --size"),
     ("scores-for-random", lambda tmp: IMP + ["--subset", "random", "--size", "8", "--scores",
                                              str(np.save(tmp / "sc.npy", np.zeros(1438)) or
@@ -147,3 +148,21 @@ def test_a_batch_larger_than_the_subset_is_warned_about_in_one_line(data_root, t
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert warnings == ["warning: batch size 64 exceeds the 20 pre-training examples: every "
                         "batch repeats examples"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--size", "100000"], "--size must be between 1 and the train size"),
+    (["--size", "1000", "--offset", "1000"], "exceeds the train size"),
+    (["--size", "1400", "--class-balanced"], "needs"),
+    (["--size", "100", "--rank-by", "forgetting", "--offset", "1400"], "exceeds"),
+])
+def test_an_easy_subset_that_cannot_be_made_is_refused_before_its_scores_train(
+        extra, message, data_root, tmp_path, run_cli):
+    """The train size comes from the data, so the data may be read; but no ensemble trains to
+    rank a subset that the ranking could never give."""
+    args = ["imp", "--dataset", "digits", "--root", data_root, "--out", tmp_path / "out",
+            "--subset", "easy", "--steps", "5", "--train-steps", "20", *extra]
+    code, out, err = run_cli(args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

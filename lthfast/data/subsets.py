@@ -117,25 +117,44 @@ def per_class_quota(counts: np.ndarray, size: int, rng: np.random.Generator) -> 
     return quota
 
 
+def shares(labels: np.ndarray, size: int, offset: int, balanced: bool, num_classes: int,
+           seed: int) -> Optional[np.ndarray]:
+    """How many examples each class gives (None: not balanced), after checking that a ranking
+    of all examples can give them past ``offset``: from the labels alone, so a subset that
+    cannot be made is refused before any score is computed to rank it."""
+    if not balanced:
+        if offset + size > len(labels):
+            raise UserError(f"--offset {offset} + --size {size} exceeds the train size {len(labels)}")
+        return None
+    counts = np.bincount(labels, minlength=num_classes)
+    # when the classes cannot all get the same share, which of them get one more is drawn
+    # with the subset's seed, so seeds do not favour the same classes
+    quota = per_class_quota(counts, size, np.random.default_rng(seed))
+    for c in range(num_classes):
+        if offset + quota[c] > counts[c]:
+            raise UserError(f"class {c} has {counts[c]} examples: too few for --offset "
+                            f"{offset} + its share {quota[c]}")
+    return quota
+
+
 def ranked_pick(order: np.ndarray, labels: np.ndarray, size: int, offset: int,
                 balanced: bool, num_classes: int, seed: int) -> np.ndarray:
-    """Take ``size`` indices from a ranking (best first), skipping the first ``offset`` of it
-    (per class when balanced; when the classes cannot all get the same share, which of them get
-    one more is drawn with ``seed``, the subset's seed, so seeds do not favour the same classes)."""
-    if not balanced:
-        if offset + size > len(order):
-            raise UserError(f"--offset {offset} + --size {size} exceeds the train size {len(order)}")
+    """Take ``size`` indices from a ranking of all examples (best first), skipping the first
+    ``offset`` of it (per class when balanced, in the shares of ``shares``)."""
+    quota = shares(labels, size, offset, balanced, num_classes, seed)
+    if quota is None:
         return order[offset : offset + size]
-    counts = np.bincount(labels, minlength=num_classes)
-    quota = per_class_quota(counts, size, np.random.default_rng(seed))
-    picked = []
-    for c in range(num_classes):
-        ranked_c = order[labels[order] == c]
-        if offset + quota[c] > len(ranked_c):
-            raise UserError(f"class {c} has {len(ranked_c)} examples: too few for --offset "
-                            f"{offset} + its share {quota[c]}")
-        picked.append(ranked_c[offset : offset + quota[c]])
-    return np.concatenate(picked)
+    return np.concatenate([order[labels[order] == c][offset : offset + quota[c]]
+                           for c in range(num_classes)])
+
+
+def check_fits(ds: DatasetArrays, spec: SubsetSpec) -> None:
+    """Everything ``make_subset`` would refuse about size and offset, without scores."""
+    if spec.file is not None or spec.kind == "all":
+        return
+    size = check_size(spec.size, ds.train_size)
+    shares(np.asarray(ds.train_labels), size, spec.offset, spec.balanced, ds.num_classes,
+           spec.seed)
 
 
 @register_rule("all")
