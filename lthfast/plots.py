@@ -17,7 +17,8 @@ import numpy as np
 
 
 # What a legend says about a run, when it differs between the runs of one figure.
-LABEL_FIELDS = ("subset", "subset_size", "rank_by", "class_balanced", "offset", "subset_seed",
+LABEL_FIELDS = ("subset", "subset_size", "rank_by", "scores", "class_balanced", "offset",
+                "subset_seed",
                 "t_r", "model", "pretrain_lr", "lr", "train_steps", "batch_size", "label_noise",
                 "seed")
 

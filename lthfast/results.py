@@ -22,8 +22,8 @@ from .files import atomic_write_bytes
 from .runs import RunStore
 
 # The run's identity, flattened (what separates curves), then the stage's results.
-CONFIG_COLUMNS = ("dataset", "model", "subset", "subset_size", "rank_by", "class_balanced",
-                  "offset", "subset_seed", "shared_subset", "t_r", "pretrain_lr", "lr",
+CONFIG_COLUMNS = ("dataset", "model", "subset", "subset_size", "rank_by", "scores",
+                  "class_balanced", "offset", "subset_seed", "shared_subset", "t_r", "pretrain_lr", "lr",
                   "train_steps", "batch_size", "label_noise", "noise_seed", "seed")
 COLUMNS = ("run", *CONFIG_COLUMNS, "replicate", "level", "weights_remaining", "test_acc",
            "test_loss", "pretrain_acc", "diverged", "loader", "finished")
@@ -36,7 +36,8 @@ def config_columns(config: dict) -> dict:
     return {
         "dataset": pre["dataset"], "model": level["model"], "subset": subset.get("kind", "all"),
         "subset_size": subset.get("size", ""), "rank_by": subset.get("rank_by", ""),
-        "class_balanced": subset.get("class_balanced", ""), "offset": subset.get("offset", ""),
+        # the ranking scores by content: ensembles of other sizes or lengths rank otherwise
+        "scores": subset.get("scores", ""), "class_balanced": subset.get("class_balanced", ""), "offset": subset.get("offset", ""),
         "subset_seed": subset.get("seed", ""), "shared_subset": subset.get("shared", ""),
         "t_r": pre["recipe"]["steps"], "pretrain_lr": pre["recipe"]["lr"], "lr": level["lr"],
         "train_steps": level["steps"], "batch_size": level["batch_size"],

@@ -185,3 +185,20 @@ def test_onset_keeps_lmc_runs_that_differ_in_any_flag_apart():
                              (False, 0, 0.1, "", 2, 62400), (False, 0, 0.4, "True", 2, 62400),
                              (False, 0, 0.4, "", 3, 62400), (False, 0, 0.4, "", 2, 31200)])
     assert [r["onset"] for r in rows if r["onset"] != ""] == [0]
+
+
+def test_runs_ranked_by_other_scores_are_other_curves():
+    """Two easy runs whose EL2N ensembles differ (e.g. --el2n-models 2 vs 3) rank their subsets
+    by other scores: the table keeps them apart (the scores' content hash), and so do curves,
+    onsets and barrier matching, which key on these columns."""
+    from lthfast.results import config_columns
+
+    def config(scores):
+        return {"pretrain": {"dataset": "digits", "recipe": {"steps": 5, "lr": 0.2},
+                             "subset": {"kind": "easy", "size": 100, "rank_by": "el2n",
+                                        "scores": scores}},
+                "recipe": {"model": "resnet8", "lr": 0.1, "steps": 20, "batch_size": 32}}
+
+    a, b = config_columns(config("aaaa")), config_columns(config("bbbb"))
+    assert a["scores"] == "aaaa" and b["scores"] == "bbbb"
+    assert [k for k in a if a[k] != b[k]] == ["scores"]
