@@ -178,7 +178,7 @@ def lmc(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE
         device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
         checkpoint_every: int = CHECKPOINT_EVERY):
     """Linear mode connectivity of children spawned from the pre-training point imp would use
-    (or an IMP level); prints the summary JSON (loss_barrier, error_barrier)."""
+    (or an IMP level); prints the path of the summary JSON (loss_barrier, error_barrier)."""
     from . import api
 
     print(api.lmc(request(api.LmcRequest, locals()), runtime_of(locals())))
@@ -201,7 +201,7 @@ def errors(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = S
            device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
            checkpoint_every: int = CHECKPOINT_EVERY):
     """Per-example errors ‖p − y‖ at the pre-training point imp would use, dense or projected by
-    an IMP level's mask (Fig. 9); prints the summary JSON."""
+    an IMP level's mask (Fig. 9); prints the path of the summary JSON."""
     from . import api
 
     print(api.errors(request(api.ErrorsRequest, locals()), runtime_of(locals())))
@@ -225,7 +225,7 @@ def grads(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SI
           device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
           checkpoint_every: int = CHECKPOINT_EVERY):
     """Gradient norms, gradient coherence and learning speed during the pre-training imp would
-    run (Figs. 7-8); prints the summary JSON."""
+    run (Figs. 7-8); prints the path of the summary JSON."""
     from . import api
 
     print(api.grads(request(api.GradsRequest, locals()), runtime_of(locals())))

@@ -4,8 +4,9 @@
 the same grid axes and the same number of values on every axis (so the same number of runs),
 but every value moved to a tiny scale: the dataset becomes ``digits``; iteration counts keep
 their fraction of the quantity they count (t_r of t*, a warmup of the whole schedule, score
-steps of the score's default) on a 40-iteration schedule; subset sizes keep their fraction of
-the train set (1,438 digits, at least 40); levels their fraction of 12 (2 levels); replicates,
+steps of the score's default) on a 40-iteration schedule; subset sizes are mapped in order onto
+40 to 1,000 examples (an affine map: the same size gives the same smoke size in every file);
+levels keep their fraction of 12 (2 for the paper's 12); replicates,
 score ensembles and children shrink to 1-2. Values of one axis that were distinct stay distinct
 (a collision is moved up by one step), so every axis still varies; only a ``dataset`` axis
 collapses to digits (its points are then the same run, trained once). Cost flags that a file
