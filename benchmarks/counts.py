@@ -27,7 +27,6 @@ per log.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -43,6 +42,7 @@ from lthfast.train.counting import OpCounter, count_syncs
 from lthfast.train.loop import LoopConfig, train
 from lthfast.train.schedule import Schedule
 from lthfast.train.step import per_model_loss
+from lthfast.workers import environment
 
 from .common import DEFAULT_CACHE, Row, open_synthetic, rerun
 
@@ -91,16 +91,9 @@ def _train_counts(data, cfg: CountsConfig, k: int, steps: int, per_model_lr: boo
 def captured_launches(data, cfg: CountsConfig, k: int, per_model_lr: bool) -> float:
     """Host launches per replayed step (after 3 eager warm-up steps and the capture)."""
     short, long = 6, 10
-    previous = os.environ.get("LTHFAST_CAPTURE_BACKEND")
-    os.environ["LTHFAST_CAPTURE_BACKEND"] = "emulate"
-    try:
+    with environment({"LTHFAST_CAPTURE_BACKEND": "emulate"}):
         ops_short, _ = _train_counts(data, cfg, k, short, per_model_lr, capture=True)
         ops_long, _ = _train_counts(data, cfg, k, long, per_model_lr, capture=True)
-    finally:
-        if previous is None:
-            os.environ.pop("LTHFAST_CAPTURE_BACKEND")
-        else:
-            os.environ["LTHFAST_CAPTURE_BACKEND"] = previous
     return (ops_long - ops_short) / (long - short)
 
 
