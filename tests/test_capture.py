@@ -18,7 +18,10 @@ from lthfast.errors import UserError
 from lthfast.experiments.common import Runtime
 from lthfast.models import build
 from lthfast.prune.magnitude import full_masks, prune
-from lthfast.train.capture import CapturedStep, EmulatedGraph, graph_for
+from lthfast.train import capture
+from lthfast.train.capture import CaptureError, CapturedStep, EmulatedGraph, graph_for
+from lthfast.train.optim import FusedSGD
+from lthfast.train.step import TrainStep
 from lthfast.train.hooks import Hook
 from lthfast.train.loop import LoopConfig, train
 from lthfast.train.schedule import Schedule
@@ -60,7 +63,7 @@ def test_the_stand_in_freezes_host_values_as_a_cuda_graph_does():
 ])
 def test_the_stand_in_refuses_what_cuda_cannot_capture(body, why):
     step = CapturedStep(lambda x: (body(x),), EmulatedGraph(), warmup=0)
-    with pytest.warns(UserWarning, match="capture failed"):
+    with pytest.raises(CaptureError, match="run without --cuda-graph"):
         step(torch.arange(3.0))
     assert not step.captured and why in step.failed
 
@@ -74,7 +77,7 @@ def test_integer_indexing_is_capturable_and_inputs_must_keep_their_shape():
         step(torch.tensor([1, 2]))
 
 
-def test_a_capture_that_fails_falls_back_to_eager_with_a_warning():
+def test_a_capture_that_fails_is_an_error_or_if_optional_a_notice_then_eager(capsys):
     state = torch.zeros(3)
 
     def syncing_step(x):
@@ -82,11 +85,83 @@ def test_a_capture_that_fails_falls_back_to_eager_with_a_warning():
         return (state,)
 
     step = CapturedStep(syncing_step, EmulatedGraph(), warmup=1)
-    with pytest.warns(UserWarning, match="capture failed"):
-        for i in range(4):
-            step(torch.full((3,), float(i)))
+    step(torch.zeros(3))
+    with pytest.raises(CaptureError, match="not capturable.*run without --cuda-graph"):
+        step(torch.zeros(3))
+    state.zero_()
+    step = CapturedStep(syncing_step, EmulatedGraph(), warmup=1, required=False)
+    for i in range(4):
+        step(torch.full((3,), float(i)))
     assert not step.captured and "not capturable" in step.failed
     assert torch.equal(state, torch.full((3,), 3.0 * (0 + 1 + 2 + 3)))  # every step ran once
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("notice: CUDA graph capture failed")
+
+
+class PoisoningGraph(EmulatedGraph):
+    """The stand-in with CUDA's rule: a failed capture turns graphs off in the process."""
+
+    poisons_process = True
+
+
+def test_a_failed_capture_that_turns_graphs_off_says_so_once_and_then_refuses(capsys,
+                                                                            monkeypatch):
+    monkeypatch.setattr(capture, "_broken", None)
+    bad = CapturedStep(lambda x: (x.add_(x.sum().item()),), PoisoningGraph(), warmup=0,
+                       required=False)
+    bad(torch.zeros(2))
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("notice: CUDA graphs off for the rest of this process")
+    assert capture.broken()
+    # a later stage: a fine step, but graphs are off: an error if required, else a notice
+    good = CapturedStep(lambda x: (x.add_(1),), PoisoningGraph(), warmup=0)
+    with pytest.raises(CaptureError, match="earlier capture in this process failed"):
+        good(torch.zeros(2))
+    monkeypatch.setenv("LTHFAST_CAPTURE_BACKEND", "emulate")  # the loop's check, before a stage
+    with pytest.raises(CaptureError, match="run without --cuda-graph.*fresh process"):
+        capture.capture_graph(torch.device("cpu"))
+
+
+def test_a_recompile_inside_the_capture_is_an_error_not_a_captured_compile(monkeypatch):
+    """Capture runs under fail_on_recompile: the compiled forward must compile in warm-up."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x: x * 2 + 1, backend="aot_eager", dynamic=False)
+    step = CapturedStep(lambda x: (fn(x),), EmulatedGraph(), warmup=1)
+    step(torch.ones(4))  # compiles for shape (4,)
+    with pytest.raises(CaptureError, match="recompile"):
+        step(torch.ones(5))  # a new shape at capture: would compile inside the capture
+    ok = CapturedStep(lambda x: (fn(x),), EmulatedGraph(), warmup=1)
+    assert [ok(torch.full((4,), float(i)))[0][0].item() for i in range(3)] == [1.0, 3.0, 5.0]
+    assert ok.captured  # the same shape as warm-up: captured, and compile + replay is right
+    torch._dynamo.reset()
+
+
+def test_a_step_captured_before_any_eager_step_trains_with_momentum():
+    """No warm-up: the captured first step must still update a momentum buffer that later
+    replays read (a buffer made by the first step, ``buf = g``, was that step's temporary)."""
+    def make():
+        torch.manual_seed(0)
+        model = build("resnet8", 10, k=1)
+        opt = FusedSGD(list(model.parameters()), 1, momentum=0.9)
+        return model, TrainStep(model, opt, amp=False)
+
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4, 1), generator=g),
+                torch.tensor([0.1])) for _ in range(4)]
+    eager_model, eager = make()
+    for b in batches:
+        eager(*b)
+    replayed_model, step = make()
+    replayed = CapturedStep(step, EmulatedGraph(), step.opt.params, warmup=0)
+    for b in batches:
+        replayed(*b)
+    assert replayed.captured
+    for (name, a), b in zip(eager_model.state_dict().items(),
+                            replayed_model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(eager.opt.buf, step.opt.buf) and step.opt.buf.abs().sum() > 0
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +201,7 @@ def test_replayed_training_equals_eager_training_bit_for_bit(train_data, monkeyp
     assert torch.equal(eager.optimizer_state["momentum"], replayed.optimizer_state["momentum"])
 
 
-def test_no_capture_on_the_cpu_or_with_hooks(train_data, monkeypatch):
+def test_no_capture_on_the_cpu_or_with_hooks(train_data, monkeypatch, capsys):
     _, plain = run(train_data, 1, True, False, steps=5)
     assert not plain.captured  # no CUDA: the step runs eagerly
     assert graph_for(torch.device("cpu")) is None
@@ -142,6 +217,9 @@ def test_no_capture_on_the_cpu_or_with_hooks(train_data, monkeypatch):
     hook = Counting()
     _, hooked = run(train_data, 1, True, False, steps=5, hooks=[hook])
     assert not hooked.captured and hook.batches == 5  # hooks run on the host: no capture
+    err = capsys.readouterr().err.splitlines()  # ... and it says so, in one line
+    assert err == ["notice: --cuda-graph off for this stage: its hooks (Counting) run on the "
+                   "host at every step; training eagerly"]
     monkeypatch.setenv("LTHFAST_CAPTURE_BACKEND", "bogus")
     with pytest.raises(ValueError, match="LTHFAST_CAPTURE_BACKEND"):
         graph_for(torch.device("cpu"))

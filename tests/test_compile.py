@@ -106,3 +106,22 @@ def test_bf16_autocast_trains_through_the_real_loop_on_cpu(digits):
     for name, mask in masks.items():
         assert params[name].dtype == torch.float32  # fp32 master weights
         assert torch.all(params[name][mask == 0] == 0), name
+
+
+def test_evaluation_compiles_one_graph_when_the_last_batch_is_short(fresh_dynamo, digits,
+                                                                    monkeypatch):
+    """The last batch is padded to a full one (the last ``batch_size`` examples), so a set whose
+    size is not a multiple of the batch is one compiled graph, not two; same logits."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("LTHFAST_COMPILE_BACKEND", "eager")
+    test = DeviceData.from_dataset(digits, "test", "cpu")
+    batch = 64
+    assert test.n % batch and test.n > batch
+    model = model_for(2, "grouped")
+    counters.clear()
+    logits = predict(model, test, batch_size=batch, compile=True)
+    assert counters["stats"]["unique_graphs"] == 1
+    whole = predict(model, test, batch_size=test.n)  # eager, one batch
+    assert logits.shape == whole.shape == (2, test.n, 10)
+    assert torch.allclose(logits, whole, rtol=1e-5, atol=1e-5)

@@ -24,6 +24,7 @@ from ..models.packed import PackedResNet, load_packed
 from ..progress import ProgressFn
 from ..runs import RunStore
 from ..train.allocator import keep_freed_memory
+from ..train.backends import configure as configure_backends
 from ..train.hooks import Hook
 from ..train.loop import LoopConfig, LoopResult, train
 
@@ -85,8 +86,7 @@ def setup_torch(rt: Runtime) -> None:
     """Put torch's global switches in the state this run asks for (and nothing left over from a
     previous run of the same process, e.g. a sweep's deterministic grid point)."""
     check_device(rt.device)
-    torch.use_deterministic_algorithms(rt.deterministic, warn_only=True)
-    torch.backends.cudnn.benchmark = rt.torch_device.type == "cuda" and not rt.deterministic
+    configure_backends(rt.torch_device.type, rt.deterministic)  # TF32 off, determinism, cuDNN
     torch.manual_seed(0)  # nothing should draw from it; if something does, it draws the same
     if rt.torch_device.type == "cpu":
         keep_freed_memory()  # ~2x faster CPU steps: no page faults on activations (see module)

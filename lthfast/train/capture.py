@@ -6,9 +6,17 @@ launch, on the same memory: so a replayed step sees new data only through tensor
 addresses. ``CapturedStep`` wraps a step function of tensors (``lthfast.train.step.TrainStep``):
 it runs the first calls eagerly (compilation, cuDNN autotuning and the optimizer's first
 momentum happen there), then records one call with its inputs copied into static buffers, and
-from then on copies each call's inputs into those buffers and replays. Where capture is
-impossible (no CUDA, a hook that needs the host in the step, a capture that fails) the step
-runs eagerly, with the same arithmetic.
+from then on copies each call's inputs into those buffers and replays.
+
+Capture asked for and impossible is said, never silent: a hook that needs the host in every
+step turns it off for that stage with a one-line notice (``capture_graph``); a capture that
+fails is a ``CaptureError`` naming the cause and how to run without graphs (``required``, what
+the loop uses; the benchmarks' optional variants instead train eagerly after a notice). The
+capture runs under ``torch.compiler.set_stance("fail_on_recompile")``: a compiled forward must
+have compiled during the eager warm-up, and a recompile inside the capture is that error rather
+than a failure deep inside CUDA's stream capture. A failed CUDA capture may leave the caching
+allocator believing a capture is under way (older PyTorch), so it turns graphs off for the rest
+of the process: said once by a notice when it happens, and later captures asked for are errors.
 
 Whether a step is capturable is checked on the CPU by ``EmulatedGraph``: it records the aten
 ops of one call (running them once, as that call's step) and replays exactly those ops on exactly
@@ -19,8 +27,8 @@ which is what ``tests/test_capture.py`` compares. It is chosen by
 capture fails, the stand-in has already run part of that step, which CUDA would not have: it
 proves what is capturable, not the arithmetic of the eager fallback.)
 
-Not yet run on a GPU: ``--cuda-graph`` stays opt-in until ``python -m benchmarks --only gpu``
-(its "CUDA graph" rows) has measured it there.
+Not yet run on a GPU: ``--cuda-graph`` stays opt-in until ``scripts/gpu_check.py`` (phases A,
+B and E: replay == eager, no syncs, ms/step) has passed and measured it there.
 
     lthfast imp --dataset cifar10 --subset random --size 2048 --steps 400 --cuda-graph
 """
@@ -29,24 +37,43 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
+import sys
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves
 
+from ..errors import UserError
 from .counting import count_syncs
 
 Step = Callable[..., tuple]
 WARMUP_CALLS = 3  # eager calls before capture: compile, autotune, first momentum
 
 
+class CaptureError(UserError):
+    """A step asked to be captured could not be (one line: the cause and how to run without)."""
+
+
+RUN_WITHOUT = "run without --cuda-graph to train eagerly"
+_broken: Optional[str] = None  # why graphs are off in this process (a failed CUDA capture)
+
+
+def notice(line: str) -> None:
+    """One line on stderr: something asked for that this process does differently."""
+    print(f"notice: {line}", file=sys.stderr, flush=True)
+
+
+def broken() -> Optional[str]:
+    """Why graph capture is off for the rest of this process, or None."""
+    return _broken
+
+
 class CudaGraph:
     """``torch.cuda.CUDAGraph`` behind the interface ``CapturedStep`` uses."""
 
     runs_on_capture = False  # capturing records kernels; replay runs them
-    broken: Optional[str] = None  # set by a failed capture: no more captures in this process
+    poisons_process = True  # a failed capture turns graphs off for the process (see module)
 
     def __init__(self):
         self.graph = torch.cuda.CUDAGraph()
@@ -66,18 +93,13 @@ class CudaGraph:
         """Capture on the warm-up stream (cuBLAS workspaces made while warming up are the
         ones the graph uses). The outer ``torch.cuda.stream`` restores the current stream even
         when capture fails: ``torch.cuda.graph`` does not, if ending the capture raises."""
-        if CudaGraph.broken:
-            raise RuntimeError(f"an earlier capture in this process failed ({CudaGraph.broken})")
         try:
             with torch.cuda.stream(self.side), torch.cuda.graph(self.graph, stream=self.side):
                 yield
         except Exception as error:
-            # After a failed capture the caching allocator may still believe one is under way
-            # (fixed in later PyTorch): capturing again, or emptying the cache, could assert.
-            cause = error.__context__ or error
-            CudaGraph.broken = f"{type(cause).__name__}: {cause}".splitlines()[0]
             self.graph = None
-            raise RuntimeError(CudaGraph.broken) from error
+            cause = error.__context__ or error  # ending the capture hides what broke it
+            raise RuntimeError(f"{type(cause).__name__}: {cause}".splitlines()[0]) from error
 
     def replay(self) -> None:
         self.graph.replay()
@@ -111,6 +133,12 @@ class _Recorder(TorchDispatchMode):
         super().__init__()
         self.ops = ops
 
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        """Off while dynamo compiles, on while compiled code runs (its aten ops, with a
+        non-inductor backend, are recorded): else dynamo would not compile under the mode."""
+        return True
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         why = _capturable(func, args)
@@ -120,6 +148,15 @@ class _Recorder(TorchDispatchMode):
         if not func.is_view:
             self.ops.append((func, args, kwargs, out))
         return out
+
+
+class _PassOn(TorchDispatchMode):
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:  # see _Recorder
+        return True
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
 
 
 class EmulatedGraph:
@@ -132,13 +169,19 @@ class EmulatedGraph:
     """
 
     runs_on_capture = True
+    poisons_process = False
 
     def __init__(self):
         self.ops: list = []
 
     @contextlib.contextmanager
     def eager(self) -> Iterator[None]:
-        yield
+        """Warm-up under a dispatch mode that only passes ops on: the recorder is a dispatch
+        mode too, and dynamo's guards see whether one is on (a tensor's dispatch keys), so a
+        forward compiled in warm-up would otherwise recompile inside the capture, which a CUDA
+        graph's capture would not (and which ``fail_on_recompile`` refuses)."""
+        with _PassOn():
+            yield
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[None]:
@@ -172,6 +215,36 @@ class EmulatedGraph:
 GRAPHS = {"cuda": CudaGraph, "emulate": EmulatedGraph}
 
 
+def _no_recompile():
+    """Compiling while capturing is an error (torch >= 2.6's stance; older: a dynamo flag)."""
+    if "torch._dynamo" not in sys.modules:  # nothing compiled in this process: nothing to check
+        return contextlib.nullcontext()
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if set_stance is not None:
+        return set_stance("fail_on_recompile")
+    from torch import _dynamo
+
+    return _dynamo.config.patch(error_on_recompile=True)
+
+
+def capture_graph(device: torch.device, hooks: Sequence[object] = ()) -> Optional[Callable[[], object]]:
+    """The graph kind for a stage that asked for capture on ``device``, or None (run eagerly):
+    None with a one-line notice when hooks need the host in every step; a ``CaptureError``
+    when an earlier capture failure turned graphs off in this process."""
+    kind = graph_for(device)
+    if kind is None:
+        return None
+    if hooks:
+        names = ", ".join(sorted({type(h).__name__ for h in hooks}))
+        notice(f"--cuda-graph off for this stage: its hooks ({names}) run on the host at "
+               f"every step; training eagerly")
+        return None
+    if _broken:
+        raise CaptureError(f"CUDA graphs are off in this process since a capture failed "
+                           f"({_broken}); {RUN_WITHOUT}, or rerun in a fresh process")
+    return kind
+
+
 def graph_for(device: torch.device) -> Optional[Callable[[], object]]:
     """The graph kind that captures on ``device``, or None (run eagerly).
     ``LTHFAST_CAPTURE_BACKEND=emulate`` (tests) puts the CPU stand-in on any device."""
@@ -188,12 +261,14 @@ class CapturedStep:
 
     The returned tensors of a replayed call are the graph's static outputs: read (or copy)
     them before the next call. ``params`` are the tensors whose ``.grad`` the step sets: a
-    failed capture resets them before the eager fallback.
+    failed capture resets them before the eager fallback. ``required``: a failed capture is a
+    ``CaptureError``; otherwise a one-line notice, and the step runs eagerly from then on.
     """
 
     def __init__(self, step: Step, graph, params: Sequence[torch.Tensor] = (),
-                 warmup: int = WARMUP_CALLS):
+                 warmup: int = WARMUP_CALLS, required: bool = True):
         self.step, self.graph, self.params, self.warmup = step, graph, params, warmup
+        self.required = required
         self.calls = 0
         self.captured = False
         self.failed: Optional[str] = None  # why capture failed, if it did
@@ -218,13 +293,25 @@ class CapturedStep:
         return self._capture(inputs)
 
     def _capture(self, inputs: Sequence[torch.Tensor]) -> tuple:
-        static_in = [t.clone() for t in inputs]
-        try:
-            with self.graph.capture():
-                static_out = self.step(*static_in)
-        except Exception as error:  # e.g. an op CUDA cannot capture: this stage runs eagerly
-            self.failed = f"{type(error).__name__}: {error}".splitlines()[0]
-            warnings.warn(f"CUDA graph capture failed ({self.failed}); training eagerly")
+        global _broken
+        if _broken:
+            self.failed = f"an earlier capture in this process failed ({_broken})"
+        else:
+            static_in = [t.clone() for t in inputs]
+            try:
+                # a compile inside the capture is an error here, not a broken capture
+                with _no_recompile(), self.graph.capture():
+                    static_out = self.step(*static_in)
+            except Exception as error:  # e.g. an op CUDA cannot capture
+                self.failed = f"{type(error).__name__}: {error}".splitlines()[0]
+                if getattr(self.graph, "poisons_process", False):
+                    _broken = self.failed
+                    notice(f"CUDA graphs off for the rest of this process: a capture failed "
+                           f"({self.failed})")
+        if self.failed:
+            if self.required:
+                raise CaptureError(f"CUDA graph capture failed ({self.failed}); {RUN_WITHOUT}")
+            notice(f"CUDA graph capture failed ({self.failed}); training eagerly")
             for p in self.params:
                 p.grad = None
             return self.step(*inputs)

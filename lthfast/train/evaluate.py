@@ -18,7 +18,13 @@ from .compiled import compiled_forward
 def predict(model: torch.nn.Module, data, batch_size: int = 1024, amp: bool = False,
             compile: bool = False) -> torch.Tensor:
     """Logits of every example of ``data`` (a DeviceData) for every packed model: K×N×C float32.
-    ``compile``: through the process's compiled evaluation forward (never the training one)."""
+    ``compile``: through the process's compiled evaluation forward (never the training one).
+
+    Every batch has ``batch_size`` examples (or all N, if fewer): the last one is the last
+    ``batch_size`` examples, of which the ones not yet predicted are kept. A short last batch
+    (10,000 test images at 1,024: 784) would be a second compiled graph (``dynamic=False``) and
+    a second CUDA-graph-sized shape; in eval mode an example's logits do not depend on the
+    others in its batch, so re-predicting a few is only their cost."""
     was_training = model.training
     model.eval()
     k = model.k
@@ -26,9 +32,11 @@ def predict(model: torch.nn.Module, data, batch_size: int = 1024, amp: bool = Fa
     forward = compiled_forward(model, "eval") if compile else model
     outs = []
     for start in range(0, data.n, batch_size):
-        x, _ = data.eval_batch(start, min(start + batch_size, data.n), k)
+        end = min(start + batch_size, data.n)
+        first = max(0, end - batch_size)  # = start, except for a short last batch
+        x, _ = data.eval_batch(first, end, k)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            outs.append(forward(x).float())
+            outs.append(forward(x).float()[start - first:])
     model.train(was_training)
     return torch.cat(outs).permute(1, 0, 2).contiguous()
 

@@ -44,7 +44,7 @@ import torch
 from ..errors import UserError
 from ..prune.magnitude import Masks
 from . import checkpoint as ckpt
-from .capture import CapturedStep, graph_for
+from .capture import CapturedStep, capture_graph
 from .compiled import compiled_forward
 from .hooks import Hook
 from .optim import FusedSGD, masks_for
@@ -70,7 +70,8 @@ class LoopConfig:
     checkpoint_seconds: float = 0.0  # wall time between checkpoints; 0: not by time
     compile: bool = False
     amp: bool = False  # bf16 autocast (on any device: the runtime decides when)
-    capture: bool = False  # replay the step as a CUDA graph (on CUDA, when no hook needs the host)
+    capture: bool = False  # replay the step as a CUDA graph (on CUDA; not with hooks: a notice)
+    capture_required: bool = True  # a failed capture is an error (False: a notice, then eager)
 
     def per_model(self, k: int) -> tuple[list[Schedule], list[float]]:
         """K schedules and K weight decays."""
@@ -162,9 +163,9 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
     grad_hooks = [h for h in hooks if h.wants_gradients]
     forward = compiled_forward(model, "train") if cfg.compile else model
     run_step = TrainStep(forward, opt, cfg.amp, after_backward if grad_hooks else None)
-    graph = graph_for(device) if cfg.capture and not hooks else None  # hooks run on the host
+    graph = capture_graph(device, hooks) if cfg.capture else None  # hooks run on the host
     if graph is not None:
-        run_step = CapturedStep(run_step, graph(), opt.params)
+        run_step = CapturedStep(run_step, graph(), opt.params, required=cfg.capture_required)
     saved_at = time.monotonic()
     model.train()
     while step < cfg.end_step:

@@ -4,7 +4,7 @@
 its memory order, one after another) and its momentum in one flat buffer of the same length. A
 step is then the same few element-wise ops whatever the depth, width or K:
 
-    g = cat(grads) · mask;   d = g + λ p;   b = μ b + d   (b = d at the first step);
+    g = cat(grads) · mask;   d = g + λ p;   b = μ b + d   (b starts at zero, so b = d first);
     p ← p − η b;             copy p back into the parameters (one multi-tensor copy)
 
 which is ``torch.optim.SGD``'s update (momentum μ, no dampening, no Nesterov) applied to every
@@ -81,7 +81,11 @@ class FusedSGD:
                                    else self.flat.new_ones(p.numel()) for m, p in zip(masks, self.params)])
             self.flat.mul_(self.mask)
             self._write_back()
-        self.buf: Optional[torch.Tensor] = None  # momentum; None until the first step
+        # momentum, allocated here at its fixed address and zero: the first step's μ·0 + d is
+        # torch.optim.SGD's b = d, and a step captured as a CUDA graph before any eager step
+        # (no warm-up) still updates this buffer; one made by the first step (``buf = d``)
+        # would be that step's temporary, and every replay would train without momentum
+        self.buf = torch.zeros_like(self.flat)
         self._model_of: Optional[torch.Tensor] = None
         decays = [0.0] * k if weight_decays is None else [float(d) for d in weight_decays]
         if len(decays) != k:
@@ -120,10 +124,7 @@ class FusedSGD:
             g.addcmul_(self.flat, self.decay)
         elif self.decay:
             g.add_(self.flat, alpha=self.decay)
-        if self.buf is None:
-            self.buf = g
-        else:
-            self.buf.mul_(self.momentum).add_(g)
+        self.buf.mul_(self.momentum).add_(g)
         # −η·b as addcmul's (−1)·b·η: the same number as torch.optim.SGD's add(b, alpha=−η)
         per_element = lr if lr.numel() == 1 else self._per_element(lr)
         self.flat.addcmul_(self.buf, per_element, value=-1.0)
@@ -136,8 +137,8 @@ class FusedSGD:
     # -- state ----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """The momentum (flat, or None before the first step): all a continuation needs."""
-        return {"momentum": None if self.buf is None else self.buf.clone()}
+        """The momentum (flat; zero before the first step): all a continuation needs."""
+        return {"momentum": self.buf.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         """A ``state_dict`` of this class, or of ``torch.optim.SGD`` over the same parameters
@@ -149,13 +150,15 @@ class FusedSGD:
                          for i in range(len(self.params))]
             buf = None if any(b is None for b in per_param) else torch.cat(
                 [memory_order(b, p) for b, p in zip(per_param, self.params)])
-        if buf is not None:
+        with torch.no_grad():  # in place: the buffer's address is what a captured step updates
+            if buf is None:  # saved before the first step: no momentum yet
+                self.buf.zero_()
+                return
             if buf.numel() != self.flat.numel():
                 raise ValueError(f"momentum of {buf.numel()} elements for {self.flat.numel()}")
-            buf = buf.to(self.flat.device, self.flat.dtype).clone()
+            self.buf.copy_(buf.reshape(-1))
             if self.mask is not None:
-                buf.mul_(self.mask)
-        self.buf = buf
+                self.buf.mul_(self.mask)
 
 
 def masks_for(model: torch.nn.Module, masks: Optional[Masks]) -> Optional[list]:
