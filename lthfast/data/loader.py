@@ -38,7 +38,7 @@ class DeviceData:
     """One split on a device: padded uint8 images N×(H+2p)×(W+2p)×3, labels, normalisation.
 
     With flips in the augmentation spec the images are stored twice (memory ×2; CIFAR-10:
-    2 × 50,000 × 40×40×3 bytes = 240 MB): ``table[n + i]`` is image i's padded image mirrored
+    2 × 50,000 × 40×40×3 bytes = 480 MB): ``table[n + i]`` is image i's padded image mirrored
     left-right, so a flipped crop is a plain crop of the mirror (column dx becomes 2p − dx) and
     every output row is contiguous in the table.
     """
