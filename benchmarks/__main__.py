@@ -48,6 +48,9 @@ TARGETS = (  # (section, case substring, variant substring, minimum lthfast rati
 )
 
 
+GPU_VARIANTS = ("compile", "eager", "graph", "nchw", "looped", "separate", "imp")
+
+
 def configs(quick: bool, workers: int, args) -> dict:
     if quick:
         cfg = {
@@ -86,6 +89,15 @@ def configs(quick: bool, workers: int, args) -> dict:
         g = replace(g, imp_levels=args.gpu_imp_levels)
     if args.gpu_compile != "both":
         g = replace(g, compile_modes=(args.gpu_compile == "on",))
+    if args.gpu_variants:
+        chosen = frozenset(v.strip() for v in args.gpu_variants.split(",") if v.strip())
+        unknown = chosen - set(GPU_VARIANTS)
+        if unknown:
+            raise SystemExit(f"error: --gpu-variants: unknown {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(GPU_VARIANTS)})")
+        g = replace(g, variants=chosen)
+    if args.gpu_deadline_s:
+        g = replace(g, deadline_s=args.gpu_deadline_s)
     cfg["gpu"] = g
     return cfg
 
@@ -229,6 +241,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--gpu-compile", choices=("both", "on", "off"), default="both")
     p.add_argument("--gpu-imp-levels", type=int, default=-1,
                    help="levels of the whole IMP run (default 12; 0: skip it)")
+    p.add_argument("--gpu-variants", default="",
+                   help=f"comma-separated variants of the gpu section (default: all of "
+                        f"{', '.join(GPU_VARIANTS)})")
+    p.add_argument("--gpu-deadline-s", type=float, default=0.0,
+                   help="gpu section: start no variant after this many seconds (0: no deadline; "
+                        "for a 15-minute GPU lease use scripts/gpu_check.py)")
     p.add_argument("--idle-wait", type=float, default=0.0,
                    help="on a shared machine: before each section wait up to this many seconds "
                         "for the 1-minute load average to fall below a quarter of the CPUs")

@@ -20,15 +20,26 @@ GPUs, or ``LTHFAST_PEAK_TFLOPS``).
   runs it: pre-training on all data to t_r = 400, then train → prune 20% → rewind per level.
 
 Variants (``layouts``): compile on and off; the step replayed as a CUDA graph (``--cuda-graph``;
-each row says whether it was captured); for K=1 also NCHW instead of channels_last; for the K=10
-ensemble also the looped execution and K separate K=1 runs one after another (what packing
-saves). Without CUDA the section is not run. ``--gpu-iterations``/``--gpu-el2n-iterations`` shorten it.
+a capture that fails is an error, not an eager row); for K=1 also NCHW instead of channels_last;
+for the K=10 ensemble also the looped execution and K separate K=1 runs one after another (what
+packing saves). K separate runs are scored, like the packed rows, on steady-state windows: one
+K=1 run's steady windows, K of them back to back (their compiles and warm-ups are in the total
+wall time only; the runs after the first reuse the first's compiled graphs, as one process
+would). Each row's final loss is compared with its case's reference row: one that is not finite
+or differs by more than 10% says so in its note. Without CUDA the section is not run.
 
-    python -m benchmarks --only gpu [--quick]
+At defaults this section needs 40-70 minutes of a GPU; for a 15-minute lease use
+``scripts/gpu_check.py`` instead. ``--gpu-variants`` picks variants (``compile``, ``eager``,
+``graph``, ``nchw``, ``looped``, ``separate``, ``imp``), ``--gpu-deadline-s`` stops starting new
+ones after that many seconds (their rows say so), ``--gpu-iterations``/``--gpu-el2n-iterations``
+shorten the runs.
+
+    python -m benchmarks --only gpu [--quick] [--gpu-variants compile,graph] [--gpu-deadline-s 600]
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -59,8 +70,7 @@ PEAK_BF16 = (
     ("A10G", 70e12),
     ("A10", 125e12),
     ("RTX 4090", 165e12),
-    ("V100", 125e12),  # fp16 (no bf16 on Volta)
-)
+)  # no V100: it has no bf16 tensor cores (its 125 TFLOP/s are fp16), and the runs are bf16
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,8 @@ class GpuConfig:
     imp_levels: int = 12  # a whole IMP run (0: not run)
     imp_t_r: int = 400
     quick: bool = False
+    variants: Optional[frozenset] = None  # keys of Variant.key (and "imp") to run; None: all
+    deadline_s: float = 0.0  # no new variant starts after this many seconds of the section; 0: none
 
 
 def peak_flops(device: torch.device) -> Optional[float]:
@@ -105,6 +117,19 @@ class Variant:
     channels_last: bool = True
     separate: bool = False
     capture: bool = False
+
+    @property
+    def key(self) -> str:
+        """The name ``--gpu-variants`` selects it by."""
+        if self.separate:
+            return "separate"
+        if self.execution != "grouped":
+            return self.execution
+        if not self.channels_last:
+            return "nchw"
+        if self.capture:
+            return "graph"
+        return "compile" if self.compile else "eager"
 
     def label(self) -> str:
         parts = [f"compile {'on' if self.compile else 'off'}"]
@@ -146,16 +171,19 @@ def variant_run(ds, cfg: GpuConfig, device: torch.device, k: int, iterations: in
     """A variant's run; K separate runs are timed back to back and their windows summed."""
     if not variant.separate:
         return train_run(ds, cfg, device, k, iterations, variant)
-    runs = [train_run(ds, cfg, device, 1, iterations, variant, seed=m) for m in range(k)]
-    total = sum(r["total"] for r in runs)
-    images = iterations * cfg.batch * k
-    return {"total": total, "windows": [images / total], "steady": images / total,
+    runs = [train_run(ds, cfg, device, 1, iterations, variant, seed=m, reset=m == 0)
+            for m in range(k)]
+    # steady state, as the packed rows: K runs back to back at run m's steady rate each take
+    # sum(1/rate_m) seconds per image per model; K models' images over that
+    steady = k / sum(1 / r["steady"] for r in runs)
+    return {"total": sum(r["total"] for r in runs), "steady": steady,
+            "windows": [k / sum(1 / w for w in ws) for ws in zip(*(r["windows"] for r in runs))],
             "losses": [loss for r in runs for loss in r["losses"]],
             "captured": all(r["captured"] for r in runs)}
 
 
 def train_run(ds, cfg: GpuConfig, device: torch.device, k: int, iterations: int,
-              variant: Variant, seed: int = 0) -> dict:
+              variant: Variant, seed: int = 0, reset: bool = True) -> dict:
     """One lthfast training run; returns wall time and per-window images/s (all K models)."""
     from lthfast.data.loader import BatchStream, StreamSeeds
     from lthfast.data.loader import DeviceData
@@ -164,8 +192,8 @@ def train_run(ds, cfg: GpuConfig, device: torch.device, k: int, iterations: int,
     from lthfast.train.schedule import Schedule
 
     compile = variant.compile
-    if compile:
-        torch._dynamo.reset()  # each run pays its own compile, as a fresh process would
+    if compile and reset:
+        torch._dynamo.reset()  # each variant pays its own compile, as a fresh process would
     data = DeviceData.from_dataset(ds, "train", device)
     stream = BatchStream(data, [np.arange(ds.train_size)] * k,
                          [StreamSeeds(100 + seed + m, 200 + seed + m) for m in range(k)],
@@ -234,18 +262,33 @@ def run(cfg: GpuConfig = GpuConfig(), device: Optional[torch.device] = None,
     if device.type != "cuda" and not force:
         return [Row(SECTION, case, "lthfast loop", [], note=NOT_RUN, command=command)
                 for case in (full, el2n) + ((imp,) if cfg.imp_levels else ())]
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    from lthfast.train.backends import configure
+
+    configure(device.type, deterministic=False)  # as lthfast runs: cuDNN autotuning, no TF32
     ds = open_synthetic(cache, cfg.train)
     size = int(ds.meta["image_shape"][0])
     fwd = forward_flops_per_image(cfg.model, ds.num_classes, size)
     peak = peak_flops(device)
     rows = []
+    start = time.perf_counter()
+    late = lambda: cfg.deadline_s and time.perf_counter() - start > cfg.deadline_s
+    chosen = lambda key: cfg.variants is None or key in cfg.variants
     for case, k, iterations in ((full, 1, cfg.iterations), (el2n, cfg.el2n_k, cfg.el2n_iterations)):
+        reference_loss = None
         for variant in variants(cfg, k):
             label = variant.label()
+            if not chosen(variant.key):
+                continue
+            if late():
+                rows.append(Row(SECTION, case, f"lthfast loop, {label}", [], command=command,
+                                note=f"not run: past the {cfg.deadline_s:.0f} s deadline"))
+                continue
             log(f"[gpu] {case}: {label}")
             r = variant_run(ds, cfg, device, k, iterations, variant)
+            loss = float(np.nanmean(r["losses"])) if len(r["losses"]) else math.nan
+            if reference_loss is None:
+                reference_loss = loss
+            loss_note = compare_loss(loss, reference_loss)
             achieved = r["steady"] * 3 * fwd
             mfu = f"MFU {100 * achieved / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s" if peak else \
                 "MFU n/a (peak of this device unknown; set LTHFAST_PEAK_TFLOPS)"
@@ -256,17 +299,31 @@ def run(cfg: GpuConfig = GpuConfig(), device: Optional[torch.device] = None,
                        "not captured (ran eagerly); " if variant.capture else "") +
                       f"total {r['total']:.0f} s incl. compile/warm-up; {achieved / 1e12:.2f} "
                       f"TFLOP/s achieved ({3 * fwd / 1e6:.0f} MFLOP per training image); {mfu}; "
-                      f"final loss {np.nanmean(r['losses']):.3f}"),
+                      f"final loss {loss:.3f}{loss_note}"),
                 extra={"total_s": r["total"], "mfu": achieved / peak if peak else None,
                        "fwd_flops": fwd}))
-    if cfg.imp_levels:
-        rows.append(imp_row(cfg, device, cache, command, log))
+    if cfg.imp_levels and chosen("imp"):
+        if late():
+            rows.append(Row(SECTION, imp, "lthfast imp", [], unit="s", command=command,
+                            note=f"not run: past the {cfg.deadline_s:.0f} s deadline"))
+        else:
+            rows.append(imp_row(cfg, device, cache, command, log))
     return rows
+
+
+def compare_loss(loss: float, reference: float) -> str:
+    """'' when the final loss is finite and within 10% of the reference row's, else why not."""
+    if not math.isfinite(loss):
+        return " — NOT FINITE"
+    if math.isfinite(reference) and abs(loss - reference) > 0.1 * abs(reference):
+        return f" — differs from the reference row's {reference:.3f} by more than 10%"
+    return ""
 
 
 def imp_row(cfg: GpuConfig, device: torch.device, cache, command: str, log) -> Row:
     case = f"IMP {cfg.imp_levels} levels × {cfg.model}, {cfg.iterations:,} it × b{cfg.batch}"
-    label = Variant(cfg.compile_modes[0], capture=cfg.capture and device.type == "cuda").label()
+    capture = cfg.capture and device.type == "cuda"  # a failed capture raises: never mislabelled
+    label = Variant(cfg.compile_modes[0], capture=capture).label()
     log(f"[gpu] {case}: {label}")
     r = imp_run(cfg, device, cache)
     per_training = r["total"] / (r["levels"] + 1)  # the levels and the pre-training

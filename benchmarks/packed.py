@@ -53,6 +53,9 @@ def run(cfg: PackedConfig = PackedConfig(), device: Optional[torch.device] = Non
         cache=DEFAULT_CACHE, log=print) -> list[Row]:
     device = device or torch.device("cpu")
     cfg = for_device(cfg, device)
+    from lthfast.train.backends import configure
+
+    configure(device.type, deterministic=False)  # as lthfast runs: cuDNN autotuning on CUDA
     ds = open_synthetic(cache, cfg.train)
     step_cfg = TrainStepConfig(model=cfg.model, batch=cfg.batch, train=cfg.train,
                                warmup=cfg.warmup, steps=cfg.steps, repeats=cfg.repeats,

@@ -283,6 +283,9 @@ def run(cfg: TrainStepConfig = TrainStepConfig(), device: Optional[torch.device]
         cache=DEFAULT_CACHE, log=print) -> list[Row]:
     device = device or torch.device("cpu")
     cfg = for_device(cfg, device)
+    from lthfast.train.backends import configure
+
+    configure(device.type, deterministic=False)  # as lthfast runs: cuDNN autotuning on CUDA
     ds = open_synthetic(cache, cfg.train)
     images = cfg.batch * cfg.steps
     case = f"{cfg.model}, batch {cfg.batch}, {device.type}"

@@ -9,6 +9,7 @@ ffcv is left out here (its numba compile takes ~15 s; tests/test_ffcv_loader.py 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -145,3 +146,41 @@ def test_counts_section(cache):
     overhead = [r for r in rows if r.unit == "ms/step" and r not in draws]
     assert len(overhead) == 2 and all(r.median > 0 for r in overhead)
     assert "f. GPU proxies" in render({}, rows, ["counts"], {"counts": 1.0}, True, {}, "cpu")
+
+
+def test_gpu_section_variants_by_flag_and_a_deadline(cache):
+    cfg = gpu.GpuConfig(model="resnet8", iterations=3, el2n_iterations=2, el2n_k=2, batch=4,
+                        train=200, compile_modes=(False,), log_every=1, imp_levels=2,
+                        variants=frozenset({"eager", "separate"}))
+    rows = gpu.run(cfg, device=torch.device("cpu"), cache=cache, log=lambda _: None, force=True)
+    assert [r.variant for r in rows] == ["lthfast loop, compile off, bf16",
+                                         "lthfast loop, compile off, bf16",
+                                         "lthfast loop, compile off, K separate runs, bf16"]
+    late = gpu.run(replace(cfg, variants=None, deadline_s=1e-9), device=torch.device("cpu"),
+                   cache=cache, log=lambda _: None, force=True)
+    assert len(late) == 8 and all(not r.values and "deadline" in r.note for r in late)
+
+
+def test_k_separate_runs_are_scored_on_steady_windows_like_the_packed_row(monkeypatch):
+    """Two K=1 runs at 100 and 300 images/s steady (their compile and warm-up making the
+    totals long): back to back they train 2 models at 2 / (1/100 + 1/300) = 150 images/s."""
+    calls = []
+
+    def fake_run(ds, cfg, device, k, iterations, variant, seed=0, reset=True):
+        calls.append(reset)
+        rate = 100.0 if seed == 0 else 300.0
+        return {"total": 60.0, "windows": [rate, rate], "steady": rate, "losses": [1.0],
+                "captured": False}
+
+    monkeypatch.setattr(gpu, "train_run", fake_run)
+    cfg = gpu.GpuConfig(iterations=10, batch=4)
+    r = gpu.variant_run(None, cfg, torch.device("cpu"), 2, 10, gpu.Variant(True, separate=True))
+    assert r["steady"] == pytest.approx(150.0) and r["windows"] == pytest.approx([150.0] * 2)
+    assert r["total"] == 120.0
+    assert calls == [True, False]  # one compile for all K runs, as one process would
+
+
+def test_final_losses_are_compared_with_the_reference_row():
+    assert gpu.compare_loss(2.0, 2.1) == ""
+    assert "NOT FINITE" in gpu.compare_loss(float("nan"), 2.0)
+    assert "more than 10%" in gpu.compare_loss(2.5, 2.0)
