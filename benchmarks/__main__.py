@@ -224,6 +224,22 @@ def wait_for_idle(limit: float, log) -> str:
     return f"{os.getloadavg()[0]:.2f}"
 
 
+KEPT = "## GPU check"  # written from scripts/gpu_check.py's JSON, not by this command
+
+
+def kept_section(path: Optional[Path]) -> str:
+    """The ``## GPU check`` section of an existing report (to its end, or the next ``## ``), so
+    regenerating the report keeps it."""
+    if path is None or not path.exists():
+        return ""
+    text = path.read_text()
+    start = text.find("\n" + KEPT)
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + 1)
+    return text[start: end if end >= 0 else len(text)].rstrip() + "\n"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -271,6 +287,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "gpu": lambda: gpu.run(cfg["gpu"], None, args.cache, log),
         "counts": lambda: counts.run(cfg["counts"], device, args.cache, log),
     }
+    kept = kept_section(out)
     rows: list[Row] = []
     timings: dict[str, float] = {}
     text = ""
@@ -284,7 +301,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         text = render(env, rows, sections, timings, args.quick,
                       {"load average at end": load_average(),
                        "1-min load before each section": ", ".join(
-                           f"{s} {v}" for s, v in loads.items())}, device.type)
+                           f"{s} {v}" for s, v in loads.items())}, device.type) + kept
         if out is not None:  # after every section, so an interrupted run keeps what it measured
             out.write_text(text)
     print(text)

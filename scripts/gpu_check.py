@@ -756,6 +756,64 @@ PHASES = [
 ]
 
 
+def _figures(name: str, r: dict) -> str:
+    """A phase's headline figures, for the markdown table."""
+    f = lambda v, fmt=".3g": "—" if v is None else format(v, fmt)
+    if name == "A":
+        return f"replay == eager bit for bit: {r.get('all_equal')} ({len(r.get('cases', {}))} cases)"
+    if name == "B":
+        return (f"syncs per step: eager {f(r['eager']['per_step'])}, replayed "
+                f"{f(r['graph']['per_step'])}")
+    if name == "C":
+        return "; ".join(f"{m}: {f(r[m]['host_launches'])} host launches, "
+                         f"{f(r[m]['device_kernels'])} kernels, {f(r[m]['device_busy_ms'])} ms "
+                         f"busy of {f(r[m]['ms_per_step'])} ms" for m in ("eager", "graph"))
+    if name == "D":
+        return (f"{r['backend']}: compile {f(r['compile_s'])} s, {r['graph_breaks']} graph "
+                f"breaks, compiled + graph bit-equal: {r['bit_equal']}")
+    if name == "E":
+        return ", ".join(f"{m} {f(r[m]['ms_per_step'])} ms" for m in MODES) + \
+            f" per step (fastest: {r['fastest']})"
+    if name == "F":
+        return (f"{r['mode']}: K={r['k']} packed {f(r['packed_ms_per_step'])} ms vs "
+                f"{r['k']} × {f(r['one_model_ms_per_step'])} ms: {f(r['speedup'])}×")
+    if name in "GH":
+        extra = f", MFU {f(r['mfu'])}" if r.get("mfu") is not None else ""
+        return (f"{r['mode']}: {r['iterations']:,} it in {f(r['total_s'])} s "
+                f"(captured: {r['captured']}){extra}")
+    if name == "I":
+        return (f"3 ch/group {f(r['3_channels_per_group_ms'])} ms, 4 ch/group "
+                f"{f(r['4_channels_per_group_ms'])} ms")
+    return ""
+
+
+def markdown(doc: dict) -> str:
+    """The JSON of a run as BENCHMARKS.md's table of phases and goals."""
+    meta = doc["meta"]
+    lines = [f"Device: {meta['device']}; torch {meta['torch']}, CUDA {meta['cuda']}, "
+             f"Python {meta['python']}; {'smoke run (tiny sizes)' if meta['smoke'] else 'full'}"
+             f"; budget {doc['budget_s']:.0f} s, used {doc.get('elapsed_s', 0):.0f} s; "
+             f"{'passed' if doc['passed'] else 'FAILED: ' + '; '.join(doc['failures'])}.", "",
+             "| Phase | What | Status | s | Figures |", "| --- | --- | --- | ---: | --- |"]
+    for name, p in doc["phases"].items():
+        if p.get("status") in ("ok", "failed"):
+            figures = _figures(name, p["results"])
+        elif p.get("status") == "skipped":
+            figures = "extrapolated: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float)
+                                                   else f"{k} {v}"
+                                                   for k, v in p["extrapolation"].items())
+        else:
+            figures = p.get("error", "")
+        lines.append(f"| {name} | {p['title']} | {p.get('status')} | "
+                     f"{p.get('seconds', 0):.1f} | {figures} |")
+    lines += ["", "| Goal | Value | How | Met |", "| --- | ---: | --- | --- |"]
+    for goal, g in doc["goals"].items():
+        v = g["value"]
+        lines.append(f"| {goal} | {v:.3g} | {g['how']} | {g['met']} |" if isinstance(v, float)
+                     else f"| {goal} | {v} | {g['how']} | {g['met']} |")
+    return "\n".join(lines) + "\n"
+
+
 def environment(device: torch.device, sizes: Sizes, smoke: bool) -> dict:
     env = {"device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                       else f"CPU ({platform.processor() or platform.machine()})"),
@@ -789,7 +847,12 @@ def main(argv: Optional[list[str]] = None, clock: Callable[[], float] = time.mon
     p.add_argument("--mode", choices=("fastest",) + MODES, default=None,
                    help="how F, G and H run (default: the fastest K=1 mode of E; smoke: "
                         "compile+graph, so that the loop runs compile and capture together)")
+    p.add_argument("--markdown", type=Path, default=None,
+                   help="print the tables of an earlier run's JSON (for BENCHMARKS.md) and exit")
     args = p.parse_args(argv)
+    if args.markdown is not None:
+        print(markdown(json.loads(args.markdown.read_text())), end="")
+        return 0
     sizes = SMOKE if args.smoke else Sizes()
     if args.smoke:
         os.environ["LTHFAST_CAPTURE_BACKEND"] = "emulate"

@@ -184,3 +184,14 @@ def test_final_losses_are_compared_with_the_reference_row():
     assert gpu.compare_loss(2.0, 2.1) == ""
     assert "NOT FINITE" in gpu.compare_loss(float("nan"), 2.0)
     assert "more than 10%" in gpu.compare_loss(2.5, 2.0)
+
+
+def test_regenerating_the_report_keeps_the_gpu_check_section(tmp_path):
+    from benchmarks.__main__ import kept_section
+
+    report = tmp_path / "BENCHMARKS.md"
+    assert kept_section(report) == ""
+    report.write_text("# Benchmarks\n\n## a. Loader\n\nx\n\n## GPU check\n\nrun it\n\n| A | ok |\n")
+    assert kept_section(report) == "\n## GPU check\n\nrun it\n\n| A | ok |\n"
+    report.write_text("# B\n\n## GPU check\n\nrun it\n\n## f. Counts\n\ny\n")
+    assert kept_section(report) == "\n## GPU check\n\nrun it\n"
