@@ -30,7 +30,8 @@ With the device tool (one call; the timeout leaves a rerun's room in a 15-minute
 
     run  command="PYTHONUNBUFFERED=1 PYTHONPATH=. python3 scripts/gpu_check.py --out $OUT/gpu_check.json"  timeout_s=480
 
-Rerun only what is missing: ``--phases G,H --budget-s 240``. On the CPU:
+Rerun only what is missing, in the mode E found fastest: ``--phases G,H --mode compile+graph
+--budget-s 300`` (a skipped phase's estimate is then timed in that mode). On the CPU:
 
     PYTHONPATH=. python scripts/gpu_check.py --smoke --out /tmp/gpu_check.json
 """
@@ -350,8 +351,14 @@ def probe_ms(ctx: Context, k: int = 1) -> float:
 
 
 def mode_ms(ctx: Context, mode: str, k: int) -> float:
-    """The steady ms/step of ``mode`` at K, measured or (K=10 from K=1) a bound from above."""
+    """The steady ms/step of ``mode`` at K: measured (by E or F), else timed now when that
+    needs no new compile (a warm-up and a few steps; the runner is kept for the phase), else
+    a bound from above (K × the K=1 figure, or K × an eager K=1 probe)."""
     if (mode, k) in ctx.ms:
+        return ctx.ms[mode, k]
+    compiled = any("compile" in m and kk == k for m, kk in ctx.runners)
+    if "compile" not in mode or compiled:
+        ctx.ms[mode, k] = runner(ctx, mode, k).timed(4 * ctx.sizes.probe_steps)
         return ctx.ms[mode, k]
     if (mode, 1) in ctx.ms:
         return ctx.ms[mode, 1] * k

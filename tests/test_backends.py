@@ -14,6 +14,8 @@ from lthfast.train.counting import OpCounter
 
 def test_tf32_is_off_and_deterministic_cuda_is_strict(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    torch.backends.cudnn.allow_tf32 = True  # torch's default: cuDNN convolutions in TF32
+    assert backends.tf32_enabled()
     try:
         backends.configure("cuda", deterministic=True, notice=lambda line: None)
         assert not backends.tf32_enabled()

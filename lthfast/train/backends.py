@@ -1,6 +1,6 @@
 """torch's global numeric switches for a run: TF32, cuDNN autotuning and determinism, set once.
 
-TF32 is off everywhere (``fp32_precision = "ieee"`` for cuBLAS matmuls and cuDNN convolutions).
+TF32 is off everywhere (``allow_tf32 = False`` for cuBLAS matmuls and cuDNN convolutions).
 Training on CUDA runs under bf16 autocast, which TF32 does not touch, so this costs the training
 step nothing; what it decides is the arithmetic of everything that runs in fp32 on purpose: runs
 with ``--no-amp`` and predictions made without autocast (EL2N, loss barriers) are then fp32 as
@@ -31,22 +31,16 @@ CUBLAS_WORKSPACE = ":4096:8"
 
 
 def _fp32_ieee() -> None:
-    """TF32 off, with the API that torch has (mixing the legacy ``allow_tf32`` flags with
-    ``fp32_precision`` makes newer torch refuse to read them)."""
-    if hasattr(torch.backends.cudnn, "fp32_precision"):
-        torch.backends.cuda.matmul.fp32_precision = "ieee"
-        torch.backends.cudnn.fp32_precision = "ieee"
-    else:  # torch < 2.9
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    """TF32 off, by the flags every torch version reads. (Not ``fp32_precision``, torch 2.9's
+    API: once it is used, reading ``torch.backends.cudnn.allow_tf32`` raises in torch 2.13, and
+    inductor's convolution templates read it.)"""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def tf32_enabled() -> bool:
     """Whether any fp32 matmul or convolution on CUDA may run in TF32."""
-    if hasattr(torch.backends.cudnn, "fp32_precision"):
-        return "tf32" in (torch.backends.cuda.matmul.fp32_precision,
-                          torch.backends.cudnn.conv.fp32_precision)
-    return torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+    return bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
 
 
 def configure(device_type: str, deterministic: bool, notice=None) -> None:

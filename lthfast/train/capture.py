@@ -11,7 +11,7 @@ from then on copies each call's inputs into those buffers and replays.
 Capture asked for and impossible is said, never silent: a hook that needs the host in every
 step turns it off for that stage with a one-line notice (``capture_graph``); a capture that
 fails is a ``CaptureError`` naming the cause and how to run without graphs (``required``, what
-the loop uses; the benchmarks' optional variants instead train eagerly after a notice). The
+the loop uses; with ``required=False`` a one-line notice, then the step runs eagerly). The
 capture runs under ``torch.compiler.set_stance("fail_on_recompile")``: a compiled forward must
 have compiled during the eager warm-up, and a recompile inside the capture is that error rather
 than a failure deep inside CUDA's stream capture. A failed CUDA capture may leave the caching
