@@ -37,20 +37,24 @@ EMBEDDED = ("digits",)
 def runtime(root: str | Path = "datasets", out: str | Path = "runs", device: Optional[str] = None,
             deterministic: bool = False, compile: Optional[bool] = None,
             checkpoint_every: int = 0, loader: str = "device", progress=None,
-            cuda_graph: bool = False) -> Runtime:
+            cuda_graph: bool = False, threads: Optional[int] = None) -> Runtime:
     """How to run (never part of a run's identity), checked."""
-    check_runtime_flags(checkpoint_every=checkpoint_every, loader=loader)
+    check_runtime_flags(checkpoint_every=checkpoint_every, loader=loader, threads=threads)
     check_device(device or default_device())
     return Runtime(root=Path(root), out=Path(out), device=device or default_device(),
                    deterministic=deterministic, compile=compile, progress=progress,
-                   checkpoint_every=checkpoint_every, loader=loader, cuda_graph=cuda_graph)
+                   checkpoint_every=checkpoint_every, loader=loader, cuda_graph=cuda_graph,
+                   threads=threads)
 
 
-def check_runtime_flags(checkpoint_every: int = 0, loader: str = "device", **_: Any) -> None:
+def check_runtime_flags(checkpoint_every: int = 0, loader: str = "device",
+                        threads: Optional[int] = None, **_: Any) -> None:
     """The runtime flags' own bounds (``Runtime.__post_init__`` checks how they combine with
     the device): what ``runtime`` and every sweep point go through."""
     from .data.streams import STREAMS
+    from .threads import check_threads
 
+    check_threads(threads)
     if checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0 (0: by wall time only), got {checkpoint_every}")
     STREAMS.lookup(loader)
@@ -608,7 +612,7 @@ REQUESTS: dict[str, type] = {"imp": ImpRequest, "scores": ScoreRequest, "lmc": L
                               "warmup": WarmupRequest}
 # Runtime flags a sweep may set per run (how to run, not what): checked like request fields.
 RUNTIME_FLAGS = {"deterministic": bool, "compile": Optional[bool], "loader": str,
-                 "checkpoint_every": int, "cuda_graph": bool}
+                 "checkpoint_every": int, "cuda_graph": bool, "threads": Optional[int]}
 
 
 def coerce(name: str, value: Any, hint: Any) -> Any:

@@ -6,6 +6,7 @@ and run store of one process), seeds, and one call of the training loop.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -13,6 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .. import threads as cpu_threads
 from ..config import Recipe
 from ..data.arrays import DatasetArrays
 from ..data.loader import DeviceData, PhasedStream, StreamSeeds, mix_seed
@@ -43,9 +45,11 @@ class Runtime:
     checkpoint_seconds: float = 300.0  # a checkpoint every 5 minutes of training, whatever the speed
     log_every: int = 50
     loader: str = "device"  # a name in lthfast.data.streams.STREAMS
+    threads: Optional[int] = None  # torch's intra-op threads; None: see lthfast.threads
     progress: Optional[ProgressFn] = None
 
     def __post_init__(self):
+        cpu_threads.check_threads(self.threads)
         if self.cuda_graph and not self.device.startswith("cuda"):
             raise UserError("--cuda-graph needs a CUDA device (--device cuda)")
         if self.cuda_graph and self.loader != "device":
@@ -83,9 +87,16 @@ def check_device(device: str) -> None:
 
 def setup_torch(rt: Runtime) -> None:
     """Put torch's global switches in the state this run asks for (and nothing left over from a
-    previous run of the same process, e.g. a sweep's deterministic grid point)."""
+    previous run of the same process, e.g. a sweep's deterministic grid point), and its threads
+    (``lthfast.threads``: the CPUs allowed, one for deterministic CPU runs)."""
     check_device(rt.device)
-    torch.use_deterministic_algorithms(rt.deterministic, warn_only=True)
+    # torch.use_deterministic_algorithms imports dynamo and inductor (it sets inductor's
+    # deterministic switch): 2.5 s of every CPU run's start-up. Call it only when the state
+    # changes, when compiling (inductor is loaded anyway), or once inductor is already loaded.
+    if (rt.deterministic or rt.use_compile or torch.are_deterministic_algorithms_enabled()
+            or "torch._inductor.config" in sys.modules):
+        torch.use_deterministic_algorithms(rt.deterministic, warn_only=True)
+    cpu_threads.apply(rt.threads, rt.torch_device.type, rt.deterministic)
     torch.backends.cudnn.benchmark = rt.torch_device.type == "cuda" and not rt.deterministic
     torch.manual_seed(0)  # nothing should draw from it; if something does, it draws the same
     if rt.torch_device.type == "cpu":
