@@ -30,8 +30,15 @@ from .errors import UserError
 from .experiments.common import Context, Runtime, check_device, default_device, setup_torch
 from .runs import Run
 
-# Datasets that need no download or source: built on first use.
+# Datasets that need no download or source: built on first use (and synthetic variants named
+# with their options, ``synthetic:train=2000``: see ``built_on_first_use``).
 EMBEDDED = ("digits",)
+
+
+def built_on_first_use(dataset: str) -> bool:
+    from .data.sources import split_name
+
+    return dataset in EMBEDDED or split_name(dataset)[1] is not None
 
 
 def runtime(root: str | Path = "datasets", out: str | Path = "runs", device: Optional[str] = None,
@@ -75,7 +82,7 @@ def open_data(root: str | Path, dataset: str):
     from .data.sources import get_source
 
     get_source(dataset)
-    if dataset in EMBEDDED and not (Path(root) / dataset / "meta.json").exists():
+    if built_on_first_use(dataset) and not (Path(root) / dataset / "meta.json").exists():
         build_dataset(dataset, Path(root))
     return open_dataset(root, dataset)
 
@@ -99,6 +106,12 @@ class Common:
 
     COMMAND: ClassVar[str] = ""  # the CLI command of the request, for messages
 
+    def __post_init__(self):
+        if ":" in str(self.dataset):  # a synthetic variant: one name (and run hash) per variant
+            from .data.build import canonical_name
+
+            object.__setattr__(self, "dataset", canonical_name(self.dataset))
+
     def command(self) -> str:
         return self.COMMAND
 
@@ -117,14 +130,12 @@ class Common:
                                 f"(got {value!r}): leave it out")
 
     def check_common(self) -> None:
-        from .config import PRESETS
-        from .data.sources import SOURCES
+        from .data.sources import SOURCES, split_name
         from .data.subsets import check_noise_fraction
 
         self.check_unused()
-        SOURCES.lookup(self.dataset)
-        if self.dataset not in PRESETS:
-            raise UserError(f"no preset for dataset '{self.dataset}' (known: {', '.join(PRESETS)})")
+        SOURCES.lookup(split_name(self.dataset)[0])
+        preset_for(self.dataset)  # no preset: one line naming the known ones
         if self.seed < 0:
             raise UserError(f"--seed must be >= 0, got {self.seed}")
         check_noise_fraction(self.label_noise, self.noise_seed)
@@ -454,8 +465,9 @@ class WarmupRequest(ImpRequest):
 
     def check(self) -> None:
         from .config import WARMUP_DESIGNS
+        from .data.sources import split_name
 
-        if self.dataset not in WARMUP_DESIGNS:
+        if split_name(self.dataset)[0] not in WARMUP_DESIGNS:
             raise UserError(f"the warmup design (appendix A) is for "
                             f"{', '.join(WARMUP_DESIGNS)}; not {self.dataset}")
         if self.steps is not None:

@@ -328,13 +328,16 @@ def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, \\[f
 
 
 @app.command()
-def demo(root: Path = ROOT, out: Path = OUT, device: Optional[str] = DEVICE):
-    """The paper's Figure 2 in small on the embedded digits set (a few minutes on a CPU):
-    prints a plain-words summary, then the table's path."""
+def demo(root: Path = ROOT, out: Path = OUT, device: Optional[str] = DEVICE,
+         seed: int = typer.Option(0, "--seed", help="another seed: an independent demo"),
+         threads: Optional[int] = THREADS):
+    """What a CPU can show of the paper on the embedded digits set (minutes): instability at
+    initialisation, noisy labels ranked hard, IMP after pre-training on easy / random / all
+    data. Prints the summary in words, then its path (beside summary.json and demo.png)."""
     from .demo import run_demo
 
-    rt = runtime(root, out, device, False, None, 0)
-    print(run_demo(rt, progress=lambda text: print(text, flush=True)))
+    rt = runtime(root, out, device, False, None, 0, threads=threads)
+    print(run_demo(rt, seed, progress=lambda text: print(text, flush=True)))
 
 
 @app.command()

@@ -109,11 +109,12 @@ def fan_out(command: str, points: list, rt, devices: Sequence[str]) -> Iterator[
     """Run the points on one worker per device: ("start", i, device), ("done", i, record)."""
     import multiprocessing
 
-    from .api import EMBEDDED, open_data
+    from .api import built_on_first_use, open_data
 
     # embedded datasets are built on first use, with ffcv's writer processes, which a daemonic
     # worker may not start: build them here, once, before any worker needs them
-    for dataset in sorted({p.get("dataset") for p in points} & set(EMBEDDED)):
+    for dataset in sorted(d for d in {p.get("dataset") for p in points}
+                          if d and built_on_first_use(d)):
         open_data(rt.root, dataset)
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no CUDA state inherited
     tasks, results = ctx.Queue(), ctx.Queue()
