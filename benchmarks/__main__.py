@@ -45,6 +45,10 @@ TARGETS = (  # (section, case substring, variant substring, minimum lthfast rati
     ("loader", "subset", "DataLoader", 4.0, "loader vs DataLoader, 2,048-index subset"),
     ("train_step", "", "plain", 1.3, "training step vs plain PyTorch loop"),
     ("packed", "×10", "sequential", 1.5, "packed K=10 vs sequential"),
+    ("end_to_end", "(wall time)", "plain PyTorch IMP", 4.0, "lthfast imp vs plain PyTorch IMP "
+     "loop, digits, end to end"),
+    ("end_to_end", "two concurrent", "not divided", 1.0, "two concurrent runs: threads divided "
+     "vs not"),
 )
 
 

@@ -304,10 +304,10 @@ def words(summary: dict) -> str:
                  "mean ± std by weights remaining:")
     for name in imp["order"]:
         s = imp["schemes"][name]
+        shown = sorted(set(range(0, len(s["mean"]), 4)) | {len(s["mean"]) - 1})
         lines.append(f"   {name:36s} " + "  ".join(
-            f"{100 * w:.0f}%: {m:.3f}±{sd:.3f}" for w, m, sd in
-            list(zip(s["weights_remaining"], s["mean"], s["std"]))[::4] +
-            [(s["weights_remaining"][-1], s["mean"][-1], s["std"][-1])]))
+            f"{100 * s['weights_remaining'][i]:.1f}%: {s['mean'][i]:.3f}±{s['std'][i]:.3f}"
+            for i in shown))
     lines += ["   " + imp["verdict"], "   " + imp["rewind"],
               "   " + ("Why to distrust a separation at this scale" if imp["separated"] else
                        "Why this scale cannot separate the schemes") +
