@@ -45,6 +45,10 @@ TARGETS = (  # (section, case substring, variant substring, minimum lthfast rati
     ("loader", "subset", "DataLoader", 4.0, "loader vs DataLoader, 2,048-index subset"),
     ("train_step", "", "plain", 1.3, "training step vs plain PyTorch loop"),
     ("packed", "×10", "sequential", 1.5, "packed K=10 vs sequential"),
+    ("end_to_end", "(wall time)", "plain PyTorch IMP", 4.0, "lthfast imp vs plain PyTorch IMP "
+     "loop, digits, end to end"),
+    ("end_to_end", "two concurrent", "not divided", 1.0, "two concurrent runs: threads divided "
+     "vs not"),
 )
 
 
@@ -66,7 +70,9 @@ def configs(quick: bool, workers: int, args) -> dict:
                            "--train-steps", "10"),
                           ("scores", "el2n", "--dataset", "digits", "--models", "2",
                            "--steps", "5")),
-                repeats=1, quick=True),
+                repeats=1, quick=True, plain=(1, 5, 40), startup_row=True,
+                concurrent=("imp", "--dataset", "digits", "--levels", "0", "--steps", "2",
+                            "--train-steps", "60", "--model", "resnet20")),
             "gpu": gpu.GpuConfig(iterations=2_000, el2n_iterations=500, quick=True),
             "counts": counts.CountsConfig(depth=8, batch=16, count_batch=8, train=1_000,
                                           ks=(1, 2), overhead_steps=5, repeats=2, quick=True),
@@ -76,7 +82,8 @@ def configs(quick: bool, workers: int, args) -> dict:
             "loader": loader.LoaderConfig(workers=workers),
             "train_step": train_step.TrainStepConfig(workers=workers),
             "packed": packed.PackedConfig(),
-            "end_to_end": end_to_end.EndToEndConfig(),
+            "end_to_end": end_to_end.EndToEndConfig(plain=end_to_end.PLAIN, startup_row=True,
+                                                    concurrent=end_to_end.CONCURRENT),
             "gpu": gpu.GpuConfig(),
             "counts": counts.CountsConfig(),
         }

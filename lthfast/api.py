@@ -30,27 +30,38 @@ from .errors import UserError
 from .experiments.common import Context, Runtime, check_device, default_device, setup_torch
 from .runs import Run
 
-# Datasets that need no download or source: built on first use.
+# Datasets that need no download or source: built on first use (and synthetic variants named
+# with their options, ``synthetic:train=2000``: see ``built_on_first_use``).
 EMBEDDED = ("digits",)
+
+
+def built_on_first_use(dataset: str) -> bool:
+    from .data.sources import split_name
+
+    return dataset in EMBEDDED or split_name(dataset)[1] is not None
 
 
 def runtime(root: str | Path = "datasets", out: str | Path = "runs", device: Optional[str] = None,
             deterministic: bool = False, compile: Optional[bool] = None,
             checkpoint_every: int = 0, loader: str = "device", progress=None,
-            cuda_graph: bool = False) -> Runtime:
+            cuda_graph: bool = False, threads: Optional[int] = None) -> Runtime:
     """How to run (never part of a run's identity), checked."""
-    check_runtime_flags(checkpoint_every=checkpoint_every, loader=loader)
+    check_runtime_flags(checkpoint_every=checkpoint_every, loader=loader, threads=threads)
     check_device(device or default_device())
     return Runtime(root=Path(root), out=Path(out), device=device or default_device(),
                    deterministic=deterministic, compile=compile, progress=progress,
-                   checkpoint_every=checkpoint_every, loader=loader, cuda_graph=cuda_graph)
+                   checkpoint_every=checkpoint_every, loader=loader, cuda_graph=cuda_graph,
+                   threads=threads)
 
 
-def check_runtime_flags(checkpoint_every: int = 0, loader: str = "device", **_: Any) -> None:
+def check_runtime_flags(checkpoint_every: int = 0, loader: str = "device",
+                        threads: Optional[int] = None, **_: Any) -> None:
     """The runtime flags' own bounds (``Runtime.__post_init__`` checks how they combine with
     the device): what ``runtime`` and every sweep point go through."""
     from .data.streams import STREAMS
+    from .threads import check_threads
 
+    check_threads(threads)
     if checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0 (0: by wall time only), got {checkpoint_every}")
     STREAMS.lookup(loader)
@@ -71,7 +82,7 @@ def open_data(root: str | Path, dataset: str):
     from .data.sources import get_source
 
     get_source(dataset)
-    if dataset in EMBEDDED and not (Path(root) / dataset / "meta.json").exists():
+    if built_on_first_use(dataset) and not (Path(root) / dataset / "meta.json").exists():
         build_dataset(dataset, Path(root))
     return open_dataset(root, dataset)
 
@@ -95,6 +106,12 @@ class Common:
 
     COMMAND: ClassVar[str] = ""  # the CLI command of the request, for messages
 
+    def __post_init__(self):
+        if ":" in str(self.dataset):  # a synthetic variant: one name (and run hash) per variant
+            from .data.build import canonical_name
+
+            object.__setattr__(self, "dataset", canonical_name(self.dataset))
+
     def command(self) -> str:
         return self.COMMAND
 
@@ -113,14 +130,12 @@ class Common:
                                 f"(got {value!r}): leave it out")
 
     def check_common(self) -> None:
-        from .config import PRESETS
-        from .data.sources import SOURCES
+        from .data.sources import SOURCES, split_name
         from .data.subsets import check_noise_fraction
 
         self.check_unused()
-        SOURCES.lookup(self.dataset)
-        if self.dataset not in PRESETS:
-            raise UserError(f"no preset for dataset '{self.dataset}' (known: {', '.join(PRESETS)})")
+        SOURCES.lookup(split_name(self.dataset)[0])
+        preset_for(self.dataset)  # no preset: one line naming the known ones
         if self.seed < 0:
             raise UserError(f"--seed must be >= 0, got {self.seed}")
         check_noise_fraction(self.label_noise, self.noise_seed)
@@ -450,8 +465,9 @@ class WarmupRequest(ImpRequest):
 
     def check(self) -> None:
         from .config import WARMUP_DESIGNS
+        from .data.sources import split_name
 
-        if self.dataset not in WARMUP_DESIGNS:
+        if split_name(self.dataset)[0] not in WARMUP_DESIGNS:
             raise UserError(f"the warmup design (appendix A) is for "
                             f"{', '.join(WARMUP_DESIGNS)}; not {self.dataset}")
         if self.steps is not None:
@@ -608,7 +624,7 @@ REQUESTS: dict[str, type] = {"imp": ImpRequest, "scores": ScoreRequest, "lmc": L
                               "warmup": WarmupRequest}
 # Runtime flags a sweep may set per run (how to run, not what): checked like request fields.
 RUNTIME_FLAGS = {"deterministic": bool, "compile": Optional[bool], "loader": str,
-                 "checkpoint_every": int, "cuda_graph": bool}
+                 "checkpoint_every": int, "cuda_graph": bool, "threads": Optional[int]}
 
 
 def coerce(name: str, value: Any, hint: Any) -> Any:

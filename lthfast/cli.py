@@ -38,18 +38,21 @@ COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile (defa
 CUDA_GRAPH = typer.Option(False, "--cuda-graph", metavar="", envvar="LTHFAST_CUDA_GRAPH",
                           help="replay each training step as a CUDA graph (CUDA only; stages "
                                "whose hooks read the step on the host run eagerly)")
+THREADS = typer.Option(None, "--threads", envvar="LTHFAST_THREADS",
+                       help="CPU threads of torch (default: OMP_NUM_THREADS, else the CPUs this "
+                            "process may use; sweep workers share them; --deterministic on CPU: 1)")
 LABEL_NOISE = typer.Option(0.0, help="fraction of labels re-drawn (imp: in pre-training only)")
 NOISE_SEED = typer.Option(0, help="seed of the label noise")
 
 
 def runtime(root: Path, out: Path, device: Optional[str], deterministic: bool,
             compile: Optional[bool], checkpoint_every: int, loader: str = "device",
-            cuda_graph: bool = False):
+            cuda_graph: bool = False, threads: Optional[int] = None):
     from .api import runtime as make_runtime
     from .progress import make_progress
 
     return make_runtime(root, out, device, deterministic, compile, checkpoint_every, loader,
-                        progress=make_progress(), cuda_graph=cuda_graph)
+                        progress=make_progress(), cuda_graph=cuda_graph, threads=threads)
 
 
 def request(cls, values: dict):
@@ -69,7 +72,7 @@ def runtime_of(values: dict):
     """The runtime from a training command's parameters (``locals()``)."""
     return runtime(values["root"], values["out"], values["device"], values["deterministic"],
                    values["compile"], values["checkpoint_every"], values["loader"],
-                   values["cuda_graph"])
+                   values["cuda_graph"], values["threads"])
 
 
 @app.command("build-beton")
@@ -152,7 +155,7 @@ def imp(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE
         compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH, loader: str = LOADER,
         root: Path = ROOT, out: Path = OUT, seed: int = SEED,
         device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
-        checkpoint_every: int = CHECKPOINT_EVERY):
+        checkpoint_every: int = CHECKPOINT_EVERY, threads: Optional[int] = THREADS):
     """IMP with rewinding to t_r after pre-training on a subset; prints the run directory."""
     from . import api
 
@@ -176,7 +179,7 @@ def lmc(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE
         compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH, loader: str = LOADER,
         root: Path = ROOT, out: Path = OUT, seed: int = SEED,
         device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
-        checkpoint_every: int = CHECKPOINT_EVERY):
+        checkpoint_every: int = CHECKPOINT_EVERY, threads: Optional[int] = THREADS):
     """Linear mode connectivity of children spawned from the pre-training point imp would use
     (or an IMP level); prints the path of the summary JSON (loss_barrier, error_barrier)."""
     from . import api
@@ -199,7 +202,7 @@ def errors(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = S
            train_steps: Optional[int] = TRAIN_STEPS, compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH,
            loader: str = LOADER, root: Path = ROOT, out: Path = OUT, seed: int = SEED,
            device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
-           checkpoint_every: int = CHECKPOINT_EVERY):
+           checkpoint_every: int = CHECKPOINT_EVERY, threads: Optional[int] = THREADS):
     """Per-example errors ‖p − y‖ at the pre-training point imp would use, dense or projected by
     an IMP level's mask (Fig. 9); prints the path of the summary JSON."""
     from . import api
@@ -223,7 +226,7 @@ def grads(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SI
           train_steps: Optional[int] = TRAIN_STEPS, compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH,
           loader: str = LOADER, root: Path = ROOT, out: Path = OUT, seed: int = SEED,
           device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
-          checkpoint_every: int = CHECKPOINT_EVERY):
+          checkpoint_every: int = CHECKPOINT_EVERY, threads: Optional[int] = THREADS):
     """Gradient norms, gradient coherence and learning speed during the pre-training imp would
     run (Figs. 7-8); prints the path of the summary JSON."""
     from . import api
@@ -245,7 +248,7 @@ def warmup(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = S
            train_steps: Optional[int] = TRAIN_STEPS, compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH,
            loader: str = LOADER, root: Path = ROOT, out: Path = OUT, seed: int = SEED,
            device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
-           checkpoint_every: int = CHECKPOINT_EVERY):
+           checkpoint_every: int = CHECKPOINT_EVERY, threads: Optional[int] = THREADS):
     """Learning-rate warmup (appendix A, Fig. 6): the subset during the warmup only, then all
     data; prints the run directory (diverged replicates are results, not errors)."""
     from . import api
@@ -270,7 +273,7 @@ def scores(kind: str = typer.Argument(..., help="el2n, forgetting or lmc"),
            compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH, loader: str = LOADER,
            root: Path = ROOT, out: Path = OUT, seed: int = SEED,
            device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
-           checkpoint_every: int = CHECKPOINT_EVERY):
+           checkpoint_every: int = CHECKPOINT_EVERY, threads: Optional[int] = THREADS):
     """Per-example scores of the train set (float32 .npy, dataset order); prints its path."""
     from . import api
 
@@ -298,7 +301,8 @@ def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, \\[f
           pack: bool = typer.Option(False, "--pack", metavar="",
                                     help="imp sweeps, in this process: train compatible runs "
                                          "packed across grid points (same results)"),
-          root: Path = ROOT, out: Path = OUT, device: Optional[str] = DEVICE):
+          root: Path = ROOT, out: Path = OUT, device: Optional[str] = DEVICE,
+          threads: Optional[int] = THREADS):
     """Run every grid point of a sweep file (in this process, one worker per GPU, or as
     submitit jobs); prints progress with ETA on stderr, each artifact and, last, the sweep
     summary path."""
@@ -320,17 +324,20 @@ def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, \\[f
         for line in spec.command_lines(root, out, device):
             print(line)
         return
-    launch(spec, runtime(root, out, device, False, None, 0), options)  # prints what it writes
+    launch(spec, runtime(root, out, device, False, None, 0, threads=threads), options)  # prints what it writes
 
 
 @app.command()
-def demo(root: Path = ROOT, out: Path = OUT, device: Optional[str] = DEVICE):
-    """The paper's Figure 2 in small on the embedded digits set (a few minutes on a CPU):
-    prints a plain-words summary, then the table's path."""
+def demo(root: Path = ROOT, out: Path = OUT, device: Optional[str] = DEVICE,
+         seed: int = typer.Option(0, "--seed", help="another seed: an independent demo"),
+         threads: Optional[int] = THREADS):
+    """What a CPU can show of the paper on the embedded digits set (minutes): instability at
+    initialisation, noisy labels ranked hard, IMP after pre-training on easy / random / all
+    data. Prints the summary in words, then its path (beside summary.json and demo.png)."""
     from .demo import run_demo
 
-    rt = runtime(root, out, device, False, None, 0)
-    print(run_demo(rt, progress=lambda text: print(text, flush=True)))
+    rt = runtime(root, out, device, False, None, 0, threads=threads)
+    print(run_demo(rt, seed, progress=lambda text: print(text, flush=True)))
 
 
 @app.command()

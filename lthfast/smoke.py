@@ -119,7 +119,7 @@ RULES: dict[str, tuple[Callable[[Any, Scale], Any], int]] = {
     **{name: (keep, 0) for name in (
         "seed", "label_noise", "noise_seed", "lr", "pretrain_lr", "kind", "subset",
         "subset_seed", "shared_subset", "class_balanced", "rank_by", "alphas",
-        "deterministic", "compile", "loader", "checkpoint_every")},
+        "deterministic", "compile", "loader", "checkpoint_every", "threads")},
     "cuda_graph": (lambda v, s: False, 0),  # a smoke sweep runs on the CPU: no CUDA graphs
 }
 # Flags whose default stands for an expensive full-scale value (None: the preset's): set at

@@ -28,6 +28,7 @@ import signal
 from typing import Iterator, Optional, Sequence
 
 from .errors import Interrupted, UserError
+from .threads import worker_threads
 
 POLL_S = 1.0  # how often the parent looks for a worker that died without a word
 STOP_S = 60.0  # how long a stopped worker may take to leave its stage cleanly
@@ -108,11 +109,12 @@ def fan_out(command: str, points: list, rt, devices: Sequence[str]) -> Iterator[
     """Run the points on one worker per device: ("start", i, device), ("done", i, record)."""
     import multiprocessing
 
-    from .api import EMBEDDED, open_data
+    from .api import built_on_first_use, open_data
 
     # embedded datasets are built on first use, with ffcv's writer processes, which a daemonic
     # worker may not start: build them here, once, before any worker needs them
-    for dataset in sorted({p.get("dataset") for p in points} & set(EMBEDDED)):
+    for dataset in sorted(d for d in {p.get("dataset") for p in points}
+                          if d and built_on_first_use(d)):
         open_data(rt.root, dataset)
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no CUDA state inherited
     tasks, results = ctx.Queue(), ctx.Queue()
@@ -125,15 +127,15 @@ def fan_out(command: str, points: list, rt, devices: Sequence[str]) -> Iterator[
                if f.name != "progress"}  # a terminal's progress bar does not travel
     procs = []
     left = len(points)  # points not yet reported done
-    # the cores shared out among CPU workers, unless the user said how many threads
-    share = max(1, (os.cpu_count() or 1) // max(1, devices.count("cpu")))
+    # the CPUs this process may use shared out among the workers (lthfast.threads)
+    share = worker_threads(rt.threads, len(devices))
     try:
         for w, device in enumerate(devices):
-            env, own = pinned(device, os.environ.get("CUDA_VISIBLE_DEVICES"),
-                              int(os.environ.get("OMP_NUM_THREADS") or share))
+            env, own = pinned(device, os.environ.get("CUDA_VISIBLE_DEVICES"), share)
             with environment(env):
                 procs.append(ctx.Process(target=work, name=f"lthfast-worker-{w}", daemon=True,
-                                         args=(w, command, points, runtime | {"device": own},
+                                         args=(w, command, points,
+                                               runtime | {"device": own, "threads": share},
                                                tasks, results)))
                 procs[-1].start()
         busy: dict[int, int] = {}  # worker -> the point it runs

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..files import atomic_save_npy, atomic_write_json, file_sha256, locked, read_json
-from .sources import RawDataset, RawSplit, get_source
+from .sources import RawDataset, RawSplit, get_source, split_name
 
 META_VERSION = 1
 
@@ -81,11 +81,33 @@ def write_beton(path: Path, split: RawSplit) -> None:
     os.replace(tmp, path)
 
 
+def canonical_name(name: str) -> str:
+    """A dataset name as its directory is called: a synthetic variant's options sorted, defaults
+    left out (``synthetic:size=8,noise=120`` -> ``synthetic:noise=120,size=8``)."""
+    from .sources.synthetic import variant_name
+
+    kind, options = split_name(name)
+    if options is None:
+        return name
+    get_source(kind)
+    if kind != "synthetic":
+        raise UserError(f"dataset '{kind}' takes no options in its name (got '{name}')")
+    return variant_name(options)
+
+
 def build_dataset(name: str, root: Path, source: Optional[str] = None, force: bool = False,
                   betons: bool = True) -> Path:
-    """Build ``root/name`` from its source unless it is already complete; returns the directory."""
-    out = Path(root) / name
+    """Build ``root/name`` from its source unless it is already complete; returns the directory.
+    A variant's name carries its options (``synthetic:train=2000``): built in its own
+    directory under its canonical name."""
     load = get_source(name)  # unknown names fail before anything is written
+    if split_name(name)[1] is not None:
+        if source is not None:
+            raise UserError(f"{name}: give the options in the name or in --source, not both")
+        source, name = split_name(name)[1], canonical_name(name)
+        if name == "synthetic":  # the default options: the plain name, built from its default
+            source = None
+    out = Path(root) / name
     if (out / "meta.json").exists() and not force:
         built_from = read_json(out / "meta.json").get("source")
         if source is not None and source != built_from:  # it would be ignored: say so
@@ -97,7 +119,7 @@ def build_dataset(name: str, root: Path, source: Optional[str] = None, force: bo
         with locked(out):
             if (out / "meta.json").exists() and not force:  # built by a concurrent process
                 return out
-            raw = load(source, Path(root))
+            raw = dataclasses.replace(load(source, Path(root)), name=name)
             write_dataset(raw, out, betons=betons and ffcv_available(), source=source)
     except BaseException:
         if created and not (out / "meta.json").exists():  # leave no lock or half a dataset

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .. import threads as cpu_threads
 from ..config import Recipe
 from ..data.arrays import DatasetArrays
 from ..data.loader import DeviceData, PhasedStream, StreamSeeds, mix_seed
@@ -44,9 +45,11 @@ class Runtime:
     checkpoint_seconds: float = 300.0  # a checkpoint every 5 minutes of training, whatever the speed
     log_every: int = 50
     loader: str = "device"  # a name in lthfast.data.streams.STREAMS
+    threads: Optional[int] = None  # torch's intra-op threads; None: see lthfast.threads
     progress: Optional[ProgressFn] = None
 
     def __post_init__(self):
+        cpu_threads.check_threads(self.threads)
         if self.cuda_graph and not self.device.startswith("cuda"):
             raise UserError("--cuda-graph needs a CUDA device (--device cuda)")
         if self.cuda_graph and self.loader != "device":
@@ -84,9 +87,13 @@ def check_device(device: str) -> None:
 
 def setup_torch(rt: Runtime) -> None:
     """Put torch's global switches in the state this run asks for (and nothing left over from a
-    previous run of the same process, e.g. a sweep's deterministic grid point)."""
+    previous run of the same process, e.g. a sweep's deterministic grid point), and its threads
+    (``lthfast.threads``: the CPUs allowed, one for deterministic CPU runs)."""
     check_device(rt.device)
-    configure_backends(rt.torch_device.type, rt.deterministic)  # TF32 off, determinism, cuDNN
+    # TF32 off, determinism, cuDNN autotuning; determinism is switched only when it changes or
+    # compiling (see backends: the switch imports dynamo and inductor, 2.5 s of start-up)
+    configure_backends(rt.torch_device.type, rt.deterministic, compiling=rt.use_compile)
+    cpu_threads.apply(rt.threads, rt.torch_device.type, rt.deterministic)
     torch.manual_seed(0)  # nothing should draw from it; if something does, it draws the same
     if rt.torch_device.type == "cpu":
         keep_freed_memory()  # ~2x faster CPU steps: no page faults on activations (see module)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
+import torch
 
 from .. import faults
 from ..config import Recipe
@@ -61,7 +62,7 @@ class StepProbe(Hook):
             self.started = True
             for name, run in zip(self.names, self.runs):
                 faults.trace(event="train", stage=name, run=run, group=len(self.names),
-                             first_step=step)
+                             first_step=step, threads=torch.get_num_threads())
         for name in self.names:
             faults.point("step", stage=name, step=step)
 

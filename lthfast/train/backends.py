@@ -43,9 +43,13 @@ def tf32_enabled() -> bool:
     return bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
 
 
-def configure(device_type: str, deterministic: bool, notice=None) -> None:
+def configure(device_type: str, deterministic: bool, notice=None, compiling: bool = False) -> None:
     """Set TF32, cuDNN autotuning and determinism for a run on ``device_type`` (cpu, cuda);
-    every switch is set either way, so nothing is left over from an earlier run of the process."""
+    every switch is set either way, so nothing is left over from an earlier run of the process.
+
+    ``torch.use_deterministic_algorithms`` imports dynamo and inductor (it sets inductor's
+    deterministic switch): 2.5 s of every CPU run's start-up. It is called only when the state
+    changes, when compiling (inductor is loaded anyway), or once inductor is already loaded."""
     notice = notice or (lambda line: print(line, file=sys.stderr))
     _fp32_ieee()
     if deterministic and device_type == "cuda" and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
@@ -55,6 +59,8 @@ def configure(device_type: str, deterministic: bool, notice=None) -> None:
                    "this process (set it in the environment to be sure)")
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
     # on the CPU as before (a warning): the alerts that matter are CUDA's
-    torch.use_deterministic_algorithms(deterministic, warn_only=device_type != "cuda")
+    if (deterministic or compiling or torch.are_deterministic_algorithms_enabled()
+            or "torch._inductor.config" in sys.modules):
+        torch.use_deterministic_algorithms(deterministic, warn_only=device_type != "cuda")
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = device_type == "cuda" and not deterministic

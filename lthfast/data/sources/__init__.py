@@ -58,8 +58,15 @@ SOURCES = Registry("dataset")  # name -> SourceLoader
 register_source = SOURCES.register
 
 
+def split_name(name: str) -> tuple[str, Optional[str]]:
+    """A dataset name is a source's name, optionally with its options after a colon
+    (``synthetic:size=8,noise=120``): (source name, options or None)."""
+    kind, sep, options = str(name).partition(":")
+    return kind, (options if sep else None)
+
+
 def get_source(name: str) -> SourceLoader:
-    return SOURCES.lookup(name)
+    return SOURCES.lookup(split_name(name)[0])
 
 
 # Every module in this package is a source: importing it runs its @register_source.

@@ -3,9 +3,14 @@
 Each class has a smooth random prototype image; an example is its class prototype plus a random
 shift and pixel noise, so a small network learns it in a few hundred steps while no two images
 are equal. Used by tests and benchmarks (e.g. 50,000 CIFAR-shaped images).
-Options come through ``--source`` as ``key=value`` pairs, e.g. ``train=50000,test=10000,size=32``.
+Options are ``key=value`` pairs, e.g. ``train=50000,test=10000,size=32``, given either in the
+dataset's name, ``synthetic:size=8,noise=120`` (a variant: its own directory and dataset name,
+so its runs never mix with another variant's; built on first use like digits, and its preset's
+schedule scaled to its size, see ``lthfast.config``), or as ``build-beton synthetic --source
+...`` (one variant under the plain name ``synthetic`` per data root).
 
-    lthfast build-beton synthetic --source train=2000,test=500,size=32,classes=10
+    lthfast build-beton synthetic:train=2000,test=500,size=32   # -> datasets/synthetic:size=32,test=500,train=2000
+    lthfast imp --dataset synthetic:size=8,noise=120 --levels 3
 """
 
 from __future__ import annotations
@@ -48,6 +53,16 @@ class SyntheticSpec:
         if spec.seed < 0:
             raise UserError(f"synthetic seed must be >= 0, got {spec.seed}")
         return spec
+
+
+def variant_name(options: Optional[str]) -> str:
+    """The dataset name of a variant: ``synthetic`` for the default options, else
+    ``synthetic:`` and the options that differ from the default, sorted, numbers as parsed
+    (``noise=120`` and ``noise=120.0`` are one variant)."""
+    spec, default = SyntheticSpec.parse(options), SyntheticSpec()
+    changed = sorted(k for k in spec.__dataclass_fields__ if getattr(spec, k) != getattr(default, k))
+    return "synthetic" + (":" + ",".join(f"{k}={getattr(spec, k):g}" for k in changed)
+                          if changed else "")
 
 
 def make_split(spec: SyntheticSpec, n: int, prototypes: np.ndarray, rng) -> RawSplit:
