@@ -91,8 +91,8 @@ def task_states(job_ids: list[str]) -> dict[str, dict[str, Any]]:
             if fields.get("ArrayJobId") and fields.get("ArrayTaskId"):
                 for task in _expand(fields["ArrayTaskId"]):
                     states[f"{fields['ArrayJobId']}_{task}"] = state
-            elif fields.get("JobId"):
-                states[fields["JobId"]] = state
+            # submitit names a one-task array by its job id alone ("12", not "12_0")
+            states.setdefault(fields.get("JobId", ""), state)
     return states
 
 
