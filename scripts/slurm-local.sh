@@ -57,7 +57,8 @@ write_config() {
   cat > "$conf" <<EOF
 # written by scripts/slurm-local.sh: a one-node cluster for lthfast's tests
 ClusterName=lthfast
-SlurmctldHost=$host
+# by address: a container's hostname need not resolve
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -86,7 +87,7 @@ KillWait=2
 MinJobAge=600
 # the tests overwhelm nothing: let jobs start at once
 SchedulerParameters=defer_batch=0
-$node State=UNKNOWN
+$node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
 }
