@@ -292,7 +292,8 @@ def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, \\[f
           cpus_per_task: int = typer.Option(2, help="local/slurm: CPUs per job"),
           array_parallelism: int = typer.Option(16, help="slurm: jobs of the array at once"),
           wait: bool = typer.Option(False, "--wait", metavar="",
-                                    help="slurm: wait for the array and collect its results"),
+                                    help="slurm: wait for the array and collect its results "
+                                         "(without: rerun the same command to collect)"),
           smoke: bool = typer.Option(False, "--smoke", metavar="",
                                      help="the same grid at smoke scale: digits, tiny steps, "
                                           "sizes and ensembles (minutes on a CPU)"),

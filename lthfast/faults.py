@@ -15,6 +15,11 @@ at documented places; both do nothing unless the environment asks for them:
   ``{"replace": REGEX, "nth": N}`` just before the N-th (1-based) atomic replace onto a matching
   path.
 
+- ``LTHFAST_PAUSE=JSON``: ``{"stage": REGEX, "step": N, "file": PATH, "seconds": S}``: after
+  training step N of a matching stage, unless PATH exists, create it (holding this pid) and
+  sleep S seconds (default 120): a test then pre-empts, requeues or signals a job that is
+  certainly mid-stage. The rerun finds PATH and does not pause again.
+
 Stage names are ``<kind>/<path inside the run>``: ``pretrain/replicate_0``,
 ``imp/replicate_1/level_2``, ``el2n/replicate_0``.
 
@@ -38,7 +43,8 @@ def _kill_spec() -> dict:
 
 def enabled() -> bool:
     """True when a test asked for kills or traces; the stage runner adds its step probe only then."""
-    return bool(os.environ.get("LTHFAST_KILL") or os.environ.get("LTHFAST_TRACE"))
+    return bool(os.environ.get("LTHFAST_KILL") or os.environ.get("LTHFAST_TRACE")
+                or os.environ.get("LTHFAST_PAUSE"))
 
 
 def trace(**record: Any) -> None:
@@ -56,7 +62,9 @@ def _die(where: str) -> None:
 
 def point(kind: str, **where: Any) -> None:
     """A place where a test may kill the process: ``step`` (stage, step), ``mark_done`` (stage),
-    ``replace`` (path)."""
+    ``replace`` (path); or pause there (``LTHFAST_PAUSE``)."""
+    if kind == "step" and os.environ.get("LTHFAST_PAUSE"):
+        _pause(where["stage"], where["step"])
     if not os.environ.get("LTHFAST_KILL"):
         return
     spec = _kill_spec()
@@ -71,3 +79,19 @@ def point(kind: str, **where: Any) -> None:
         _replaces += 1
         if _replaces == spec.get("nth", 1):
             _die(f"replace {where['path']}")
+
+
+def _pause(stage: str, step: int) -> None:
+    import time
+
+    spec = json.loads(os.environ["LTHFAST_PAUSE"])
+    if spec.get("step") != step or not re.fullmatch(spec["stage"], stage):
+        return
+    try:  # O_EXCL: only the first process to get here pauses
+        fd = os.open(spec["file"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    trace(event="pause", at=f"{stage}:{step}")
+    time.sleep(float(spec.get("seconds", 120)))

@@ -160,8 +160,9 @@ def locked(path: Path) -> Iterator[None]:
             print(f"waiting for process {holder}, which is working on {path}", file=sys.stderr,
                   flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        with _writable(path / ".lock"):  # the pid needs a block: ENOSPC on an exactly full disk
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         with contextlib.suppress(OSError):

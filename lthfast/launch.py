@@ -112,6 +112,10 @@ def _submit(cluster: str) -> Callable:
         from .files import atomic_write_json, config_hash
         from .sweep import check_runtimes
 
+        if cluster == "slurm":  # scheduler check, job states, collecting: lthfast.slurm
+            from .slurm import submit_array
+            return submit_array(spec, rt, options)
+
         check_runtimes(spec, rt)  # with the sweep's device: a bad grid fails before submitting
         points = list(spec.points())
         runtime = {f.name: getattr(rt, f.name) for f in dataclasses.fields(rt)
@@ -134,20 +138,16 @@ def _submit(cluster: str) -> Callable:
               f"(logs in {folder})", file=sys.stderr, flush=True)
         summary = Path(rt.out) / (f"sweep_{config_hash({'command': spec.command, 'runs': points})}"
                                   ".json")
-        if cluster == "slurm" and not options.wait:
-            records = [{"flags": p, "status": "submitted", "job": j.job_id}
-                       for p, j in zip(points, jobs)]
-        else:
-            records = []
-            for point, job in zip(points, jobs):
-                try:
-                    records.append(job.result() | {"job": job.job_id})
-                except Exception as exc:  # the job died: its logs say why
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                    records.append({"flags": point, "status": "error", "job": job.job_id,
-                                    "error": f"job failed: {first} (logs: {folder})"})
-                if records[-1]["status"] == "ok":
-                    print(records[-1]["artifact"])
+        records = []
+        for point, job in zip(points, jobs):
+            try:
+                records.append(job.result() | {"job": job.job_id})
+            except Exception as exc:  # the job died: its logs say why
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                records.append({"flags": point, "status": "error", "job": job.job_id,
+                                "error": f"job failed: {first} (logs: {folder})"})
+            if records[-1]["status"] == "ok":
+                print(records[-1]["artifact"])
         atomic_write_json(summary, {"file": str(spec.path), "command": spec.command,
                                     "scale": spec.scale, "launcher": cluster, "runs": records})
         print(summary)

@@ -85,11 +85,16 @@ def _stop(signum, _frame):
     raise Interrupted(signum)
 
 
-def work(worker: int, command: str, points: list, runtime: dict, tasks, results) -> None:
-    """A worker process: run points until the queue says stop (None) or a signal arrives."""
+def work(worker: int, command: str, points: list, runtime: dict, tasks, results,
+         parent: int = 0) -> None:
+    """A worker process: run points until the queue says stop (None) or a signal arrives, or
+    its ``parent`` (pid) dies (``lthfast.lifeline``)."""
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
+        if parent:  # a SIGTERM when the sweep dies, even by kill -9
+            from .lifeline import die_with_parent
+            die_with_parent(parent)
         from .experiments.common import Runtime
         from .progress import PlainProgress
         from .sweep import run_point
@@ -136,7 +141,7 @@ def fan_out(command: str, points: list, rt, devices: Sequence[str]) -> Iterator[
                 procs.append(ctx.Process(target=work, name=f"lthfast-worker-{w}", daemon=True,
                                          args=(w, command, points,
                                                runtime | {"device": own, "threads": share},
-                                               tasks, results)))
+                                               tasks, results, os.getpid())))
                 procs[-1].start()
         busy: dict[int, int] = {}  # worker -> the point it runs
         waiting = set(range(len(points)))  # not started yet

@@ -112,3 +112,9 @@ def score_reference(cli, digits_root, rel_tmp):
     path = cli.ok([*SCORE_ARGS, "--root", digits_root, "--out", out])
     assert path.name == "scores.npy"
     return {"out": out, "path": path, "bytes": path.read_bytes()}
+
+
+def pytest_configure(config):
+    # registered here, not in pyproject.toml: CI keys its cached venv on that file's hash
+    config.addinivalue_line("markers", "slurm: needs a real one-node SLURM "
+                            "(scripts/slurm-local.sh: root, or slurm-wlm and munge installed)")

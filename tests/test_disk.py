@@ -67,3 +67,42 @@ def test_disk_full_in_the_cli_is_one_error_line_and_results_survive(tmp_path, mo
     assert len(err) == 1 and err[0].startswith("error: disk full"), err
     assert "results.json" in err[0]
     assert snapshot(out) == before
+
+
+def test_disk_full_at_the_lock_files_pid_is_one_line(tmp_path, monkeypatch):
+    # an exactly full disk: the lock file is created (an inode), its pid finds no block
+    import lthfast.files as store
+
+    monkeypatch.setattr(store.os, "pwrite", _enospc)
+    with pytest.raises(UserError, match=r"disk full while writing .*\.lock"):
+        with store.locked(tmp_path / "run"):
+            pass
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 4 MiB tmpfs (root only; skipped where mount is refused)."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs",
+                                            str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root and mount permission)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_lock_on_an_exactly_full_disk_is_a_user_error(tmpfs):
+    # a real full disk, no injection: the lock file's inode is created, its pid finds no block
+    import lthfast.files as store
+
+    with open(tmpfs / "filler", "wb", buffering=0) as f:  # unbuffered: nothing left to flush
+        with pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 512)
+    with pytest.raises(UserError, match=r"disk full while writing .*\.lock"):
+        with store.locked(tmpfs / "run"):
+            pass

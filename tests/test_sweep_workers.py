@@ -158,6 +158,49 @@ def test_ctrl_c_stops_the_workers_and_records_their_points_as_interrupted(data_r
         assert not Path(f"/proc/{pid}").exists()
 
 
+def test_kill_9_of_the_sweep_takes_its_workers_with_it(data_root, tmp_path):
+    """``kill -9`` of the sweep (no handler runs in it): its workers stop within seconds, by
+    the kernel's parent-death signal or their watchdog, and no queued point starts."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('command = "imp"\n[flags]\ndataset = "digits"\nsteps = 5\nlevels = 1\n'
+                     'train_steps = 400\nbatch_size = 32\n[grid]\nseed = [0, 1, 2, 3]\n')
+    trace = tmp_path / "trace.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LTHFAST_")}
+    env |= {"LTHFAST_TRACE": str(trace), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lthfast", "sweep", str(sweep), "--workers",
+                             "2", "--device", "cpu", "--root", str(data_root), "--out",
+                             str(tmp_path / "out")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+
+    def events() -> list:
+        lines = trace.read_text().splitlines() if trace.exists() else []
+        return [e for e in map(json.loads, lines) if e["event"] == "train"]
+
+    deadline = time.time() + 120  # both workers in their first point's level 0
+    while time.time() < deadline and len({e["pid"] for e in events()
+                                          if e["stage"] == "imp/replicate_0/level_0"}) < 2:
+        time.sleep(0.05)
+    workers = {e["pid"] for e in events()}
+    assert len(workers) == 2, trace.read_text()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.1)
+    for pid in workers:  # gone, not adopted by init and training on
+        state = Path(f"/proc/{pid}/stat")
+        assert not state.exists() or state.read_text().split()[2] == "Z", f"worker {pid} alive"
+    runs = {e["run"] for e in events()}
+    time.sleep(2)
+    assert {e["run"] for e in events()} == runs  # no queued point started after
+    assert len({r for r in runs if r.startswith("imp_")}) == 2  # the points the workers had
+
+
 def test_local_jobs_on_gpus_get_one_gpu_each(tmp_path):
     """submitit's local executor hides every GPU from a job that asks for none; lthfast's local
     launcher gives each job one (round robin), by machine index, through the job's shell."""
