@@ -41,7 +41,9 @@ def example_gradient_norms(net: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
 
     def loss(p, xi, yi):
         logits = functional_call(net, (p, buffers), (xi.unsqueeze(0),))
-        return F.cross_entropy(logits.reshape(1, -1).float(), yi.unsqueeze(0))
+        logits = logits.reshape(1, -1)  # bf16 never reaches here; fp64 (tests) stays fp64
+        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)),
+                               yi.unsqueeze(0))
 
     def squared_norm(p, xi, yi):
         return sum(g.pow(2).sum() for g in grad(loss)(p, xi, yi).values())
