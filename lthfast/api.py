@@ -175,7 +175,8 @@ class ScoreRequest(Common):
         preset = self.preset()
         resolve(preset.el2n_model)
         check_score_request(kind.default_models if self.models is None else self.models,
-                            kind.default_steps(preset) if self.steps is None else self.steps)
+                            kind.default_steps(preset) if self.steps is None else self.steps,
+                            kind.min_steps)
         if self.children < 2:
             raise UserError(f"--children must be >= 2 (barriers are between pairs), got "
                             f"{self.children}")
@@ -240,9 +241,12 @@ class ImpRequest(Common):
 
     def subset_spec(self, scores: Optional[Path] = None):
         from .data.subsets import SubsetSpec
+        from .experiments.scores import SCORES
 
         scores = scores or self.scores
+        easy_high = self.rank_by in SCORES and SCORES[self.rank_by].easy == "high"
         return SubsetSpec(kind=self.subset, size=self.size, seed=self.subset_seed,
+                          easy_high=bool(scores) and easy_high,
                           scores=str(scores) if scores else None, offset=self.offset,
                           class_balanced=self.class_balanced,
                           file=str(self.subset_file) if self.subset_file else None,
@@ -251,7 +255,9 @@ class ImpRequest(Common):
                           if scores else None)
 
     def needs_scores(self) -> bool:
-        return self.subset_file is None and self.subset in ("easy", "hard") and self.scores is None
+        from .data.subsets import SCORED
+
+        return self.subset_file is None and self.subset in SCORED and self.scores is None
 
     def score_request(self) -> ScoreRequest:
         """The scores that rank easy / hard subsets. ``el2n_models`` and ``el2n_steps`` are
@@ -282,7 +288,7 @@ class ImpRequest(Common):
 
     def check(self) -> None:
         """Everything checkable without data, so a typo never trains or writes anything."""
-        from .data.subsets import load_array
+        from .data.subsets import SCORED, load_array
         from .experiments.scores import SCORES
         from .models import resolve
 
@@ -293,15 +299,17 @@ class ImpRequest(Common):
         # a mistake wherever it appears
         if self.el2n_models is not None and self.el2n_models < 1:
             raise UserError(f"--el2n-models must be >= 1, got {self.el2n_models}")
-        if self.el2n_steps is not None and self.el2n_steps < 1:
-            raise UserError(f"--el2n-steps must be >= 1, got {self.el2n_steps}")
+        least = SCORES[self.rank_by].min_steps if self.rank_by in SCORES else 1
+        if self.el2n_steps is not None and self.el2n_steps < least:
+            raise UserError(f"--el2n-steps must be >= {least}, got {self.el2n_steps}")
         if self.replicates < 1:
             raise UserError("--replicates must be >= 1")
         resolve(self.preset().model)
         SCORES.lookup(self.rank_by)
         self.subset_spec().check()
-        if self.subset_file is None and self.subset not in ("easy", "hard") and self.scores:
-            raise UserError(f"--scores ranks easy/hard subsets; --subset {self.subset} has none")
+        if self.subset_file is None and self.subset not in SCORED and self.scores:
+            raise UserError(f"--scores ranks {'/'.join(sorted(SCORED))} subsets; --subset "
+                            f"{self.subset} has none")
         # the files' format now; their length and range once the dataset is open
         if self.scores is not None and load_array(self.scores, "scores").ndim != 1:
             raise UserError(f"scores file {self.scores} must be a 1-D array")

@@ -87,7 +87,7 @@ def build_beton(name: str = typer.Argument(..., help="cifar10, cifar100, cinic10
 
 
 @app.command()
-def subset(kind: str = typer.Argument(..., help="all, random, easy or hard"),
+def subset(kind: str = typer.Argument(..., help="all, random, easy, hard or ccs"),
            dataset: str = typer.Option(..., help="dataset name"),
            size: Optional[int] = typer.Option(None, help="number of examples M"),
            seed: int = typer.Option(0, help="seed for random subsets"),
@@ -119,7 +119,7 @@ def subset(kind: str = typer.Argument(..., help="all, random, easy or hard"),
 
 # The flags that name a pre-training point: shared by imp and the analyses that spawn from it.
 DATASET = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="dataset (preset from Table 1)")
-SUBSET = typer.Option("all", help="pre-training subset: all, random, easy, hard")
+SUBSET = typer.Option("all", help="pre-training subset: all, random, easy, hard, ccs")
 SIZE = typer.Option(None, help="subset size M")
 SUBSET_FILE = typer.Option(None, help="pre-train on these train indices (.npy)")
 SUBSET_SEED = typer.Option(0, help="seed of a random subset (replicate r draws its own from it)")
@@ -127,11 +127,13 @@ SHARED_SUBSET = typer.Option(False, "--shared-subset", metavar="",
                              help="random: one subset for all replicates")
 CLASS_BALANCED = typer.Option(None, "--class-balanced/--no-class-balanced",
                               help="equal share per class (default: yes for random, no for easy/hard)")
-OFFSET = typer.Option(0, help="easy/hard: skip this many first")
+OFFSET = typer.Option(0, help="easy/hard: skip this many first; ccs: prune this many hardest "
+                              "first (the hard cutoff)")
 SCORES = typer.Option(None, help="easy/hard: score file (default: EL2N, computed or reused)")
 STEPS = typer.Option(None, help="pre-training iterations t_r (default: t* of the preset)")
 REPLICATES = typer.Option(1, help="independent replicates (trained packed)")
-RANK_BY = typer.Option("el2n", help="easy/hard without --scores: el2n, forgetting or lmc")
+RANK_BY = typer.Option("el2n", help="easy/hard/ccs without --scores: a registered score (el2n, "
+                                     "forgetting, lmc, grand, aum, train_loss, pred_var)")
 EL2N_MODELS = typer.Option(None, help="networks of the score (default 10; lmc: 2 replicates)")
 EL2N_STEPS = typer.Option(None, help="score iterations (lmc: spawn step; default per dataset)")
 MODEL = typer.Option(None, help="override the preset's network")
@@ -257,7 +259,8 @@ def warmup(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = S
 
 
 @app.command()
-def scores(kind: str = typer.Argument(..., help="el2n, forgetting or lmc"),
+def scores(kind: str = typer.Argument(..., help="a registered score (el2n, forgetting, lmc, "
+                                               "grand, aum, train_loss, pred_var) or compare"),
            dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="dataset"),
            models: Optional[int] = typer.Option(
                None, help="K networks, trained packed, scores average over them (default 10; "
@@ -273,9 +276,22 @@ def scores(kind: str = typer.Argument(..., help="el2n, forgetting or lmc"),
            compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH, loader: str = LOADER,
            root: Path = ROOT, out: Path = OUT, seed: int = SEED,
            device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
-           checkpoint_every: int = CHECKPOINT_EVERY, threads: Optional[int] = THREADS):
-    """Per-example scores of the train set (float32 .npy, dataset order); prints its path."""
+           checkpoint_every: int = CHECKPOINT_EVERY, threads: Optional[int] = THREADS,
+           x: Optional[str] = typer.Option(None, "--x", help="compare: scatter this score ..."),
+           y: Optional[str] = typer.Option(None, "--y", help="compare: ... against this one")):
+    """Per-example scores of the train set (float32 .npy, dataset order); prints its path.
+    'scores compare': Spearman correlations of the dataset's computed scores (CSV, heat map;
+    --x/--y: a scatter of two); prints the paths, the correlation table last."""
     from . import api
+
+    if kind == "compare":  # not a score: the computed ones, compared (score_compare)
+        from .experiments.score_compare import compare
+
+        for path in compare(out, dataset, x, y, root=root):
+            print(path)
+        return
+    if x is not None or y is not None:
+        raise UserError("--x and --y are for 'lthfast scores compare'")
 
     print(api.scores(request(api.ScoreRequest, locals()), runtime_of(locals())))
 

@@ -37,8 +37,16 @@ from .errors import UserError
 from .files import (atomic_write_json, canonical_json, config_hash, environment, locked,
                     read_json)
 
-# Run kinds: what each ``<kind>_<hash>`` directory holds. New analyses add theirs here.
+# Run kinds: what each ``<kind>_<hash>`` directory holds. New analyses add theirs here; every
+# registered score is a kind too (``run_kinds``), so a new score needs no line here.
 KINDS = ("pretrain", "imp", "el2n", "forgetting", "lmc", "warmup")
+
+
+def run_kinds() -> tuple[str, ...]:
+    """``KINDS`` and the name of every registered score (lthfast.experiments.scores.SCORES)."""
+    from .experiments.scores import SCORES
+
+    return KINDS + tuple(name for name in SCORES if name not in KINDS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -228,8 +236,8 @@ class RunStore:
         self.out = Path(out)
 
     def run(self, kind: str, cfg: Any) -> Run:
-        if kind not in KINDS:
-            raise ValueError(f"unknown run kind {kind!r} (known: {', '.join(KINDS)})")
+        if kind not in KINDS and kind not in run_kinds():
+            raise ValueError(f"unknown run kind {kind!r} (known: {', '.join(run_kinds())})")
         config = to_dict(cfg)
         return Run(kind, config, self.out / f"{kind}_{config_hash(config)}")
 

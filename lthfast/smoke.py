@@ -128,7 +128,6 @@ IMPLICIT = {"steps": T_STAR, "train_steps": TRAIN_STEPS, "el2n_models": CAPS["el
             "el2n_steps": SCORE_STEPS, "models": CAPS["models"]}
 IMPLICIT_FOR = {"scores": IMPLICIT | {"steps": SCORE_STEPS}}  # scores' steps: the ensemble's
 ABSENT = {"warmup": {"steps"}}  # None there means "no such phase", not the preset's value
-SCORED = ("easy", "hard")  # subsets ranked by a score: only they need el2n_* flags
 
 
 def smoke_axis(name: str, values: list, scale: Scale) -> list:
@@ -147,6 +146,7 @@ def smoke_axis(name: str, values: list, scale: Scale) -> list:
 def smoke_sweep(spec):
     """The same grid at smoke scale (see the module docstring), every point checked."""
     from .api import REQUESTS
+    from .data.subsets import SCORED  # subsets ranked by a score: only they need el2n_* flags
     from .sweep import check_points
 
     for name in list(spec.flags) + list(spec.grid):

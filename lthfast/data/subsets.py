@@ -1,7 +1,10 @@
 """Subsets of the training set (index arrays, the unit the paper varies) and label noise.
 
 Rules live in a registry: ``all``, ``random`` (class-balanced by default, as in the paper),
-``easy`` / ``hard`` (the M lowest / highest scores of a score file, e.g. EL2N). A subset is an
+``easy`` / ``hard`` (the M easiest / hardest by a score file, e.g. EL2N: the lowest scores, or
+the highest for a score whose high end is easy, such as AUM) and ``ccs`` (coverage-centric
+selection, Zheng et al. 2023, ICLR: see ``ccs_rule``); the rules that rank by scores are listed
+in ``SCORED``. A subset is an
 int64 ``.npy`` of train indices under ``<dataset>/subsets/`` whose name says what made it, so the
 same request always maps to the same file. Label noise follows appendix A: pick a fraction of the
 train set uniformly at random, draw a new label uniformly from all classes (possibly the same one),
@@ -40,6 +43,8 @@ class SubsetSpec:
     file: Optional[str] = None  # a subset .npy given by the user
     shared: bool = False  # random: one subset for every replicate (default: drawn per replicate)
     rank_by: Optional[str] = None  # what the scores are (el2n, forgetting, ...), for reports
+    easy_high: bool = False  # high scores are the easy ones (AUM); default: low ones
+    strata: int = 50  # ccs: score bins (Zheng et al.'s k = 50)
 
     def for_replicate(self, replicate: int) -> "SubsetSpec":
         """The subset replicate r trains on: random subsets are drawn afresh per replicate (as the
@@ -65,6 +70,10 @@ class SubsetSpec:
             out |= {"seed": self.seed, "shared": self.shared}
         if self.scores is not None:
             out |= {"scores": file_sha256(self.scores)[:16], "rank_by": self.rank_by}
+            if self.easy_high:  # only when set: the identities of earlier subsets stay
+                out |= {"easy": "high"}
+        if self.kind == "ccs":
+            out |= {"seed": self.seed, "strata": self.strata}
         return out
 
     @property
@@ -91,11 +100,20 @@ class SubsetSpec:
             raise UserError("--offset must be >= 0")
         if self.seed < 0:
             raise UserError(f"--subset-seed must be >= 0, got {self.seed}")
+        if self.strata < 1:
+            raise UserError(f"ccs strata must be >= 1, got {self.strata}")
 
 
 SubsetRule = Callable[[DatasetArrays, SubsetSpec], np.ndarray]
 SUBSET_RULES = Registry("subset kind")  # name -> SubsetRule
 register_rule = SUBSET_RULES.register
+SCORED: set[str] = set()  # the rules that rank by a score file (they need --scores or a score)
+
+
+def register_scored_rule(name: str) -> Callable[[SubsetRule], SubsetRule]:
+    """Register a rule that ranks by scores: ``imp`` computes the scores it needs."""
+    SCORED.add(name)
+    return register_rule(name)
 
 
 def check_size(size: Optional[int], n: int) -> int:
@@ -185,21 +203,78 @@ def load_scores(path: str | Path, n: int) -> np.ndarray:
     return scores.astype(np.float64)
 
 
-def score_rule(descending: bool) -> SubsetRule:
+def hardness(ds: DatasetArrays, spec: SubsetSpec) -> np.ndarray:
+    """The spec's scores, oriented so that higher is harder (negated where high is easy)."""
+    if spec.scores is None:
+        raise UserError(f"subset '{spec.kind}' needs --scores FILE")
+    scores = load_scores(spec.scores, ds.train_size)
+    return -scores if spec.easy_high else scores
+
+
+def score_rule(hardest_first: bool) -> SubsetRule:
     def rule(ds: DatasetArrays, spec: SubsetSpec) -> np.ndarray:
         size = check_size(spec.size, ds.train_size)
-        if spec.scores is None:
-            raise UserError(f"subset '{spec.kind}' needs --scores FILE")
-        scores = load_scores(spec.scores, ds.train_size)
+        hard = hardness(ds, spec)
         # stable sort: ties keep dataset order, so the same scores always give the same subset
-        order = np.argsort(-scores if descending else scores, kind="stable")
+        order = np.argsort(-hard if hardest_first else hard, kind="stable")
         return ranked_pick(order, np.asarray(ds.train_labels), size, spec.offset,
                            bool(spec.class_balanced), ds.num_classes, spec.seed)
     return rule
 
 
-register_rule("easy")(score_rule(descending=False))
-register_rule("hard")(score_rule(descending=True))
+register_scored_rule("easy")(score_rule(hardest_first=False))
+register_scored_rule("hard")(score_rule(hardest_first=True))
+
+
+def coverage_centric(hard: np.ndarray, size: int, cutoff: int, strata: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """CCS (Zheng et al. 2023, "Coverage-centric coreset selection for high pruning rates",
+    Algorithm 1) over positions of ``hard`` (higher: harder): drop the ``cutoff`` hardest, cut
+    the score range of the rest into ``strata`` bins of equal width, then fill the budget from
+    the bin with the fewest examples up: each bin gives min(its size, budget left / bins left),
+    drawn uniformly without replacement, so sparse (hard, rare) regions are covered and dense
+    easy ones give only their share."""
+    order = np.argsort(-hard, kind="stable")  # hardest first
+    kept = np.sort(order[cutoff:])
+    if size > len(kept):
+        raise UserError(f"ccs: --size {size} exceeds the {len(kept)} examples left after "
+                        f"pruning the {cutoff} hardest (--offset)")
+    values = hard[kept]
+    lo, hi = values.min(), values.max()
+    edges = np.linspace(lo, hi, strata + 1)
+    bins = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, strata - 1)
+    members = [kept[bins == b] for b in range(strata)]
+    members = [m for m in members if len(m)]
+    picked, budget = [], size
+    for left, b in enumerate(sorted(range(len(members)), key=lambda i: (len(members[i]), i))):
+        take = min(len(members[b]), budget // (len(members) - left))
+        picked.append(rng.choice(members[b], size=take, replace=False))
+        budget -= take
+    return np.concatenate(picked)
+
+
+@register_scored_rule("ccs")
+def ccs_rule(ds: DatasetArrays, spec: SubsetSpec) -> np.ndarray:
+    """Coverage-centric selection of M examples (``coverage_centric``): ``--offset`` is the
+    hard cutoff, the number of hardest examples pruned first (Zheng et al.'s β as a count, β N;
+    they raise β with the pruning rate, e.g. 0.1 of CIFAR-10 at 90% pruning); ``strata`` bins
+    (their k = 50); the draws within bins from ``--subset-seed``. Class-balanced
+    (``--class-balanced``): the same within each class, for its share of M and of the cutoff."""
+    size = check_size(spec.size, ds.train_size)
+    hard = hardness(ds, spec)
+    labels = np.asarray(ds.train_labels)
+    rng = np.random.default_rng(spec.seed)
+    quota = shares(labels, size, spec.offset, bool(spec.class_balanced), ds.num_classes,
+                   spec.seed)
+    if quota is None:
+        return coverage_centric(hard, size, spec.offset, spec.strata, rng)
+    out = []
+    for c in range(ds.num_classes):
+        where = np.flatnonzero(labels == c)
+        if quota[c]:
+            out.append(where[coverage_centric(hard[where], int(quota[c]), spec.offset,
+                                              spec.strata, rng)])
+    return np.concatenate(out)
 
 
 def make_subset(ds: DatasetArrays, spec: SubsetSpec) -> np.ndarray:

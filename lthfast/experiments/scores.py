@@ -1,10 +1,13 @@
-"""Per-example scores of the training set: EL2N (Paul et al. 2021) and forgetting (Toneva et al.).
+"""Per-example scores of the training set: the registry, the ensemble runner, EL2N (Paul et al.
+2021), forgetting (Toneva et al.) and LMC scores; further scores live one file each in
+``lthfast/experiments/scorers/`` (GraNd, AUM, training loss, prediction variance).
 
 Scores are registered by name; each trains K networks from different inits (seeds of their own,
 independent of the IMP replicates) as one packed model through the stage runner, saves each
 member's per-example values beside its weights (``replicate_<m>/<score>.npy``) and writes their
 mean as float32 ``scores.npy`` in dataset order (one value per train example) in a run directory
-keyed by the config hash; lower means easier for both.
+keyed by the config hash. Each entry says which end is easy (``ScoreKind.easy``): lower is
+easier for EL2N, forgetting and LMC; a higher AUM margin is easier.
 
 - ``el2n``: after t iterations, ‖softmax(f(x)) − onehot(y)‖₂ per example, averaged over K.
   Defaults per dataset from appendix A (ResNet-20 / 7,800 iterations for CIFAR-10, ...). The
@@ -26,6 +29,7 @@ true labels.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -70,9 +74,18 @@ class ScoreKind:
     default_steps: Callable[[Preset], int]
     per_model: Optional[Callable[[Context, PackedResNet, Sequence[Hook], DeviceData],
                                  Sequence[np.ndarray]]] = None
-    hooks: Callable[[Context, int], Sequence[Hook]] = lambda ctx, k: ()
+    # (ctx, config, the training data, K) -> the hooks a K-model group trains with
+    hooks: Callable[[Context, "ScoreConfig", DeviceData, int], Sequence[Hook]] = \
+        lambda ctx, cfg, data, k: ()
     compute: Optional[Callable[[Context, "ScoreConfig", Run], np.ndarray]] = None
     default_models: int = 10
+    easy: str = "low"  # which scores are easy: "low" (EL2N, forgetting, ...) or "high" (AUM)
+    min_steps: int = 1  # 0 where the score is read from the untrained networks (GraNd at init)
+    reference: str = ""  # where the score comes from, for people (README, --help)
+
+    def __post_init__(self):
+        if self.easy not in ("low", "high"):
+            raise ValueError(f"ScoreKind.easy is 'low' or 'high', got {self.easy!r}")
 
 
 SCORES = Registry("score")  # name -> ScoreKind
@@ -129,6 +142,49 @@ class ForgettingCounter(Hook):
         return self.per_model().mean(0)
 
 
+class PresentationMean(Hook):
+    """The mean over an example's presentations in training (each time a mini-batch draws it)
+    of a per-example value of the training forward's logits, per model: AUM's margin, the
+    training loss. No extra pass: it reads the logits the step computed (augmented images,
+    BatchNorm in train mode, as the loss saw them). Sums are float64 scatter-adds, so repeats
+    within a batch each count."""
+
+    def __init__(self, k: int, n: int, device: torch.device,
+                 value: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        self.value = value  # (logits B×K×C float32, labels B×K) -> B×K
+        self.total = torch.zeros(k, n, dtype=torch.float64, device=device)
+        self.count = torch.zeros(k, n, dtype=torch.int64, device=device)
+
+    def on_batch(self, step: int, logits: torch.Tensor, y: torch.Tensor,
+                 idx: torch.Tensor) -> None:
+        values = self.value(logits.float(), y).T.double()  # K×B
+        self.total.scatter_add_(1, idx.T, values)
+        self.count.scatter_add_(1, idx.T, torch.ones_like(idx.T))
+
+    def state_dict(self) -> dict:
+        return {"total": self.total, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total.copy_(state["total"])
+        self.count.copy_(state["count"])
+
+    def per_model(self, hardest: str, name: str) -> np.ndarray:
+        """K×N means. An example a model never drew (fewer steps than an epoch) has no value:
+        it gets that model's hardest value (``hardest``: "max" or "min"), as forgetting ranks
+        never-learned examples hardest, and a warning says how many."""
+        total, count = self.total.cpu().numpy(), self.count.cpu().numpy()
+        drawn = count > 0
+        out = np.where(drawn, total / np.maximum(count, 1), np.nan)
+        undrawn = int((~drawn).sum())
+        if undrawn:
+            print(f"warning: {name}: {undrawn} (model, example) pairs were never drawn in "
+                  f"training; they score as the model's hardest (train at least one epoch)",
+                  file=sys.stderr)
+            fill = getattr(np, f"nan{hardest}")(out, axis=1, keepdims=True)
+            out = np.where(drawn, out, fill)
+        return out
+
+
 def forgetting_from_sequence(correct: list[bool]) -> int:
     """Reference for one example's presentations: the number of correct -> incorrect changes."""
     return sum(1 for a, b in zip(correct, correct[1:]) if a and not b)
@@ -170,30 +226,28 @@ def lmc_scores(ctx: Context, cfg: ScoreConfig, run: Run) -> np.ndarray:
 
 # EL2N is read early in training (appendix A); forgetting looks at the whole course of it; LMC
 # scores are taken before the onset of linear mode connectivity (appendix D.2: at t*).
-SCORES.register("el2n")(ScoreKind(default_steps=lambda p: p.el2n_steps, per_model=el2n_per_model))
+SCORES.register("el2n")(ScoreKind(default_steps=lambda p: p.el2n_steps, per_model=el2n_per_model,
+                                  reference="Paul et al. 2021"))
 SCORES.register("forgetting")(ScoreKind(
     default_steps=lambda p: p.train_steps, per_model=forgetting_per_model,
-    hooks=lambda ctx, k: [ForgettingCounter(k, ctx.ds.train_size, ctx.device)]))
+    hooks=lambda ctx, cfg, data, k: [ForgettingCounter(k, ctx.ds.train_size, ctx.device)],
+    reference="Toneva et al. 2019"))
 SCORES.register("lmc")(ScoreKind(default_steps=lambda p: p.t_star, compute=lmc_scores,
-                                 default_models=2))
+                                 default_models=2, reference="Paul et al. 2022, Def. D.1"))
 
 
-def check_score_request(models: int, steps: int) -> None:
+def check_score_request(models: int, steps: int, min_steps: int = 1) -> None:
     if models < 1:
         raise UserError("--models must be >= 1")
-    if steps < 1:
-        raise UserError("--steps must be >= 1")
+    if steps < min_steps:
+        raise UserError(f"--steps must be >= {min_steps}")
 
 
-def compute_scores(ctx: Context, cfg: ScoreConfig) -> Path:
-    """Train the K networks (or reuse them) and write ``scores.npy``; returns its path."""
+def train_members(ctx: Context, cfg: ScoreConfig, run: Run, members: Sequence[int]) -> None:
+    """Train the ensemble members ``members`` of ``run`` that are not done, packed as one
+    model, and save each one's per-example values (``replicate_<m>/<score>.npy``). A member's
+    values do not depend on which members it was packed with (tests train some alone)."""
     kind = SCORES.lookup(cfg.score)
-    check_score_request(cfg.models, cfg.recipe.steps)
-    if cfg.parent is not None and cfg.parent.steps >= cfg.recipe.steps:
-        # children train [t, T): from t >= T nothing, and every barrier would be 0
-        raise UserError(f"lmc scores: the spawn step {cfg.parent.steps} must be smaller than "
-                        f"the {cfg.recipe.steps} iterations of training")
-    run = ctx.store.run(cfg.score, cfg).create()
     data = ctx.train_split(cfg.label_noise, cfg.noise_seed)  # noisy examples score as hard
     everything = np.arange(ctx.ds.train_size)
 
@@ -202,7 +256,30 @@ def compute_scores(ctx: Context, cfg: ScoreConfig) -> Path:
         return StageInputs(init=seeds["init"], seeds=StreamSeeds(seeds["order"], seeds["augment"]),
                            indices=everything)
 
+    stages = [run.stage(m) for m in members]
+    train_stage(ctx, stages, prepare, cfg.recipe, data, label=f"{cfg.score} K={len(stages)}",
+                hooks=lambda k: kind.hooks(ctx, cfg, data, k),
+                artifacts=lambda model, hooks, _: {cfg.score: kind.per_model(ctx, model, hooks, data)})
+
+
+def easy_is_high(name: str) -> bool:
+    """Whether high values of the registered score ``name`` are the easy ones (AUM)."""
+    return SCORES.lookup(name).easy == "high"
+
+
+def compute_scores(ctx: Context, cfg: ScoreConfig) -> Path:
+    """Train the K networks (or reuse them) and write ``scores.npy``; returns its path."""
+    kind = SCORES.lookup(cfg.score)
+    check_score_request(cfg.models, cfg.recipe.steps, kind.min_steps)
+    if cfg.parent is not None and cfg.parent.steps >= cfg.recipe.steps:
+        # children train [t, T): from t >= T nothing, and every barrier would be 0
+        raise UserError(f"lmc scores: the spawn step {cfg.parent.steps} must be smaller than "
+                        f"the {cfg.recipe.steps} iterations of training")
+    run = ctx.store.run(cfg.score, cfg).create()
+
     with run.lock():
+        if not run.is_done() and kind.compute is None:
+            train_members(ctx, cfg, run, range(cfg.models))
         if not run.is_done() and kind.compute is not None:
             scores = kind.compute(ctx, cfg, run)
             if scores.shape != (ctx.ds.train_size,) or not np.all(np.isfinite(scores)):
@@ -212,10 +289,7 @@ def compute_scores(ctx: Context, cfg: ScoreConfig) -> Path:
             run.mark_done({"score": cfg.score, "models": cfg.models})
         if not run.is_done():
             members = [run.stage(m) for m in range(cfg.models)]
-            records = train_stage(
-                ctx, members, prepare, cfg.recipe, data, label=f"{cfg.score} K={cfg.models}",
-                hooks=lambda k: kind.hooks(ctx, k),
-                artifacts=lambda model, hooks, _: {cfg.score: kind.per_model(ctx, model, hooks, data)})
+            records = [m.record() for m in members]
             if any(r.diverged for r in records):
                 raise UserError(f"{cfg.score} scores are not finite (training diverged); see "
                                 f"{run.path}/replicate_*/metrics.jsonl")
@@ -226,3 +300,6 @@ def compute_scores(ctx: Context, cfg: ScoreConfig) -> Path:
             atomic_save_npy(run.file("scores.npy"), scores.astype(np.float32))
             run.mark_done({"score": cfg.score, "models": cfg.models})
     return run.file("scores.npy")
+
+
+from . import scorers  # noqa: E402,F401  (registers every score in lthfast/experiments/scorers/)
