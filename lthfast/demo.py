@@ -20,7 +20,7 @@ import numpy as np
 from . import api
 from .experiments.common import Runtime
 from .files import atomic_write_bytes
-from .plots import curves_by_run, plot_dataset
+from .figures import curves_by_run, imp_figure, save_png
 from .results import imp_rows, read_csv, write_csv
 
 SIZE = 256  # examples in the easy and random subsets (18% of digits' 1,438)
@@ -44,8 +44,8 @@ def run_demo(rt: Runtime, progress=print) -> Path:
     out = Path(rt.out) / "demo"
     table = write_csv(rows, out / "demo.csv")
     rows = read_csv(table)
-    plot_dataset(rows, "digits", out / "demo.png",
-                 title="Lottery tickets on a data diet: digits, ResNet-8")
+    save_png(imp_figure(rows, "Lottery tickets on a data diet: digits, ResNet-8"),
+             out / "demo.png", "demo.csv")
     text = summary(rows, runs)
     atomic_write_bytes(out / "summary.txt", (text + "\n").encode())
     progress(text)
