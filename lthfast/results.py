@@ -177,12 +177,16 @@ def lmc_rows(out: Path, damaged: Optional[Damaged] = None) -> list[dict]:
                     if k not in per_rep and k not in ("replicates", "per_example", "lr",
                                                       "train_steps") and _scalar(v)}
         for r, rep in reps:
+            # words a replicate records (how BN statistics were taken, ...) describe how it
+            # was measured: identity, so barriers measured otherwise never share a curve
+            how = {k: v for k, v in rep.items() if isinstance(v, str)}
             rows.append({"run": path.stem, "parent": run.name, **identity,
                          **{k: summary.get(k, "") for k in ("lr", "train_steps")
                             if identity[k] == ""},
-                         **settings,
+                         **settings, **how,
                          "alphas": " ".join(str(a) for a in summary.get("alphas", [])),
-                         "replicate": r, **{k: v for k, v in rep.items() if _scalar(v)}})
+                         "replicate": r, **{k: v for k, v in rep.items()
+                                            if _scalar(v) and k not in how}})
     return rows
 
 
@@ -400,7 +404,7 @@ def score_rows(out: Path, damaged: Optional[Damaged] = None) -> list[dict]:
                 if damaged is not None:
                     damaged.add(run.scores_file, f"{type(exc).__name__}: {exc}",
                                 "these scores", f"delete it and rerun 'lthfast scores {kind}' "
-                                "with the flags in its config.json")
+                                f"with the flags in its {CONFIG}")
     datasets = {d for _, k, d, *_ in found if k == "el2n"} & {d for _, k, d, *_ in found
                                                              if k == "lmc"}
     return [{"run": run.name, "score": kind, "dataset": d, "steps": steps, "models": models,

@@ -188,6 +188,11 @@ class Run:
         with locked(self.path):
             yield self
 
+    def replicates(self) -> list[int]:
+        """The replicates that have a stage directory, in numeric order (2 before 10)."""
+        return sorted(int(m.group(2)) for p in self.path.glob("replicate_*")
+                      if (m := _STAGE_DIR.fullmatch(p.name)) and m.group(1) == "replicate")
+
     def stage(self, replicate: int, level: Optional[int] = None,
               branch: Optional[str] = None) -> Stage:
         return Stage(self, replicate, level, branch)

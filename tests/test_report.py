@@ -275,3 +275,32 @@ def test_schemes_never_join_barriers_of_children_trained_otherwise():
            for steps, children, barrier in ((40, 2, 0.1), (80, 2, 0.9), (40, 3, 0.2))]
     rows = scheme_rows(imp, lmc)
     assert sorted((r["children"], r["loss_barrier"]) for r in rows) == [(2, 0.1), (3, 0.2)]
+
+
+def test_runs_name_their_files_and_the_report_asks_them(tmp_path):
+    """``Run``/``Stage`` own the layout: summaries of an analysis, per-example arrays; the
+    report's modules hold no file name of the run layout and glob nothing themselves."""
+    import re
+
+    from lthfast.runs import RunStore
+
+    run = RunStore(tmp_path).run("pretrain", {"a": 1})
+    run.path.mkdir(parents=True)
+    for name in ("lmc_0123456789ab.json", "errors.json", "errors_level_3.json",
+                 "grads_0123456789ab.json", "config.json", "errorsx.json"):
+        (run.path / name).write_text("{}")
+    for r in (10, 2):
+        (run.path / f"replicate_{r}").mkdir()
+    assert [p.name for p in run.summaries("errors")] == ["errors.json", "errors_level_3.json"]
+    assert [p.name for p in run.summaries("lmc")] == ["lmc_0123456789ab.json"]
+    assert run.summary("lmc_0123456789ab") == run.path / "lmc_0123456789ab.json"
+    assert run.replicates() == [2, 10]
+    stage = run.stage(1, 3, "lmc_0123456789ab")
+    assert stage.array("loss_barrier") == stage.path / "loss_barrier.npy"
+    assert stage.done_file == stage.path / "done.json"
+    root = Path(__file__).parent.parent / "lthfast"
+    for module in ("results.py", "report.py", "figures.py"):
+        text = (root / module).read_text()
+        code = re.sub(r'"""[\s\S]*?"""', "", text)  # docstrings may name files
+        assert not re.search(r"\.glob\(|\"[^\"\n]*(done|results|config)\.json|\.npy\"|"
+                             r"\"replicate_|\"level_", code), module

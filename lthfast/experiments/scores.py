@@ -208,7 +208,7 @@ def compute_scores(ctx: Context, cfg: ScoreConfig) -> Path:
             if scores.shape != (ctx.ds.train_size,) or not np.all(np.isfinite(scores)):
                 raise UserError(f"{cfg.score} scores are not finite (training diverged?); see "
                                 f"{run.path}")
-            atomic_save_npy(run.file("scores.npy"), scores.astype(np.float32))
+            atomic_save_npy(run.scores_file, scores.astype(np.float32))
             run.mark_done({"score": cfg.score, "models": cfg.models})
         if not run.is_done():
             members = [run.stage(m) for m in range(cfg.models)]
@@ -223,6 +223,6 @@ def compute_scores(ctx: Context, cfg: ScoreConfig) -> Path:
             if scores.shape != (ctx.ds.train_size,) or not np.all(np.isfinite(scores)):
                 raise UserError(f"{cfg.score} scores are not finite (training diverged?); see "
                                 f"{run.path}/replicate_*/metrics.jsonl")
-            atomic_save_npy(run.file("scores.npy"), scores.astype(np.float32))
+            atomic_save_npy(run.scores_file, scores.astype(np.float32))
             run.mark_done({"score": cfg.score, "models": cfg.models})
-    return run.file("scores.npy")
+    return run.scores_file
