@@ -590,7 +590,8 @@ def barriers(report: Path) -> list[Drawing]:
         what = f"{100 * float(w):.3g}% weights, level {level_of[d]}" if w else f"level {level_of[d]}"
         axes[0, col].set(title=f"{d}: {what}", xlabel="pre-train test accuracy of w_{t_r}",
                          ylabel="final test accuracy")
-        axes[1, col].set(xlabel="mean train loss barrier at w_{t_r} (midpoint)",
+        axes[1, col].set(xlabel="mean train loss barrier at w_{t_r}" + (
+                             "" if barrier == "loss_barrier" else " (midpoint)"),
                          ylabel="final test accuracy")
     fig.suptitle("Final sparse accuracy vs the dense\ninitialisation (a point per replicate)")
     _legend(fig, axes)
@@ -747,7 +748,8 @@ def errors(report: Path) -> list[Drawing]:
         Path(report) / "errors_hist.csv").exists() else []
     rows = _table(report, "errors_hist.csv", numeric=("bin_left", "bin_right", "fraction",
                                                       "level", "replicate"))
-    rows = [r for r in rows if r["replicate"] == min(x["replicate"] for x in rows)]
+    first = min(r["replicate"] for r in rows)
+    rows = [r for r in rows if r["replicate"] == first]
     keys = [k for k in key_columns(columns, ("level",)) if k not in ("lr", "train_steps")]
     out = []
     for _, mine in _groups(rows, [k for k in keys if k in COMPARISON]).items():

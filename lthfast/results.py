@@ -41,7 +41,9 @@ class Damaged(list):
     the tables and the command that repairs it."""
 
     def add(self, path: Path, why: str, left_out: str, repair: str) -> None:
-        self.append(f"{path} is damaged ({why}): left out {left_out}; to repair, {repair}")
+        line = f"{path} is damaged ({why}): left out {left_out}; to repair, {repair}"
+        if line not in self:  # a file two tables read is named once
+            self.append(line)
 
 
 def _rerun(run: Run, command: str, delete: Optional[Path] = None) -> str:
@@ -498,18 +500,18 @@ def scheme_rows(imp: list[dict], lmc: list[dict]) -> list[dict]:
         if row["test_acc"] is None or row["diverged"]:
             continue
         key = tuple(str(row[c] if row[c] is not None else "") for c in CONFIG_COLUMNS)
-        base = {"run": row["run"], **{c: row[c] for c in CONFIG_COLUMNS},
-                "replicate": row["replicate"], "pretrain_acc": row["pretrain_acc"],
-                "level": row["level"], "weights_remaining": row["weights_remaining"],
-                "test_acc": row["test_acc"]}
+        ident = {"run": row["run"], **{c: row[c] for c in CONFIG_COLUMNS}}
+        result = {"replicate": row["replicate"], "pretrain_acc": row["pretrain_acc"],
+                  "level": row["level"], "weights_remaining": row["weights_remaining"],
+                  "test_acc": row["test_acc"]}
         found = barriers.get(key, {})
         if not found:
-            out.append(base)
+            out.append(ident | result)
         for how, reps in sorted(found.items(), key=lambda kv: str(kv[0])):
             rep = reps.get(row["replicate"])
-            out.append(base | dict(zip(settings, how)) | {
-                "lmc": rep["run"] if rep else "",
-                **({v: rep.get(v, "") for v in values} if rep else {})})
+            # how the barrier was measured is identity (before ``replicate``), its values after
+            out.append(ident | dict(zip(settings, how)) | {"lmc": rep["run"] if rep else ""}
+                       | result | ({v: rep.get(v, "") for v in values} if rep else {}))
     return sorted(out, key=lambda r: (r["run"], str([r.get(c, "") for c in settings]),
                                       r["replicate"], r["level"]))
 
