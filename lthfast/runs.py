@@ -140,6 +140,20 @@ class Stage:
         """A per-example array the stage saved (``loss_barrier``, ``errors``, ``grad_norms``)."""
         return self.path / f"{name}.npy"
 
+    def load(self, name: str):
+        """A per-example array the finished stage saved. One that cannot be read (truncated,
+        missing) is the one-line ``UserError`` naming it and how to remake it: the stage is
+        marked done, so it must be unmarked for a rerun to measure it again."""
+        import numpy as np
+
+        path = self.array(name)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            why = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable: {exc}"
+            raise UserError(f"{path} is {why}; delete {self.done_file} and rerun the command "
+                            f"to measure {self.name} again") from None
+
     @property
     def done_file(self) -> Path:
         return self.path / DONE

@@ -304,3 +304,21 @@ def test_runs_name_their_files_and_the_report_asks_them(tmp_path):
         code = re.sub(r'"""[\s\S]*?"""', "", text)  # docstrings may name files
         assert not re.search(r"\.glob\(|\"[^\"\n]*(done|results|config)\.json|\.npy\"|"
                              r"\"replicate_|\"level_", code), module
+
+
+def test_a_truncated_stage_array_is_one_line_naming_it_and_the_repair(tmp_path):
+    """``scores lmc`` reads the children's per-example barriers through ``Stage.load``: a
+    truncated ``loss_barrier.npy`` is a ``UserError`` (exit 2), not a numpy traceback."""
+    from lthfast.errors import UserError
+    from lthfast.runs import RunStore
+
+    stage = RunStore(tmp_path).run("pretrain", {"a": 1}).stage(1, None, "lmc_0123456789ab")
+    stage.path.mkdir(parents=True)
+    np.save(stage.array("loss_barrier"), np.arange(100, dtype=np.float32))
+    assert list(stage.load("loss_barrier")) == list(range(100))
+    stage.array("loss_barrier").write_bytes(stage.array("loss_barrier").read_bytes()[:100])
+    with pytest.raises(UserError) as err:
+        stage.load("loss_barrier")
+    message = str(err.value)
+    assert len(message.splitlines()) == 1 and str(stage.array("loss_barrier")) in message
+    assert f"delete {stage.done_file} and rerun" in message

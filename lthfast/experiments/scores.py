@@ -164,8 +164,8 @@ def lmc_scores(ctx: Context, cfg: ScoreConfig, run: Run) -> np.ndarray:
     lcfg = lmc.LmcConfig(recipe=cfg.recipe, start=cfg.parent.steps, children=cfg.children,
                          seed=cfg.seed)
     lmc.write_summary(parent, lcfg, lmc.run(ctx, parent, lcfg))
-    return np.mean([np.load(pre.stage(r, None, lcfg.branch).file("loss_barrier.npy"))
-                    for r in reps], axis=0)
+    return np.mean([pre.stage(r, None, lcfg.branch).load("loss_barrier") for r in reps],
+                   axis=0)
 
 
 # EL2N is read early in training (appendix A); forgetting looks at the whole course of it; LMC
