@@ -21,6 +21,17 @@ words, only the flags that differ between the curves drawn. Kinds:
 - ``onset``: error barrier vs spawn step, the 2% threshold: the onset of linear mode
   connectivity (§2; Fig. 1 right only illustrates the barrier).
 
+Where the paper is silent, and where we differ (the paper's numbers need its scale):
+- Fig. 2's "best size" is the size with the best mean accuracy over the levels every size of
+  that scheme reached; it is chosen for random and hardest subsets too, not only the easiest.
+- Figs. 3 and 5 right use the paper's levels (8/10/12; 11 for CIFAR-100, 7 for CINIC-10) when
+  the runs reached them, else the deepest levels they reached, and say which in the titles.
+- Fig. 5 right's barrier is App. A's midpoint barrier when ``lmc`` records it apart from the
+  connectivity verdict's (columns ``midpoint_loss_barrier`` or ``loss_barrier_midpoint``), else
+  ``loss_barrier``. Fig. 6 averages every replicate's final accuracy, diverged ones included, as
+  the authors do (a diverged replicate without a recorded accuracy counts as 0). Fig. 9 draws
+  one network (the lowest replicate), as the paper's caption says.
+
     lthfast report && lthfast plot fig2     # -> runs/report/fig_best_<comparison>.png/.pdf
 """
 
@@ -31,7 +42,7 @@ import io
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple, Optional
+from typing import Iterable, NamedTuple, Optional
 
 import numpy as np
 
@@ -239,7 +250,16 @@ COMPARISON = tuple(c for c in CONFIG_COLUMNS if c not in SCHEME_FIELDS)
 
 def labels(rows: list[dict]) -> dict[str, str]:
     """run -> a legend naming the subset, t_r and whatever else separates it from the others."""
-    return describe({row["run"]: row for row in rows}, LEGEND_FIELDS, always=("t_r",))
+    out = describe({row["run"]: row for row in rows}, LEGEND_FIELDS, always=("t_r",))
+    seen: dict = defaultdict(int)
+    for run in sorted(out):  # runs the table cannot tell apart: numbered, never hashed
+        seen[out[run]] += 1
+    count: dict = defaultdict(int)
+    for run in sorted(out):
+        if seen[out[run]] > 1:
+            count[out[run]] += 1
+            out[run] = f"{out[run]} (run {count[out[run]]} of {seen[out[run]]})"
+    return out
 
 
 def _groups(rows: list[dict], fields: Iterable[str]) -> dict[tuple, list[dict]]:

@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
 from . import results as R
+from .errors import UserError
 
 
 @dataclass
@@ -46,7 +46,7 @@ def report(out: Path, plots: bool = True) -> Report:
         raise UserError(f"no finished IMP, LMC, warmup or analysis runs under {out}{detail}")
     folder = out / "report"
     done = Report(damaged=damaged)
-    write = lambda rows, name, cols: done.written.append(  # noqa: E731
+    write = lambda rows, name, cols: done.written.append(
         R.write_csv(rows, folder / name, cols))
     if warm:
         write(warm, "warmup.csv", R.WARMUP_COLUMNS)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -437,6 +438,12 @@ def _first_connected(ts: list, means: list, threshold: float):
     return ""
 
 
+def _means(steps: dict, ts: list, col: str) -> list[float]:
+    """Per spawn step, the mean of ``col`` over the rows that have it (NaN where none do)."""
+    vals = [[float(r[col]) for r in steps[t] if r.get(col, "") not in ("", None)] for t in ts]
+    return [sum(v) / len(v) if v else float("nan") for v in vals]
+
+
 def onset_rows(lmc: list[dict], columns: Optional[Iterable[str]] = None) -> list[dict]:
     """The onset of linear mode connectivity (§2): per LMC config but the spawn step, the first
     spawn step after which the mean (train) error barrier stays under the 2% threshold (empty
@@ -452,13 +459,8 @@ def onset_rows(lmc: list[dict], columns: Optional[Iterable[str]] = None) -> list
     for key, steps in sorted(groups.items(), key=lambda kv: str(kv[0])):
         ts = sorted(steps)
 
-        def means(col):
-            vals = [[float(r[col]) for r in steps[t] if r.get(col, "") not in ("", None)]
-                    for t in ts]
-            return [sum(v) / len(v) if v else float("nan") for v in vals]
-
-        train, test = means("error_barrier"), means("test_error_barrier")
-        has_test = any(v == v for v in test)
+        train, test = (_means(steps, ts, c) for c in ("error_barrier", "test_error_barrier"))
+        has_test = any(not math.isnan(v) for v in test)
         out.append(dict(zip(keys, key)) | {
             "spawn_steps": " ".join(map(str, ts)),
             "error_barriers": " ".join(f"{m:.4f}" for m in train),

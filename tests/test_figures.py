@@ -7,15 +7,20 @@ the matplotlib Figure before it is saved; damaged or empty tables are one clear 
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 
-import lthfast.figures as figures
 from lthfast.figures import FIGURES, PAPER
-from lthfast.results import (COLUMNS, GRADS_STEP_COLUMNS, LMC_COLUMNS, SCHEME_COLUMNS,
-                             SCORE_COLUMNS, WARMUP_COLUMNS, ERRORS_HIST_COLUMNS, write_csv)
+from lthfast.results import (
+    COLUMNS,
+    ERRORS_HIST_COLUMNS,
+    GRADS_STEP_COLUMNS,
+    LMC_COLUMNS,
+    SCHEME_COLUMNS,
+    SCORE_COLUMNS,
+    WARMUP_COLUMNS,
+    write_csv,
+)
 
 BASE = {"dataset": "digits", "model": "resnet8", "lr": 0.1, "train_steps": 40,
         "batch_size": 32, "pretrain_lr": 0.2, "label_noise": 0.0, "noise_seed": 0, "seed": 0}
