@@ -382,46 +382,37 @@ def predict(file: Path = typer.Argument(..., help="an imp sweep file: its grid p
 
 @app.command()
 def report(out: Path = OUT,
-           plots: bool = typer.Option(True, "--plots/--no-plots", help="also draw one PNG per dataset")):
-    """Collect runs into tables under OUT/report, one per kind of result (imp.csv; lmc.csv,
-    lmc_onset.csv and schemes.csv, warmup.csv, analyses.csv when there are such runs) and
-    plots; prints the paths, imp.csv last."""
-    from .plots import plot_dataset
-    from .results import (ANALYSIS_COLUMNS, LMC_COLUMNS, ONSET_COLUMNS, SCHEME_COLUMNS,
-                          WARMUP_COLUMNS, analysis_rows, imp_rows, lmc_rows, onset_rows,
-                          read_csv, scheme_rows, warmup_rows, write_csv)
+           plots: bool = typer.Option(True, "--plots/--no-plots",
+                                      help="also draw accuracy vs sparsity per comparison")):
+    """Collect runs into tables under OUT/report, one per kind of result (imp.csv, lmc.csv, ...;
+    see lthfast.report) and plots; names damaged files on stderr; prints the paths, imp.csv
+    last."""
+    from .report import report as make_report
 
-    rows, lmc, warm, other = imp_rows(out), lmc_rows(out), warmup_rows(out), analysis_rows(out)
-    if not (rows or lmc or warm or other):
-        raise UserError(f"no finished IMP, LMC, warmup or analysis runs under {out}")
-    report_dir = Path(out) / "report"
-    if warm:
-        print(write_csv(warm, report_dir / "warmup.csv", WARMUP_COLUMNS))
-    if other:
-        print(write_csv(other, report_dir / "analyses.csv", ANALYSIS_COLUMNS))
-    if lmc:
-        print(write_csv(lmc, report_dir / "lmc.csv", LMC_COLUMNS))
-        print(write_csv(onset_rows(lmc), report_dir / "lmc_onset.csv", ONSET_COLUMNS))
-        if rows:
-            print(write_csv(scheme_rows(rows, lmc), report_dir / "schemes.csv", SCHEME_COLUMNS))
-    if not rows:
-        return
-    table = write_csv(rows, report_dir / "imp.csv")
-    if plots:
-        rows = read_csv(table)  # plots read the table, nothing else
-        for dataset in sorted({r["dataset"] for r in rows}):
-            print(plot_dataset(rows, dataset, report_dir / f"imp_{dataset}.png"))
-    print(table)
+    done = make_report(out, plots)
+    for line in done.damaged:
+        print(f"warning: {line}", file=sys.stderr)
+    for path in done.written:
+        print(path)
 
 
 @app.command()
-def plot(figure: str = typer.Argument(..., help="sparsity, size, onset, barriers, warmup, grads "
-                                                "or errors"),
-         out: Path = OUT):
-    """Draw one kind of the paper's figures from OUT/report tables (run 'lthfast report'
-    first); prints the PNG and PDF paths."""
-    from .figures import plot as draw
+def plot(figure: Optional[str] = typer.Argument(
+             None, help="a figure kind (best, sparsity, size, ...) or the paper's name (fig1 "
+                        "... fig15)"),
+         out: Path = OUT,
+         list_: bool = typer.Option(False, "--list", metavar="",
+                                    help="print the paper's figures and what draws them")):
+    """Draw the paper's figures from OUT/report tables (run 'lthfast report' first); prints
+    the PNG and PDF paths."""
+    from .figures import figure_map, plot as draw
 
+    if list_:
+        print(figure_map())
+        return
+    if figure is None:
+        raise UserError("name a figure (e.g. 'lthfast plot fig2'; 'lthfast plot --list' shows "
+                        "them all)")
     for path in draw(figure, Path(out) / "report"):
         print(path)
 

@@ -40,7 +40,7 @@ from . import api
 from .config import PRESETS
 from .experiments.common import Runtime
 from .files import atomic_write_bytes, atomic_write_json
-from .plots import curves_by_run
+from .figures import curves_by_run
 from .results import imp_rows, read_csv, write_csv
 
 REWIND_TO_INIT = "all data, t_r = 0 (rewind to init)"
@@ -82,8 +82,9 @@ def out_dir(out: Path, seed: int) -> Path:
 
 
 def mean_std(values) -> dict:
-    v = np.asarray(values, dtype=float)
-    return {"mean": float(v.mean()), "std": float(v.std()), "values": v.tolist()}
+    v = np.asarray(values, dtype=float)  # the sample std (ddof = 1), as the report's tables
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "values": v.tolist()}
 
 
 # ------------------------------------------------------------------------------------------------

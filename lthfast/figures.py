@@ -1,36 +1,94 @@
-"""Every kind of figure in the paper, drawn from ``lthfast report`` tables only (never from
-checkpoints), as PNG and PDF with one style; each file's metadata names the table and runs.
+"""The paper's figures, drawn from ``lthfast report`` tables only (never from checkpoints), as
+PNG and PDF in one style; each file's metadata names the table it was drawn from.
 
-Figures (``lthfast plot NAME``):
-- ``sparsity``: test accuracy vs % weights remaining per dataset (Figs. 2, 4, 12-15; log x,
-  mean ± std bands, all-data baselines dashed);
-- ``size``: accuracy vs subset size at fixed levels (Fig. 3);
-- ``onset``: error and loss barrier vs spawn step, 2% line (Fig. 1 right);
-- ``barriers``: final sparse accuracy vs mean barrier and vs pre-training accuracy (Fig. 5 right);
-- ``warmup``: final accuracy vs warmup length per warmup subset (Fig. 6);
-- ``grads``: gradient norm, coherence and learning speed per scheme (Figs. 7-8);
-- ``errors``: per-example error quantiles, dense vs sparse projections (Fig. 9).
+``lthfast plot NAME`` takes a kind below or the paper's name of a figure (``fig1`` ... ``fig15``;
+``lthfast plot --list`` prints the map). A kind draws one figure per comparison the paper makes
+(a comparison: runs that share everything but what the paper varies in that figure); a curve is
+one configuration (every flag; replicates are averaged, mean ± std), and a legend names, in
+words, only the flags that differ between the curves drawn. Kinds:
 
-    lthfast report && lthfast plot sparsity     # -> runs/report/fig_sparsity_<dataset>.png/.pdf
+- ``best``: accuracy vs weights remaining, the best easy/random/hard subset size (Fig. 2);
+- ``sparsity``: the same, one panel per subset size (Figs. 4, 11-15);
+- ``size``: accuracy vs subset size at levels 8, 10, 12, all-data baselines as lines (Fig. 3);
+- ``barrier_hist``: distributions of per-example train loss barriers (Fig. 5 left, centre);
+- ``barriers``: final sparse accuracy vs pre-training accuracy and vs mean train loss barrier,
+  a point per replicate, a panel per dataset (Fig. 5 right);
+- ``warmup``: final accuracy vs warmup length, a panel per subset size (Fig. 6);
+- ``dynamics``: accuracies and gradient coherence vs step (Fig. 7);
+- ``grad_norms``: histograms of per-batch gradient norms (Fig. 8);
+- ``errors``: per-example error distributions, dense vs sparse projection (Fig. 9);
+- ``scores``: EL2N vs LMC scores, a point per example (Fig. 10);
+- ``onset``: error barrier vs spawn step, the 2% threshold: the onset of linear mode
+  connectivity (§2; Fig. 1 right only illustrates the barrier).
+
+Where the paper is silent, and where we differ (the paper's numbers need its scale):
+- Fig. 2's "best size" is the size with the best mean accuracy over the levels every size of
+  that scheme reached; it is chosen for random and hardest subsets too, not only the easiest.
+- Figs. 3 and 5 right use the paper's levels (8/10/12; 11 for CIFAR-100, 7 for CINIC-10) when
+  the runs reached them, else the deepest levels they reached, and say which in the titles.
+- Fig. 5 right's barrier is App. A's midpoint barrier when ``lmc`` records it apart from the
+  connectivity verdict's (columns ``midpoint_loss_barrier`` or ``loss_barrier_midpoint``), else
+  ``loss_barrier``. Fig. 6 averages every replicate's final accuracy, diverged ones included, as
+  the authors do (a diverged replicate without a recorded accuracy counts as 0). Fig. 9 draws
+  one network (the lowest replicate), as the paper's caption says.
+
+    lthfast report && lthfast plot fig2     # -> runs/report/fig_best_<comparison>.png/.pdf
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable
+from typing import Iterable, NamedTuple, Optional
 
 import numpy as np
 
 from .errors import UserError
 from .files import atomic_write_bytes
-from .plots import LABEL_FIELDS, curves_by_run, describe, labels
 from .registry import Registry
-from .results import CONFIG_COLUMNS, ONSET_KEY, onset_key, read_csv
+from .results import CONFIG_COLUMNS, key_columns, read_csv
 
-FIGURES = Registry("figure")  # name -> fn(report_dir) -> list of written paths
+
+class Drawing(NamedTuple):
+    stem: str  # fig_<stem>.png / .pdf
+    figure: object  # a matplotlib Figure, inspectable before it is saved
+    source: str  # the table(s) it was drawn from (file metadata)
+
+
+FIGURES = Registry("figure")  # kind -> fn(report_dir) -> list[Drawing]
+
+# The paper's figures -> (kinds that draw them, what the paper shows)
+PAPER = {
+    "fig1": (("onset",), "Fig. 1 right only illustrates the train loss barrier; 'onset' draws "
+                         "the error barrier vs spawn step and the onset of LMC (§2)"),
+    "fig2": (("best",), "accuracy vs sparsity: best easy / random / hard size vs all-data "
+                        "baselines"),
+    "fig3": (("size",), "accuracy vs subset size at 16.8%, 10.7%, 6.9% weights (levels 8/10/12)"),
+    "fig4": (("sparsity",), "label noise during pre-training (a figure per noise level)"),
+    "fig5": (("barrier_hist", "barriers"), "per-example train loss barrier histograms; final "
+                                           "accuracy vs pre-train accuracy and mean barrier"),
+    "fig6": (("warmup",), "final accuracy vs learning-rate warmup length per subset"),
+    "fig7": (("dynamics",), "accuracies (a) and gradient coherence (b) vs step, easy vs all"),
+    "fig8": (("grad_norms",), "histogram of per-batch gradient norms, easy vs random"),
+    "fig9": (("errors",), "per-example error distributions, level 0 vs a sparse level"),
+    "fig10": (("scores",), "EL2N vs LMC scores per example"),
+    "fig11": (("sparsity",), "pre-training on lowest LMC scores (legend: ranked by lmc)"),
+    "fig12": (("sparsity",), "pre-training on lowest forgetting vs EL2N scores"),
+    "fig13": (("sparsity",), "Fig. 2 across subset sizes: a panel per size"),
+    "fig14": (("sparsity",), "Fig. 2 across subset sizes on CINIC-10: a panel per size"),
+    "fig15": (("sparsity",), "label noise across subset sizes: a panel per size"),
+}
+
+
+def figure_map() -> str:
+    """``lthfast plot --list``: the paper's names, the kinds that draw them, what they show."""
+    lines = [f"{name:6s} -> {', '.join(kinds):24s} {what}" for name, (kinds, what) in PAPER.items()]
+    lines.append("table1 -> (no figure) Table 1's hyperparameters are the dataset presets "
+                 "(lthfast/config.py)")
+    return "\n".join(lines)
 
 
 def _pyplot():
@@ -40,224 +98,808 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     plt.rcParams.update({"font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
-                         "legend.fontsize": 7, "figure.figsize": (6.4, 4.2)})
+                         "legend.fontsize": 7, "axes.spines.top": False,
+                         "axes.spines.right": False})
     return plt
 
 
-def _table(report: Path, name: str) -> list[dict]:
-    path = report / name
+def _figure(rows: int = 1, cols: int = 1, width: float = 4.2, height: float = 3.3, **kw):
+    """A figure with room for a legend beneath the panels (legends never cover data)."""
+    fig, axes = _pyplot().subplots(rows, cols, squeeze=False, layout="constrained",
+                                   figsize=(max(width * cols, 5.6), height * rows + 0.6), **kw)
+    return fig, axes
+
+
+def _legend(fig, axes) -> None:
+    """One legend for the figure, under the panels, each label once."""
+    seen = {}
+    for ax in np.ravel(axes):
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if not label.startswith("_"):
+                seen.setdefault(label, handle)
+    if seen:
+        # as many columns as fit the figure's width (a clipped legend names nothing)
+        width_pt = fig.get_figwidth() * 72
+        longest = max(len(label) for label in seen) * 4.3 + 28  # 7 pt text, marker and gap
+        ncols = max(1, min(3, len(seen), int(width_pt // longest)))
+        fig.legend(seen.values(), seen.keys(), loc="outside lower center", ncols=ncols,
+                   frameon=False)
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+def _remake(path: Path) -> str:
+    return f"rerun 'lthfast report' to write {path.name} again"
+
+
+def _table(report: Path, name: str, numeric: Iterable[str] = (),
+           required: Iterable[str] = ()) -> list[dict]:
+    """A report table's rows, ``numeric`` columns as floats (empty: NaN). Missing, cut, garbled
+    or empty tables are one ``UserError`` line naming the file and what to do."""
+    path = Path(report) / name
     if not path.exists():
         raise UserError(f"{path} is missing: run 'lthfast report' first (it needs runs of "
                         f"the kind this figure draws)")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    numeric, required = tuple(numeric), tuple(required)
+    rows = []
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            lacking = [c for c in (*required, *numeric) if c not in header]
+            if header and lacking:
+                raise UserError(f"{path} is not a table this figure reads (no column "
+                                f"{', '.join(lacking)}): {_remake(path)}")
+            for row in reader:
+                if None in row or None in row.values():
+                    raise UserError(f"{path} line {reader.line_num}: the row has "
+                                    f"{'more' if None in row else 'fewer'} cells than the "
+                                    f"header (cut or damaged): {_remake(path)}")
+                for c in numeric:
+                    try:
+                        row[c] = float(row[c]) if row[c] != "" else math.nan
+                    except ValueError:
+                        raise UserError(f"{path} line {reader.line_num}: {c} = {row[c]!r} is "
+                                        f"not a number: {_remake(path)}") from None
+                rows.append(row)
+    except csv.Error as exc:
+        raise UserError(f"{path} is not a readable CSV table ({exc}): {_remake(path)}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text CSV table: {_remake(path)}") from None
+    if not rows:
+        raise UserError(f"{path} has no rows: nothing to draw (run the experiments this figure "
+                        f"needs, then 'lthfast report')")
+    return rows
 
 
 def _imp(report: Path) -> list[dict]:
-    _table(report, "imp.csv")  # the one error line when it is missing
-    return read_csv(report / "imp.csv")
+    path = Path(report) / "imp.csv"
+    _table(report, "imp.csv", required=("run", "dataset", "level", "test_acc"))  # clear errors
+    return read_csv(path)
 
 
-def _save(fig, report: Path, stem: str, source: str) -> list[Path]:
-    out = []
-    for fmt in ("png", "pdf"):
-        buf = io.BytesIO()
-        meta = {"Subject": source} if fmt == "pdf" else {"Source": source}
-        fig.savefig(buf, format=fmt, dpi=120, metadata=meta)
-        out.append(atomic_write_bytes(report / f"fig_{stem}.{fmt}", buf.getvalue()))
+def _columns(report: Path, name: str) -> list[str]:
+    with open(Path(report) / name, newline="") as f:
+        return next(csv.reader(f), [])
+
+
+# --- legends in words -----------------------------------------------------------------------
+
+def _word(field: str, value, letters: dict) -> str:
+    """One flag's value as a legend says it."""
+    v = value
+    fmt = {
+        "dataset": lambda: str(v), "model": lambda: str(v),
+        "subset_size": lambda: f"{v} examples", "rank_by": lambda: f"ranked by {v}",
+        "scores": lambda: f"scores {letters.setdefault(v, chr(65 + len(letters)))}",
+        "class_balanced": lambda: "class-balanced" if str(v) == "True" else "not class-balanced",
+        "offset": lambda: f"offset {v}", "subset_seed": lambda: f"subset seed {v}",
+        "shared_subset": lambda: "one subset for all replicates" if str(v) == "True"
+        else "a subset per replicate",
+        "t_r": lambda: f"t_r = {v}", "spawn_step": lambda: f"spawned at {v}",
+        "pretrain_lr": lambda: f"pre-training lr {v}", "lr": lambda: f"lr {v}",
+        "train_steps": lambda: f"{v} training steps", "batch_size": lambda: f"batch {v}",
+        "label_noise": lambda: f"{float(v):.0%} label noise", "noise_seed": lambda: f"noise seed {v}",
+        "seed": lambda: f"seed {v}", "children": lambda: f"{v} children",
+        "alphas": lambda: f"α = {v}", "bn": lambda: f"BN {v}", "level": lambda: f"level {v}",
+        "warmup": lambda: f"warmup {v}",
+    }.get(field, lambda: f"{field.replace('_', ' ')} {v}")
+    return fmt()
+
+
+SCHEME_WORDS = {"all": "all data", "random": "random", "easy": "easiest", "hard": "hardest"}
+
+
+def describe(configs: dict, fields: Iterable[str], always: Iterable[str] = ()) -> dict:
+    """key -> a legend: the subset in words (with its size), then every field of ``fields``
+    whose value differs between ``configs`` (key -> columns), and the ``always`` fields. A
+    field only some configs set (the subset seed of an all-data run) is named only where
+    nothing else tells them apart. Never a hash: ranking scores that differ are 'scores A/B'."""
+    unset = (None, "")
+    fields, always = list(fields), list(always)
+    letters: dict = {}
+
+    def legends(with_unset: bool) -> dict:
+        def differs(f):
+            vals = {str(c.get(f)) for c in configs.values()
+                    if with_unset or c.get(f) not in unset}
+            return len(vals) > 1
+
+        varying = [f for f in fields if f in always or differs(f)]
+        out = {}
+        for key, c in configs.items():
+            parts = []
+            if "subset" in c:
+                parts.append(SCHEME_WORDS.get(c["subset"], str(c["subset"])) + (
+                    f" {c['subset_size']}" if c.get("subset_size") not in unset else ""))
+            parts += [_word(f, c[f], letters) for f in varying
+                      if f not in ("subset", "subset_size") and c.get(f) not in unset]
+            out[key] = ", ".join(parts) or "all runs"
+        return out
+
+    out = legends(with_unset=False)
+    return out if len(set(out.values())) == len(out) else legends(with_unset=True)
+
+
+# What a legend may name about an IMP run (every config column), and what a comparison fixes.
+LEGEND_FIELDS = tuple(c for c in CONFIG_COLUMNS if c not in ("subset", "subset_size"))
+SCHEME_FIELDS = ("subset", "subset_size", "rank_by", "scores", "class_balanced", "offset",
+                 "subset_seed", "shared_subset", "t_r")
+COMPARISON = tuple(c for c in CONFIG_COLUMNS if c not in SCHEME_FIELDS)
+
+
+def labels(rows: list[dict]) -> dict[str, str]:
+    """run -> a legend naming the subset, t_r and whatever else separates it from the others."""
+    out = describe({row["run"]: row for row in rows}, LEGEND_FIELDS, always=("t_r",))
+    seen: dict = defaultdict(int)
+    for run in sorted(out):  # runs the table cannot tell apart: numbered, never hashed
+        seen[out[run]] += 1
+    count: dict = defaultdict(int)
+    for run in sorted(out):
+        if seen[out[run]] > 1:
+            count[out[run]] += 1
+            out[run] = f"{out[run]} (run {count[out[run]]} of {seen[out[run]]})"
     return out
 
 
-def _num(value: str) -> float:
-    return float(value) if value not in ("", None) else float("nan")
+def _groups(rows: list[dict], fields: Iterable[str]) -> dict[tuple, list[dict]]:
+    out = defaultdict(list)
+    for r in rows:
+        out[tuple(str(r.get(f, "")) for f in fields)].append(r)
+    return dict(sorted(out.items()))
+
+
+def _title(rows: list[dict], fields: Iterable[str], all_rows: list[dict]) -> tuple[str, str]:
+    """A comparison's title (its fixed flags that differ from other comparisons', in words,
+    dataset and model always) and a file-name stem made of the same values."""
+    fields = [f for f in fields if f in ("dataset", "model")
+              or len({str(r.get(f, "")) for r in all_rows}) > 1]
+    first, letters = rows[0], {}
+    words = [_word(f, first.get(f, ""), letters) for f in fields if first.get(f, "") not in ("", None)]
+    stem = "_".join(str(first.get(f, "")) for f in fields if first.get(f, "") not in ("", None))
+    return ", ".join(words), "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in stem)
+
+
+# --- IMP: accuracy vs sparsity --------------------------------------------------------------
+
+def curves_by_run(rows: list[dict]) -> dict[str, dict[str, np.ndarray]]:
+    """run -> weights remaining, mean, std and count of test accuracy per level (finite
+    replicates only; a diverged replicate has no accuracy to average)."""
+    by = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row["test_acc"] is not None and not row["diverged"]:
+            by[row["run"]][row["level"]].append((row["weights_remaining"], row["test_acc"]))
+    out = {}
+    for name, levels in sorted(by.items()):
+        order = sorted(levels)
+        out[name] = {
+            "level": np.array(order),
+            "weights": np.array([np.mean([w for w, _ in levels[k]]) for k in order]),
+            "mean": np.array([np.mean([a for _, a in levels[k]]) for k in order]),
+            "std": np.array([np.std([a for _, a in levels[k]], ddof=1) if len(levels[k]) > 1
+                             else 0.0 for k in order]),
+            "n": np.array([len(levels[k]) for k in order]),
+        }
+    return out
+
+
+def curves(rows: list[dict]) -> dict[str, dict[str, np.ndarray]]:
+    """legend -> curve (see ``curves_by_run``), one per run, i.e. per config."""
+    names = labels(rows)
+    return {names[run]: c for run, c in curves_by_run(rows).items()}
+
+
+def _percent_axis(ax, weights: Iterable[float]) -> None:
+    """Weights remaining on a log axis, falling left to right, ticked at the levels drawn with
+    plain labels (100%, 51%, 26%, ...)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ws = sorted({round(float(w), 6) for w in weights if w and w > 0}, reverse=True)
+    ticks = ws[::max(1, math.ceil(len(ws) / 7))]
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}%" if v < 10 else f"{v:.0f}%"))
+    if ws:
+        ax.set_xlim(ws[0] * 1.08, ws[-1] / 1.08)  # inverted: dense on the left
+
+
+def _plain_log(ax, values: Iterable[float]) -> None:
+    """A log x axis ticked at the values drawn, labelled as plain numbers."""
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    ax.set_xscale("log")
+    ticks = sorted({float(v) for v in values if v and v > 0})
+    if ticks:
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.set_xlim(ticks[0] / 1.25, ticks[-1] * 1.25)
+
+
+STYLE = {"all": dict(linestyle="--", marker=None), "random": dict(marker="o"),
+         "easy": dict(marker="^"), "hard": dict(marker="x")}
+
+
+def _draw_runs(ax, rows: list[dict], names: dict[str, str],
+               colours: Optional[dict] = None) -> None:
+    """Curves of IMP runs; ``colours`` (run -> colour) keeps a run's colour across panels."""
+    subsets = {r["run"]: r["subset"] for r in rows}
+    for run, c in curves_by_run(rows).items():
+        x = 100 * c["weights"]
+        kw = {"color": colours[run]} if colours and run in colours else {}
+        line, = ax.plot(x, c["mean"], markersize=4, label=names[run], **kw,
+                        **STYLE.get(subsets[run], dict(marker="s")))
+        ax.fill_between(x, c["mean"] - c["std"], c["mean"] + c["std"], alpha=0.15,
+                        color=line.get_color(), linewidth=0)
+    _percent_axis(ax, [w * 100 for r in rows for w in [r["weights_remaining"]] if w])
+    ax.set(xlabel="weights remaining", ylabel="test accuracy (mean ± std)")
+
+
+def _best_sizes(rows: list[dict]) -> list[dict]:
+    """Fig. 2: all-data runs, and per sized scheme (its subset kind and every flag but the size)
+    the size with the best mean accuracy over the levels all its sizes reached."""
+    curves_ = curves_by_run(rows)
+    by_scheme = defaultdict(list)
+    for run in {r["run"] for r in rows if r["subset_size"] is not None}:
+        if run not in curves_:
+            continue
+        first = next(r for r in rows if r["run"] == run)
+        by_scheme[tuple(str(first.get(c)) for c in CONFIG_COLUMNS if c != "subset_size")].append(run)
+    keep = {r["run"] for r in rows if r["subset_size"] is None}
+    for runs in by_scheme.values():
+        depth = min(len(curves_[run]["mean"]) for run in runs)
+        keep.add(max(runs, key=lambda run: float(np.mean(curves_[run]["mean"][:depth]))))
+    return [r for r in rows if r["run"] in keep]
+
+
+def _imp_comparisons(report: Path):
+    rows = _imp(report)
+    if not any(r["test_acc"] is not None and not r["diverged"] for r in rows):
+        raise UserError(f"{Path(report) / 'imp.csv'} has no finite IMP result: nothing to draw")
+    for key, mine in _groups(rows, COMPARISON).items():
+        yield mine, _title(mine, COMPARISON, rows)
+
+
+@FIGURES.register("best")
+def best(report: Path) -> list[Drawing]:
+    out = []
+    for mine, (title, stem) in _imp_comparisons(report):
+        mine = _best_sizes(mine)
+        fig, axes = _figure(width=5.2, height=3.8)
+        _draw_runs(axes[0, 0], mine, labels(mine))
+        axes[0, 0].set_title(f"IMP with rewinding, best subset size: {title}")
+        _legend(fig, axes)
+        out.append(Drawing(f"best_{stem}", fig, "imp.csv"))
+    return out
 
 
 @FIGURES.register("sparsity")
-def sparsity(report: Path) -> list[Path]:
-    plt, rows, written = _pyplot(), _imp(report), []
-    for dataset in sorted({r["dataset"] for r in rows}):
-        mine = [r for r in rows if r["dataset"] == dataset]
-        names, subsets = labels(mine), {r["run"]: r["subset"] for r in mine}
-        fig, ax = plt.subplots()
-        for run, c in curves_by_run(mine).items():
-            x = 100 * c["weights"]
-            ax.plot(x, c["mean"], marker="o", markersize=3, label=names[run],
-                    linestyle="--" if subsets[run] == "all" else "-")
-            ax.fill_between(x, c["mean"] - c["std"], c["mean"] + c["std"], alpha=0.2)
-        ax.set(xscale="log", xlabel="weights remaining (%)", ylabel="test accuracy",
-               title=f"IMP with rewinding: {dataset}")
-        ax.invert_xaxis()
-        ax.legend()
-        fig.tight_layout()
-        written += _save(fig, report, f"sparsity_{dataset}",
-                         f"imp.csv; runs {' '.join(sorted(names))}")
-        plt.close(fig)
-    return written
+def sparsity(report: Path) -> list[Drawing]:
+    """A figure per comparison, a panel per subset size (all-data runs in every panel)."""
+    out = []
+    for mine, (title, stem) in _imp_comparisons(report):
+        sizes = sorted({r["subset_size"] for r in mine if r["subset_size"] is not None})
+        fig, axes = _figure(1, max(1, len(sizes)), width=4.0, height=3.4, sharey=True)
+        names = labels(mine)
+        colours = {run: f"C{i % 10}" for i, run in enumerate(sorted(names, key=names.get))}
+        for ax, size in zip(axes[0], sizes or [None]):
+            panel = [r for r in mine if r["subset_size"] in (size, None)]
+            _draw_runs(ax, panel, names, colours)
+            ax.set_title(f"subsets of {size} examples" if size else "all data")
+        fig.suptitle(f"IMP with rewinding: {title}")
+        _legend(fig, axes)
+        out.append(Drawing(f"sparsity_{stem}", fig, "imp.csv"))
+    return out
 
 
-# A curve of Fig. 3: a run's whole config but its subset size (and replicate), so runs that
-# differ in label noise, seed, lr, ... at the same sizes stay apart (paper.sh makes such runs).
-SIZE_CURVE = tuple(c for c in CONFIG_COLUMNS if c != "subset_size")
-# What a legend may name: every config column (the dataset where a figure does not say it).
-LEGEND_FIELDS = (*LABEL_FIELDS, "shared_subset", "noise_seed")
+PAPER_LEVELS = (8, 10, 12)  # Fig. 3: 16.8%, 10.7%, 6.9% weights remaining
 
 
 def size_curves(rows: list[dict]) -> dict[str, dict[int, dict[int, list[float]]]]:
     """legend -> level -> subset size -> test accuracies of the finite replicates, from imp.csv
-    rows of sized subsets; a legend names the dataset and whatever else tells curves apart."""
+    rows of sized subsets; a curve is the whole config but the subset size."""
     by = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    keys = tuple(c for c in CONFIG_COLUMNS if c != "subset_size")
     for r in rows:
         if r["subset_size"] and r["test_acc"] is not None and not r["diverged"]:
-            key = tuple(r[c] for c in SIZE_CURVE)
-            by[key][r["level"]][r["subset_size"]].append(r["test_acc"])
-    configs = {key: dict(zip(SIZE_CURVE, key)) for key in by}
-    names = describe(configs, LEGEND_FIELDS)
-    return dict(sorted((f"{configs[key]['dataset']} {names[key]}", by[key]) for key in by))
+            by[tuple(r[c] for c in keys)][r["level"]][r["subset_size"]].append(r["test_acc"])
+    configs = {key: dict(zip(keys, key)) for key in by}
+    names = describe(configs, [f for f in LEGEND_FIELDS if f != "subset_size"], always=("t_r",))
+    return dict(sorted((names[key], by[key]) for key in by))
 
 
 @FIGURES.register("size")
-def size(report: Path) -> list[Path]:
-    plt, curves = _pyplot(), size_curves(_imp(report))
-    if not curves:
-        raise UserError("no IMP runs on subsets of a given size in imp.csv")
-    levels = sorted({level for c in curves.values() for level in c})
-    picked = sorted({levels[len(levels) // 2], levels[-1]})
-    fig, axes = plt.subplots(1, len(picked), squeeze=False, figsize=(4 * len(picked), 3.6))
-    for ax, level in zip(axes[0], picked):
-        for label, by_level in curves.items():
-            sizes = by_level.get(level)
-            if not sizes:  # no run of this curve reached the level
-                continue
-            xs = sorted(sizes)
-            means = [np.mean(sizes[x]) for x in xs]
-            stds = [np.std(sizes[x]) for x in xs]
-            ax.errorbar(xs, means, yerr=stds, marker="o", markersize=3, capsize=2, label=label)
-        ax.set(xscale="log", xlabel="subset size", ylabel="test accuracy",
-               title=f"level {level}")
-        ax.legend()
-    fig.tight_layout()
-    paths = _save(fig, report, "size", "imp.csv")
-    plt.close(fig)
-    return paths
+def size(report: Path) -> list[Drawing]:
+    out = []
+    for mine, (title, stem) in _imp_comparisons(report):
+        curves_ = size_curves(mine)
+        if not curves_:
+            continue
+        reached = sorted({level for c in curves_.values() for level in c})
+        levels = [lv for lv in PAPER_LEVELS if lv in reached] or reached[-3:]
+        fig, axes = _figure(1, len(levels), width=3.8, height=3.4, sharey=True)
+        base = curves_by_run([r for r in mine if r["subset_size"] is None])
+        base_t = {r["run"]: r["t_r"] for r in mine if r["subset_size"] is None}
+        weights = {r["level"]: r["weights_remaining"] for r in mine}
+        for ax, level in zip(axes[0], levels):
+            for label, by_level in curves_.items():
+                sizes = by_level.get(level)
+                if not sizes:
+                    continue
+                xs = sorted(sizes)
+                ax.errorbar(xs, [np.mean(sizes[x]) for x in xs],
+                            yerr=[np.std(sizes[x], ddof=1) if len(sizes[x]) > 1 else 0
+                                  for x in xs], marker="o", markersize=3, capsize=2, label=label)
+            for i, (run, c) in enumerate(sorted(base.items(), key=lambda kv: base_t[kv[0]])):
+                if level in c["level"]:
+                    k = list(c["level"]).index(level)
+                    ax.axhline(c["mean"][k], linestyle="--", color=f"C{7 + i % 3}",
+                               label=f"all data, t_r = {base_t[run]}")
+            _plain_log(ax, [x for c in curves_.values() for x in c.get(level, {})])
+            ax.set(xlabel="subset size (examples)", ylabel="test accuracy (mean ± std)",
+                   title=f"{100 * weights.get(level, 0.8 ** level):.3g}% weights (level {level})")
+        fig.suptitle(f"Accuracy vs pre-training subset size: {title}")
+        _legend(fig, axes)
+        out.append(Drawing(f"size_{stem}", fig, "imp.csv"))
+    if not out:
+        raise UserError("imp.csv has no IMP runs on subsets of a given size: nothing to draw")
+    return out
+
+
+# --- LMC ------------------------------------------------------------------------------------
+
+def _symlog_steps(ax, steps: Iterable[float], label: str) -> None:
+    """Steps on a log axis that still shows t = 0 apart from t = 1 (linear below 1)."""
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    steps = sorted(set(steps))
+    ax.set_xscale("symlog", linthresh=1, linscale=0.5)
+    ax.xaxis.set_major_locator(FixedLocator(steps if len(steps) <= 8 else steps[::2]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlabel(label)
 
 
 @FIGURES.register("onset")
-def onset(report: Path) -> list[Path]:
-    plt, rows = _pyplot(), _table(report, "lmc.csv")
-    by = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        if r["level"] == "":  # children of dense parents w_t, t the spawn step
-            by[onset_key(r)][int(r["spawn_step"])].append(
-                (_num(r["error_barrier"]), _num(r["loss_barrier"])))
-    if not by:
+def onset(report: Path) -> list[Drawing]:
+    columns = _columns(report, "lmc.csv") if (Path(report) / "lmc.csv").exists() else []
+    rows = _table(report, "lmc.csv", numeric=("spawn_step", "error_barrier", "loss_barrier"),
+                  required=("level", "replicate"))
+    rows = [r for r in rows if r["level"] == ""]  # children of dense parents w_t
+    if not rows:
         raise UserError("lmc.csv has no children of a dense parent: run 'lthfast lmc' without "
                         "--level at a few --steps, then 'lthfast report'")
-    configs = {key: dict(zip(ONSET_KEY, key)) for key in by}
-    names = describe(configs, (*LEGEND_FIELDS, "children", "alphas"), always=())
-    fig, (ax_e, ax_l) = plt.subplots(1, 2, figsize=(9, 3.6))
-    for label, steps in sorted((f"{configs[k]['dataset']} {names[k]}", by[k]) for k in by):
-        xs = sorted(steps)
-        for ax, i in ((ax_e, 0), (ax_l, 1)):
-            ax.plot([max(x, 1) for x in xs], [np.mean([v[i] for v in steps[x]]) for x in xs],
-                    marker="o", markersize=3, label=label)
-    ax_e.axhline(0.02, color="k", linestyle=":", label="2% (connected below)")
-    ax_e.set(xscale="log", xlabel="spawn step t (0 drawn at 1)", ylabel="error barrier")
-    ax_l.set(xscale="log", xlabel="spawn step t (0 drawn at 1)", ylabel="loss barrier")
-    ax_e.legend()
-    fig.tight_layout()
-    paths = _save(fig, report, "onset", "lmc.csv")
-    plt.close(fig)
-    return paths
+    has_test = "test_error_barrier" in columns
+    keys = key_columns(columns, ("t_r", "spawn_step"))
+    threshold = _threshold()
+    out = []
+    for _, mine in _groups(rows, [k for k in keys if k in ("dataset", "model")]).items():
+        by = defaultdict(lambda: defaultdict(list))
+        for r in mine:
+            by[tuple(r.get(k, "") for k in keys)][r["spawn_step"]].append(r)
+        names = describe({k: dict(zip(keys, k)) for k in by},
+                         [k for k in keys if k not in ("dataset", "model")])
+        panels = [("error_barrier", "train error barrier"), ("loss_barrier", "train loss barrier")]
+        if has_test:
+            panels.insert(1, ("test_error_barrier", "test error barrier"))
+        fig, axes = _figure(1, len(panels), width=3.8, height=3.3)
+        for ax, (col, what) in zip(axes[0], panels):
+            for key, steps in sorted(by.items(), key=lambda kv: names[kv[0]]):
+                xs = sorted(steps)
+                vals = [[float(r[col]) for r in steps[x] if r.get(col, "") not in ("", None)
+                         and not (isinstance(r[col], float) and math.isnan(r[col]))] for x in xs]
+                ax.errorbar(xs, [np.mean(v) if v else np.nan for v in vals],
+                            yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals],
+                            marker="o", markersize=3, capsize=2, label=names[key])
+            if col != "loss_barrier":
+                ax.axhline(threshold, color="k", linestyle=":", linewidth=1,
+                           label=f"{threshold:.0%}: connected below")
+            _symlog_steps(ax, [x for s in by.values() for x in s], "spawn step t")
+            ax.set(ylabel=f"{what} (mean ± std)", title=what)
+        title, stem = _title(mine, ("dataset", "model"), rows)
+        fig.suptitle(f"Onset of linear mode connectivity: {title}")
+        _legend(fig, axes)
+        out.append(Drawing(f"onset_{stem}", fig, "lmc.csv"))
+    return out
+
+
+def _threshold() -> float:
+    from .results import connectivity_threshold
+
+    return connectivity_threshold()
+
+
+@FIGURES.register("barrier_hist")
+def barrier_hist(report: Path) -> list[Drawing]:
+    columns = _columns(report, "barrier_hist.csv") if (
+        Path(report) / "barrier_hist.csv").exists() else []
+    rows = _table(report, "barrier_hist.csv", numeric=("bin_left", "bin_right", "fraction",
+                                                       "mean"), required=("barrier", "replicate"))
+    rows = [r for r in rows if r["barrier"] == "loss_barrier" and r.get("level", "") == ""]
+    if not rows:
+        raise UserError("barrier_hist.csv has no per-example loss barriers of dense children: "
+                        "nothing to draw")
+    # a dense parent's spawn step is its t_r: the legend says it once
+    keys = [k for k in key_columns(columns) if k not in ("barrier", "spawn_step")]
+    out = []
+    for _, mine in _groups(rows, [k for k in keys if k in COMPARISON]).items():
+        by = defaultdict(lambda: defaultdict(list))
+        for r in mine:
+            by[tuple(r.get(k, "") for k in keys)][(r["bin_left"], r["bin_right"])].append(
+                r["fraction"])
+        names = describe({k: dict(zip(keys, k)) for k in by},
+                         [k for k in keys if k not in ("dataset", "model")], always=("t_r",))
+        fig, axes = _figure(width=5.4, height=3.6)
+        ax = axes[0, 0]
+        for key, bins in sorted(by.items(), key=lambda kv: names[kv[0]]):
+            edges = sorted(bins)
+            x = [lo for lo, _ in edges] + [edges[-1][1]]
+            y = [float(np.mean(bins[e])) for e in edges]
+            subset = dict(zip(keys, key)).get("subset", "")
+            ax.stairs(y, x, label=names[key], linewidth=1.4,
+                      linestyle="--" if subset == "all" else "-")
+        ax.axvline(0, color="k", linewidth=0.6)
+        ax.set(xlabel="per-example train loss barrier", ylabel="fraction of training examples",
+               title="Per-example train loss barriers of dense children")
+        title, stem = _title(mine, [k for k in keys if k in COMPARISON], rows)
+        fig.suptitle(title)
+        _legend(fig, axes)
+        out.append(Drawing(f"barrier_hist_{stem}", fig, "barrier_hist.csv"))
+    return out
+
+
+# Fig. 5 right: final accuracy at the paper's level per dataset (8.6% / 21% weights remaining)
+FIG5_LEVEL = {"cifar100": 11, "cinic10": 7}
+# App. A's midpoint barrier where the analysis records it apart from the verdict's barrier
+MIDPOINT_BARRIER = ("midpoint_loss_barrier", "loss_barrier_midpoint", "loss_barrier")
 
 
 @FIGURES.register("barriers")
-def barriers(report: Path) -> list[Path]:
-    plt, rows = _pyplot(), _table(report, "schemes.csv")
-    # schemes.csv has a row per scheme and level with finite IMP results (none at all when
-    # every IMP replicate diverged), its barrier empty where no LMC ran at w_{t_r}
-    rows = [r for r in rows if r["loss_barrier"] != "" and r["test_acc"] != ""]
+def barriers(report: Path) -> list[Drawing]:
+    path = Path(report) / "schemes.csv"
+    columns = _columns(report, "schemes.csv") if path.exists() else []
+    barrier = next((c for c in MIDPOINT_BARRIER if c in columns), "loss_barrier")
+    rows = _table(report, "schemes.csv", numeric=(barrier, "test_acc", "pretrain_acc", "level"),
+                  required=("run", "replicate", "dataset"))
+    rows = [r for r in rows if not math.isnan(r[barrier]) and not math.isnan(r["test_acc"])]
     if not rows:
-        raise UserError(f"{report / 'schemes.csv'} has no scheme with both a barrier and "
-                        "finite IMP results: run 'lthfast lmc' and 'lthfast imp' with the same "
-                        "flags (and IMP replicates that do not diverge), then 'lthfast report'")
-    last = max(int(r["level"]) for r in rows)
-    rows = [r for r in rows if int(r["level"]) == last]
-    names = describe(dict(enumerate(rows)), (*LEGEND_FIELDS, "dataset"))
-    fig, (ax_b, ax_p) = plt.subplots(1, 2, figsize=(9, 3.6))
-    for i, r in enumerate(rows):
-        ax_b.scatter(_num(r["loss_barrier"]), _num(r["test_acc"]), label=names[i])
-        ax_p.scatter(_num(r["pretrain_acc"]), _num(r["test_acc"]))
-    ax_b.set(xlabel="mean train loss barrier at w_{t_r}", ylabel=f"test accuracy, level {last}")
-    ax_p.set(xlabel="pre-training test accuracy", ylabel=f"test accuracy, level {last}")
-    ax_b.legend()
-    fig.tight_layout()
-    paths = _save(fig, report, "barriers", "schemes.csv")
-    plt.close(fig)
-    return paths
+        raise UserError(f"{path} has no scheme with both a barrier and finite IMP results: run "
+                        "'lthfast lmc' and 'lthfast imp' with the same flags (and IMP replicates "
+                        "that do not diverge), then 'lthfast report'")
+    datasets = sorted({r["dataset"] for r in rows})
+    level_of = {}
+    for d in datasets:
+        reached = sorted({int(r["level"]) for r in rows if r["dataset"] == d})
+        level_of[d] = FIG5_LEVEL[d] if FIG5_LEVEL.get(d) in reached else reached[-1]
+    rows = [r for r in rows if int(r["level"]) == level_of[r["dataset"]]]
+    keys = [c for c in key_columns(columns) if c not in ("dataset", "lmc", "level")]
+    names = describe({tuple(r.get(k, "") for k in keys): dict(zip(keys, (r.get(k, "") for k in keys)))
+                      for r in rows}, [k for k in keys if k not in ("model",)], always=("t_r",))
+    fig, axes = _figure(2, len(datasets), width=4.0, height=3.0)
+    colours: dict = {}
+    for col, d in enumerate(datasets):
+        mine = [r for r in rows if r["dataset"] == d]
+        for r in mine:
+            name = names[tuple(r.get(k, "") for k in keys)]
+            c = colours.setdefault(name, f"C{len(colours) % 10}")
+            marker = STYLE.get(r["subset"], {}).get("marker") or "s"
+            for ax, x in ((axes[0, col], r["pretrain_acc"]), (axes[1, col], r[barrier])):
+                ax.scatter(x, r["test_acc"], color=c, marker=marker, s=22, label=name)
+        w = mine[0].get("weights_remaining", "")
+        what = f"{100 * float(w):.3g}% weights, level {level_of[d]}" if w else f"level {level_of[d]}"
+        axes[0, col].set(title=f"{d}: {what}", xlabel="pre-train test accuracy of w_{t_r}",
+                         ylabel="final test accuracy")
+        axes[1, col].set(xlabel="mean train loss barrier at w_{t_r}" + (
+                             "" if barrier == "loss_barrier" else " (midpoint)"),
+                         ylabel="final test accuracy")
+    fig.suptitle("Final sparse accuracy vs the dense\ninitialisation (a point per replicate)")
+    _legend(fig, axes)
+    return [Drawing("barriers", fig, "schemes.csv")]
 
+
+# --- warmup ---------------------------------------------------------------------------------
 
 @FIGURES.register("warmup")
-def warmup(report: Path) -> list[Path]:
-    plt, rows = _pyplot(), _table(report, "warmup.csv")
-    by = defaultdict(lambda: defaultdict(list))
-    diverged = defaultdict(lambda: defaultdict(int))
-    for r in rows:
-        key = (r["subset"], r["subset_size"])
-        if r["diverged"] == "True":
-            diverged[key][int(r["warmup"])] += 1
-        else:
-            by[key][int(r["warmup"])].append(_num(r["test_acc"]))
-    fig, ax = plt.subplots()
-    for key in sorted(set(by) | set(diverged)):
-        xs = sorted(set(by[key]) | set(diverged[key]))
-        means = [np.mean(by[key][x]) if by[key][x] else np.nan for x in xs]
-        label = f"{key[0]} {key[1]}".strip() + (
-            f" ({sum(diverged[key].values())} diverged)" if diverged[key] else "")
-        ax.plot([max(x, 1) for x in xs], means, marker="o", markersize=3, label=label)
-    ax.set(xscale="log", xlabel="warmup iterations t (0 drawn at 1)",
-           ylabel="test accuracy (finite runs)", title="learning-rate warmup on data subsets")
-    ax.legend()
-    fig.tight_layout()
-    paths = _save(fig, report, "warmup", "warmup.csv")
-    plt.close(fig)
-    return paths
+def warmup(report: Path) -> list[Drawing]:
+    columns = _columns(report, "warmup.csv") if (Path(report) / "warmup.csv").exists() else []
+    rows = _table(report, "warmup.csv", numeric=("warmup", "test_acc"),
+                  required=("subset", "replicate", "diverged"))
+    keys = [k for k in key_columns(columns, ("warmup",))]
+    out = []
+    for _, mine in _groups(rows, [k for k in ("dataset", "model") if k in keys]).items():
+        by = defaultdict(lambda: defaultdict(list))
+        diverged = defaultdict(int)
+        for r in mine:
+            key = tuple(r.get(k, "") for k in keys)
+            # the authors average every run's final accuracy, diverged ones included
+            by[key][r["warmup"]].append(0.0 if math.isnan(r["test_acc"]) else r["test_acc"])
+            diverged[key] += r["diverged"] == "True"
+        configs = {k: dict(zip(keys, k)) for k in by}
+        names = describe(configs, [k for k in keys if k not in ("dataset", "model", "subset_size")])
+        sizes = sorted({c.get("subset_size", "") for c in configs.values()} - {""}, key=int)
+        fig, axes = _figure(1, max(1, len(sizes)), width=4.0, height=3.4, sharey=True)
+        for ax, size in zip(axes[0], sizes or [""]):
+            for key, ts in sorted(by.items(), key=lambda kv: names[kv[0]]):
+                if configs[key].get("subset_size", "") not in (size, ""):
+                    continue
+                xs = sorted(ts)
+                n_div = f" ({diverged[key]} diverged)" if diverged[key] else ""
+                ax.errorbar(xs, [np.mean(ts[x]) for x in xs],
+                            yerr=[np.std(ts[x], ddof=1) if len(ts[x]) > 1 else 0 for x in xs],
+                            marker=STYLE.get(configs[key].get("subset"), {}).get("marker") or "s",
+                            markersize=3, capsize=2, label=names[key] + n_div,
+                            linestyle="--" if configs[key].get("subset") == "all" else "-")
+            _symlog_steps(ax, [x for ts in by.values() for x in ts], "warmup iterations t")
+            ax.set(ylabel="final test accuracy (mean ± std)",
+                   title=f"warmup on {size} examples" if size else "warmup on all data")
+        title, stem = _title(mine, ("dataset", "model"), rows)
+        fig.suptitle(f"Learning-rate warmup on data subsets: {title}\n(mean of every "
+                     "replicate's final accuracy, diverged ones included)")
+        _legend(fig, axes)
+        out.append(Drawing(f"warmup_{stem}", fig, "warmup.csv"))
+    return out
 
 
-def _bars(report: Path, analysis: str, metrics: list[str], stem: str) -> list[Path]:
-    plt, rows = _pyplot(), [r for r in _table(report, "analyses.csv") if r["analysis"] == analysis]
+# --- training dynamics (grads) --------------------------------------------------------------
+
+def _grads(report: Path, series: Iterable[str]):
+    columns = _columns(report, "grads_steps.csv") if (
+        Path(report) / "grads_steps.csv").exists() else []
+    rows = _table(report, "grads_steps.csv", numeric=("step", "value"),
+                  required=("series", "replicate"))
+    series = tuple(series)
+    rows = [r for r in rows if r["series"] in series]
     if not rows:
-        raise UserError(f"analyses.csv has no {analysis} rows: run 'lthfast {analysis}' first")
-    by = defaultdict(list)
-    for r in rows:
-        name = f"{r['subset']} {r['subset_size']}".strip() + (
-            f" L{r['level']}" if r["level"] else "") + f" t_r={r['t_r']}"
-        by[name].append([_num(r[m]) for m in metrics])
-    fig, axes = plt.subplots(1, len(metrics), squeeze=False, figsize=(3.2 * len(metrics), 3.6))
-    names = sorted(by)
-    for i, (ax, metric) in enumerate(zip(axes[0], metrics)):
-        values = [np.array(by[n])[:, i] for n in names]
-        ax.bar(range(len(names)), [np.nanmean(v) for v in values],
-               yerr=[np.nanstd(v) for v in values], capsize=2)
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-        ax.set_title(metric.replace("_", " "))
-    fig.tight_layout()
-    paths = _save(fig, report, stem, f"analyses.csv ({analysis})")
-    plt.close(fig)
-    return paths
+        raise UserError(f"grads_steps.csv has no {' or '.join(series)} series: run 'lthfast "
+                        "grads' (with --eval-every > 0 for accuracies), then 'lthfast report'")
+    keys = key_columns(columns)
+    for _, mine in _groups(rows, [k for k in keys if k in COMPARISON]).items():
+        configs = {tuple(r.get(k, "") for k in keys): {k: r.get(k, "") for k in keys}
+                   for r in mine}
+        names = describe(configs, [k for k in keys if k in LEGEND_FIELDS], always=("t_r",))
+        by = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+        for r in mine:
+            by[tuple(r.get(k, "") for k in keys)][r["series"]][r["step"]].append(r["value"])
+        yield mine, names, by, _title(mine, [k for k in keys if k in COMPARISON], rows)
+
+
+SPEED = {"test_acc": ("test", "-"), "train_acc": ("train, all data", "--"),
+         "subset_acc": ("train, the pre-training subset", ":"),
+         "easy_acc": ("train, the easy subset", "-.")}
+
+
+def _band(ax, steps: dict, **kw):
+    xs = sorted(steps)
+    m = np.array([np.mean(steps[x]) for x in xs])
+    s = np.array([np.std(steps[x], ddof=1) if len(steps[x]) > 1 else 0.0 for x in xs])
+    line, = ax.plot(xs, m, **kw)
+    ax.fill_between(xs, m - s, m + s, alpha=0.15, color=line.get_color(), linewidth=0)
+    return line
+
+
+@FIGURES.register("dynamics")
+def dynamics(report: Path) -> list[Drawing]:
+    """Fig. 7: (a) accuracies vs step, (b) gradient coherence vs step, a curve per scheme."""
+    out = []
+    for mine, names, by, (title, stem) in _grads(report, ("coherence", *SPEED)):
+        fig, axes = _figure(1, 2, width=4.4, height=3.4)
+        from matplotlib.lines import Line2D
+
+        drawn = set()
+        for i, (key, series) in enumerate(sorted(by.items(), key=lambda kv: names[kv[0]])):
+            for name, (what, style) in SPEED.items():
+                if name in series:
+                    drawn.add(name)
+                    _band(axes[0, 0], series[name], color=f"C{i}", linestyle=style,
+                          label="_" + what)  # colour: the scheme; line style: the accuracy
+            # each scheme named once (its colour), in panel (b) or by a proxy
+            _band(axes[0, 1], series["coherence"], color=f"C{i}", marker="o", markersize=2,
+                  label=names[key]) if "coherence" in series else axes[0, 1].plot(
+                [], [], color=f"C{i}", label=names[key])
+        for name, (what, style) in SPEED.items():
+            if name in drawn:
+                axes[0, 0].add_line(Line2D([], [], color="0.3", linestyle=style, label=what))
+        axes[0, 0].set(xlabel="pre-training step", ylabel="accuracy (mean ± std)",
+                       title="(a) learning speed")
+        axes[0, 1].set(xlabel="pre-training step", ylabel="cosine to the mean gradient",
+                       title="(b) gradient coherence")
+        fig.suptitle(f"Training dynamics: {title}")
+        _legend(fig, axes)
+        out.append(Drawing(f"dynamics_{stem}", fig, "grads_steps.csv"))
+    return out
+
+
+@FIGURES.register("grad_norms")
+def grad_norms(report: Path) -> list[Drawing]:
+    """Fig. 8: the distribution of per-batch gradient norms during pre-training, per scheme."""
+    out = []
+    for mine, names, by, (title, stem) in _grads(report, ("grad_norm",)):
+        fig, axes = _figure(width=5.0, height=3.4)
+        values = {k: [v for vs in s["grad_norm"].values() for v in vs] for k, s in by.items()}
+        finite = np.array([v for vs in values.values() for v in vs if math.isfinite(v)])
+        edges = np.linspace(finite.min(), finite.max() if finite.max() > finite.min()
+                            else finite.min() + 1, 31) if finite.size else np.linspace(0, 1, 31)
+        for key, vs in sorted(values.items(), key=lambda kv: names[kv[0]]):
+            counts, _ = np.histogram([v for v in vs if math.isfinite(v)], edges)
+            axes[0, 0].stairs(counts / max(counts.sum(), 1), edges, linewidth=1.4,
+                              label=f"{names[key]} ({len(vs)} batches)")
+        axes[0, 0].set(xlabel="mini-batch gradient norm", ylabel="fraction of batches",
+                       title=f"Gradient norms during pre-training: {title}")
+        _legend(fig, axes)
+        out.append(Drawing(f"grad_norms_{stem}", fig, "grads_steps.csv"))
+    return out
 
 
 @FIGURES.register("grads")
-def grads(report: Path) -> list[Path]:
-    return _bars(report, "grads", ["mean_grad_norm", "mean_coherence", "final_train_acc",
-                                   "final_test_acc"], "grads")
+def grads(report: Path) -> list[Drawing]:
+    """Figs. 7 and 8."""
+    return dynamics(report) + grad_norms(report)
 
+
+# --- errors (Fig. 9) ------------------------------------------------------------------------
 
 @FIGURES.register("errors")
-def errors(report: Path) -> list[Path]:
-    return _bars(report, "errors", ["error_mean", "error_q10", "error_q50", "error_q90"],
-                 "errors")
+def errors(report: Path) -> list[Drawing]:
+    """Per-example error distributions of one network (replicate 0, as the paper: not averaged
+    over replicates): top, a panel per pre-training scheme, dense (level 0) vs its sparse
+    projection; bottom, every scheme's dense and every scheme's sparse distribution."""
+    columns = _columns(report, "errors_hist.csv") if (
+        Path(report) / "errors_hist.csv").exists() else []
+    rows = _table(report, "errors_hist.csv", numeric=("bin_left", "bin_right", "fraction",
+                                                      "level", "replicate"))
+    first = min(r["replicate"] for r in rows)
+    rows = [r for r in rows if r["replicate"] == first]
+    keys = [k for k in key_columns(columns, ("level",)) if k not in ("lr", "train_steps")]
+    out = []
+    for _, mine in _groups(rows, [k for k in keys if k in COMPARISON]).items():
+        by = defaultdict(lambda: defaultdict(dict))
+        for r in mine:
+            by[tuple(r.get(k, "") for k in keys)][int(r["level"])][(r["bin_left"],
+                                                                    r["bin_right"])] = r["fraction"]
+        names = describe({k: dict(zip(keys, k)) for k in by},
+                         [k for k in keys if k in LEGEND_FIELDS], always=("t_r",))
+        schemes = sorted(by, key=lambda k: names[k])
+        fig, axes = _figure(2, max(2, len(schemes)), width=3.4, height=2.8)
+        for ax in axes[1, 2:]:
+            ax.set_visible(False)
+        for i, key in enumerate(schemes):
+            for level, bins in sorted(by[key].items()):
+                edges = sorted(bins)
+                x = [lo for lo, _ in edges] + [edges[-1][1]]
+                y = [bins[e] for e in edges]
+                style = "-" if level == 0 else "--"
+                axes[0, i].stairs(y, x, linestyle=style, color=f"C{i}",
+                                  label=f"{names[key]}, level {level}")
+                axes[1, 0 if level == 0 else 1].stairs(y, x, linestyle=style, color=f"C{i}",
+                                                       label=f"{names[key]}, level {level}")
+            axes[0, i].set(title=names[key], xlabel="per-example error ‖p − y‖",
+                           ylabel="fraction of examples")
+        for ax in axes[0, len(schemes):]:
+            ax.set_visible(False)
+        axes[1, 0].set(title="dense (level 0)", xlabel="per-example error ‖p − y‖",
+                       ylabel="fraction of examples")
+        axes[1, 1].set(title="sparse projection", xlabel="per-example error ‖p − y‖",
+                       ylabel="fraction of examples")
+        title, stem = _title(mine, [k for k in keys if k in COMPARISON], rows)
+        fig.suptitle(f"Per-example errors at w_{{t_r}}, one network: {title}")
+        _legend(fig, axes)
+        out.append(Drawing(f"errors_{stem}", fig, "errors_hist.csv"))
+    return out
+
+
+# --- scores (Fig. 10) -----------------------------------------------------------------------
+
+@FIGURES.register("scores")
+def scores(report: Path) -> list[Drawing]:
+    rows = _table(report, "scores.csv", numeric=("example", "value", "steps"),
+                  required=("score", "dataset", "run"))
+    out = []
+    for (dataset,), mine in _groups(rows, ("dataset",)).items():
+        el2n = {r["run"]: r for r in mine if r["score"] == "el2n"}
+        runs = defaultdict(dict)
+        for r in mine:
+            runs[r["run"]][int(r["example"])] = r["value"]
+        el2n_run = max(el2n, key=lambda run: el2n[run]["steps"]) if el2n else None
+        lmc = sorted({(r["steps"], r["run"]) for r in mine if r["score"] == "lmc"})
+        if el2n_run is None or not lmc:
+            continue
+        fig, axes = _figure(1, len(lmc), width=3.4, height=3.2, sharex=True)
+        x_all = runs[el2n_run]
+        rng = np.random.default_rng(0)  # a fixed sample: the same points on every redraw
+        for ax, (steps, run) in zip(axes[0], lmc):
+            common = sorted(set(x_all) & set(runs[run]))
+            pick = sorted(rng.choice(common, min(len(common), 4000), replace=False))
+            ax.scatter([x_all[i] for i in pick], [runs[run][i] for i in pick], s=3, alpha=0.4,
+                       color="C0", label="a training example")
+            ax.axhline(0, color="k", linewidth=0.6)
+            ax.set(xlabel=f"EL2N score ({int(el2n[el2n_run]['steps'])} iterations)",
+                   ylabel="LMC score (train loss barrier)", title=f"LMC score at {int(steps)}")
+        fig.suptitle(f"EL2N vs LMC scores: {dataset}")
+        _legend(fig, axes)
+        out.append(Drawing(f"scores_{dataset}", fig, "scores.csv"))
+    if not out:
+        raise UserError("scores.csv has no dataset with both EL2N and LMC scores: run 'lthfast "
+                        "scores el2n' and 'lthfast scores lmc', then 'lthfast report'")
+    return out
+
+
+# --- drawing and saving ---------------------------------------------------------------------
+
+def _write(figure, path: Path, formats: Iterable[str], source: str) -> list[Path]:
+    """The one save-and-close tail: each format beside ``path``, the source in the metadata."""
+    plt = _pyplot()
+    out = []
+    try:
+        for fmt in formats:
+            buf = io.BytesIO()
+            meta = {"Subject": source} if fmt == "pdf" else {"Source": source}
+            figure.savefig(buf, format=fmt, dpi=130, metadata=meta)
+            out.append(atomic_write_bytes(path.with_suffix(f".{fmt}"), buf.getvalue()))
+    finally:
+        plt.close(figure)
+    return out
+
+
+def save(drawing: Drawing, report: Path) -> list[Path]:
+    return _write(drawing.figure, Path(report) / f"fig_{drawing.stem}.png", ("png", "pdf"),
+                  drawing.source)
+
+
+def imp_figure(rows: list[dict], title: str):
+    """One panel of IMP runs (read back from an imp.csv table): accuracy vs weights remaining,
+    mean ± std bands, all-data runs dashed (``lthfast demo``'s figure)."""
+    fig, axes = _figure(width=5.6, height=3.9)
+    _draw_runs(axes[0, 0], rows, labels(rows))
+    axes[0, 0].set_title(title)
+    _legend(fig, axes)
+    return fig
+
+
+def save_png(figure, path: Path, source: str) -> Path:
+    return _write(figure, Path(path), ("png",), source)[0]
+
+
+def draw(name: str, report: Path) -> list[Drawing]:
+    """The figures of ``name`` (a kind or the paper's ``figN``), unsaved."""
+    if name not in PAPER and name not in FIGURES:
+        raise UserError(f"unknown figure '{name}' (known: {', '.join(FIGURES)}, "
+                        f"{', '.join(PAPER)}; 'lthfast plot --list' shows the map)")
+    kinds = PAPER[name][0] if name in PAPER else (name,)
+    return [d for kind in kinds for d in FIGURES[kind](Path(report))]
 
 
 def plot(name: str, report: Path) -> list[Path]:
-    draw: Callable[[Path], list[Path]] = FIGURES.lookup(name)
-    return draw(Path(report))
+    """Draw and save every figure of ``name``; the paths written."""
+    drawings = draw(name, report)
+    if not drawings:
+        raise UserError(f"nothing to draw for '{name}' from the tables in {report}")
+    out = []
+    for i, d in enumerate(drawings):
+        try:
+            out += save(d, report)
+        except BaseException:
+            for rest in drawings[i + 1:]:
+                _pyplot().close(rest.figure)
+            raise
+    return out

@@ -95,7 +95,7 @@ def actual_accuracy(req: api.ImpRequest, rt: Runtime, level: int) -> Optional[fl
     scores = None
     if req.needs_scores():
         cfg = req.score_request().config()
-        scores = store.run(cfg.score, cfg).file("scores.npy")
+        scores = store.run(cfg.score, cfg).scores_file
         if not scores.exists():
             return None
     run = store.run("imp", req.config(req.subset_spec(scores).identity()))

@@ -41,6 +41,15 @@ from .files import (atomic_write_json, canonical_json, config_hash, environment,
 # registered score is a kind too (``run_kinds``), so a new score needs no line here.
 KINDS = ("pretrain", "imp", "el2n", "forgetting", "lmc", "warmup")
 
+# The file names of the layout: every other module asks a ``Run`` or ``Stage`` for its paths.
+DONE = "done.json"  # a finished stage's record (StageRecord), or a finished run's
+CONFIG = "config.json"
+RESULTS = "results.json"  # a run's results over every finished stage (imp, warmup)
+SCORES = "scores.npy"  # a score run's per-example scores
+# An analysis's summary beside its parent run: ``<analysis>[_<suffix>].json`` (``lmc_<hash>``,
+# ``grads_<hash>``, ``errors``, ``errors_level_3``)
+_SUMMARY = re.compile(r"([a-z0-9]+)(_[a-z0-9_]+)?\.json")
+
 
 def run_kinds() -> tuple[str, ...]:
     """``KINDS`` and the name of every registered score (lthfast.experiments.scores.SCORES)."""
@@ -135,17 +144,38 @@ class Stage:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def array(self, name: str) -> Path:
+        """A per-example array the stage saved (``loss_barrier``, ``errors``, ``grad_norms``)."""
+        return self.path / f"{name}.npy"
+
+    def load(self, name: str):
+        """A per-example array the finished stage saved. One that cannot be read (truncated,
+        missing) is the one-line ``UserError`` naming it and how to remake it: the stage is
+        marked done, so it must be unmarked for a rerun to measure it again."""
+        import numpy as np
+
+        path = self.array(name)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            why = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable: {exc}"
+            raise UserError(f"{path} is {why}; delete {self.done_file} and rerun the command "
+                            f"to measure {self.name} again") from None
+
+    @property
+    def done_file(self) -> Path:
+        return self.path / DONE
+
     def is_done(self) -> bool:
-        return (self.path / "done.json").exists()
+        return self.done_file.exists()
 
     def mark_done(self, record: StageRecord) -> None:
         faults.point("mark_done", stage=self.name)
-        atomic_write_json(self.path / "done.json", record.to_json())
+        atomic_write_json(self.done_file, record.to_json())
         faults.trace(event="done", stage=self.name)
 
     def record(self) -> StageRecord:
-        path = self.path / "done.json"
-        return StageRecord.from_json(read_json(path), path)
+        return StageRecord.from_json(read_json(self.done_file), self.done_file)
 
 
 _STAGE_DIR = re.compile(r"(replicate|level)_(\d+)")
@@ -163,7 +193,7 @@ class Run:
 
     def create(self) -> "Run":
         """Write config.json and env.json (once); refuse a directory that holds another config."""
-        cfg_path = self.path / "config.json"
+        cfg_path = self.path / CONFIG
         if cfg_path.exists():
             if read_json(cfg_path) != json.loads(canonical_json(self.config)):
                 raise UserError(f"{self.path} holds a different config; refusing to mix runs")
@@ -173,12 +203,17 @@ class Run:
         return self
 
     def exists(self) -> bool:
-        return (self.path / "config.json").exists()
+        return (self.path / CONFIG).exists()
 
     @contextlib.contextmanager
     def lock(self) -> Iterator["Run"]:
         with locked(self.path):
             yield self
+
+    def replicates(self) -> list[int]:
+        """The replicates that have a stage directory, in numeric order (2 before 10)."""
+        return sorted(int(m.group(2)) for p in self.path.glob("replicate_*")
+                      if (m := _STAGE_DIR.fullmatch(p.name)) and m.group(1) == "replicate")
 
     def stage(self, replicate: int, level: Optional[int] = None,
               branch: Optional[str] = None) -> Stage:
@@ -211,21 +246,47 @@ class Run:
         """A run-level artifact: ``results.json``, ``scores.npy``, ..."""
         return self.path / name
 
+    @property
+    def results_file(self) -> Path:
+        """Written when every asked-for stage finished (imp, warmup): the run is complete."""
+        return self.path / RESULTS
+
+    @property
+    def scores_file(self) -> Path:
+        return self.path / SCORES
+
+    def summary(self, branch: str) -> Path:
+        """The summary of an analysis branch (``lmc_<hash>``, ``errors_level_3``) of this run."""
+        return self.path / f"{branch}.json"
+
+    def summaries(self, analysis: str) -> list[Path]:
+        """Every summary ``analysis`` wrote beside this run (``lmc`` -> ``lmc_<hash>.json``;
+        ``errors`` -> ``errors.json``, ``errors_level_<k>.json``), sorted by name."""
+        return sorted(p for p in self.path.glob(f"{analysis}*.json")
+                      if (m := _SUMMARY.fullmatch(p.name)) and m.group(1) == analysis)
+
     def is_done(self) -> bool:
-        return (self.path / "done.json").exists()
+        return (self.path / DONE).exists()
 
     def mark_done(self, info: dict) -> None:
         faults.point("mark_done", stage=self.kind)
-        atomic_write_json(self.path / "done.json", info)
+        atomic_write_json(self.path / DONE, info)
         faults.trace(event="done", stage=self.kind)
 
-    def records(self) -> list[StageRecord]:
-        """Every finished stage (not branches), ordered by replicate and level."""
+    def records(self, damaged: Optional[list] = None) -> list[StageRecord]:
+        """Every finished stage (not branches), ordered by replicate and level. A record that
+        cannot be read raises the one-line ``UserError``; given a ``damaged`` list, its path and
+        message go there instead and the other records are still returned."""
         out = []
-        for path in self.path.glob("replicate_*/**/done.json"):
+        for path in self.path.glob(f"replicate_*/**/{DONE}"):
             parts = path.parent.relative_to(self.path).parts
             if all(_STAGE_DIR.fullmatch(p) for p in parts):
-                out.append(StageRecord.from_json(read_json(path), path))
+                try:
+                    out.append(StageRecord.from_json(read_json(path), path))
+                except UserError as exc:
+                    if damaged is None:
+                        raise
+                    damaged.append((path, str(exc)))
         return sorted(out, key=lambda r: (r.replicate, -1 if r.level is None else r.level))
 
 
@@ -253,17 +314,20 @@ class RunStore:
             except UserError:  # written before manifests existed, or being written: keep
                 continue
             if isinstance(stages, list) and all(
-                    (self.out / str(s) / "done.json").exists() for s in stages):
+                    (self.out / str(s) / DONE).exists() for s in stages):
                 shutil.rmtree(group, ignore_errors=True)
                 with contextlib.suppress(OSError):
                     group.parent.rmdir()
 
-    def runs(self, kind: str) -> Iterator[Run]:
-        """Every run of ``kind`` with a readable config (a run being created is skipped)."""
+    def runs(self, kind: str, damaged: Optional[list] = None) -> Iterator[Run]:
+        """Every run of ``kind`` with a readable config (a run being created is skipped; one
+        whose config cannot be read goes, as (path, message), to ``damaged`` when given)."""
         for path in sorted(self.out.glob(f"{kind}_*")):
-            if re.fullmatch(rf"{kind}_[0-9a-f]{{12}}", path.name) and (path / "config.json").exists():
+            if re.fullmatch(rf"{kind}_[0-9a-f]{{12}}", path.name) and (path / CONFIG).exists():
                 try:
-                    config = read_json(path / "config.json")
-                except UserError:
+                    config = read_json(path / CONFIG)
+                except UserError as exc:
+                    if damaged is not None:
+                        damaged.append((path / CONFIG, str(exc)))
                     continue
                 yield Run(kind, config, path)

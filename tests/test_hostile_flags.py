@@ -34,7 +34,7 @@ HOSTILE = {
     "--workers": "-1", "--x": "bogus", "--y": "bogus",
 }
 SWITCHES = {"--shared-subset", "--class-balanced", "--compile", "--deterministic", "--force",
-            "--dry-run", "--plots", "--wait", "--smoke", "--pack", "--cuda-graph"}
+            "--dry-run", "--plots", "--wait", "--smoke", "--pack", "--cuda-graph", "--list"}
 # a valid command line per command; each case replaces or adds one option
 BASE = {
     "imp": ["imp", "--dataset", "digits", "--steps", "2", "--train-steps", "4", "--levels", "0"],

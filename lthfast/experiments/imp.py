@@ -252,12 +252,12 @@ def unfinish(run: Run) -> None:
     """A run that is asked for more (levels, replicates) is unfinished until they are done:
     its ``results.json`` (which ``report`` reads as "finished", and which is rebuilt from the
     stages' records at the end) goes first. No result is lost: every level keeps its own."""
-    run.file("results.json").unlink(missing_ok=True)
+    run.results_file.unlink(missing_ok=True)
 
 
 def write_results(run: Run, diverged_in_pretraining: list[int]) -> None:
     """results.json: every finished level of every replicate (also those of earlier, longer
     runs), and the replicates that never reached a level because pre-training diverged."""
-    atomic_write_json(run.file("results.json"), {
+    atomic_write_json(run.results_file, {
         "config": run.config, "rows": [r.to_json() for r in run.records()],
         "diverged_in_pretraining": diverged_in_pretraining})

@@ -73,7 +73,7 @@ def score_runs(out: Path, dataset: str) -> dict[str, Path]:
     for kind in SCORES:
         for run in store.runs(kind):
             if run.config.get("dataset") == dataset and run.is_done() \
-                    and run.file("scores.npy").exists():
+                    and run.scores_file.exists():
                 found.setdefault(kind, []).append(run)
     out_paths = {}
     for kind, runs in found.items():
@@ -81,7 +81,7 @@ def score_runs(out: Path, dataset: str) -> dict[str, Path]:
         for run, t in zip(runs, steps):
             name = (kind if len(runs) == 1 else f"{kind}@{t}" if steps.count(t) == 1
                     else run.name)
-            out_paths[name] = run.file("scores.npy")
+            out_paths[name] = run.scores_file
     return out_paths
 
 

@@ -220,8 +220,8 @@ def lmc_scores(ctx: Context, cfg: ScoreConfig, run: Run) -> np.ndarray:
     lcfg = lmc.LmcConfig(recipe=cfg.recipe, start=cfg.parent.steps, children=cfg.children,
                          seed=cfg.seed)
     lmc.write_summary(parent, lcfg, lmc.run(ctx, parent, lcfg))
-    return np.mean([np.load(pre.stage(r, None, lcfg.branch).file("loss_barrier.npy"))
-                    for r in reps], axis=0)
+    return np.mean([pre.stage(r, None, lcfg.branch).load("loss_barrier") for r in reps],
+                   axis=0)
 
 
 # EL2N is read early in training (appendix A); forgetting looks at the whole course of it; LMC
@@ -285,7 +285,7 @@ def compute_scores(ctx: Context, cfg: ScoreConfig) -> Path:
             if scores.shape != (ctx.ds.train_size,) or not np.all(np.isfinite(scores)):
                 raise UserError(f"{cfg.score} scores are not finite (training diverged?); see "
                                 f"{run.path}")
-            atomic_save_npy(run.file("scores.npy"), scores.astype(np.float32))
+            atomic_save_npy(run.scores_file, scores.astype(np.float32))
             run.mark_done({"score": cfg.score, "models": cfg.models})
         if not run.is_done():
             members = [run.stage(m) for m in range(cfg.models)]
@@ -297,9 +297,9 @@ def compute_scores(ctx: Context, cfg: ScoreConfig) -> Path:
             if scores.shape != (ctx.ds.train_size,) or not np.all(np.isfinite(scores)):
                 raise UserError(f"{cfg.score} scores are not finite (training diverged?); see "
                                 f"{run.path}/replicate_*/metrics.jsonl")
-            atomic_save_npy(run.file("scores.npy"), scores.astype(np.float32))
+            atomic_save_npy(run.scores_file, scores.astype(np.float32))
             run.mark_done({"score": cfg.score, "models": cfg.models})
-    return run.file("scores.npy")
+    return run.scores_file
 
 
 from . import scorers  # noqa: E402,F401  (registers every score in lthfast/experiments/scorers/)

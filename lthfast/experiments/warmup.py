@@ -53,7 +53,7 @@ def run_warmup(ctx: Context, cfg: WarmupConfig, subset: SubsetSpec, replicates: 
         stages = [run.stage(r) for r in range(replicates)]
         records = train_stage(ctx, stages, prepare, cfg.recipe, ctx.train_split(),
                               label=f"warmup t={t}")
-        atomic_write_json(run.file("results.json"), {
+        atomic_write_json(run.results_file, {
             "config": run.config, "rows": [r.to_json() for r in run.records()],
             "diverged": sum(r.diverged is not None for r in records)})
     return run

@@ -48,7 +48,7 @@ from .. import common
 from ..stage import StageInputs, train_stage
 from . import ANALYSES, finished
 
-CONNECTED_BELOW = 0.02  # error barrier under 2%: linearly mode connected (Frankle et al. 2020)
+CONNECTIVITY_THRESHOLD = CONNECTED_BELOW = 0.02  # error barrier under 2%: connected (Frankle et al.)
 LMC_SEEDS = 2  # seed domain of children (IMP replicates use 0, score ensembles 1)
 
 
