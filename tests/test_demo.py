@@ -41,7 +41,7 @@ def test_summary_holds_what_each_panel_measured(tiny_demo, data_root):
         values = [100 * lmc["replicates"][r]["error_barrier"] for r in ("0", "1")]
         assert s["error_barrier_pct"]["values"] == pytest.approx(values)
         assert s["error_barrier_pct"]["mean"] == pytest.approx(np.mean(values))
-        assert s["error_barrier_pct"]["std"] == pytest.approx(np.std(values))
+        assert s["error_barrier_pct"]["std"] == pytest.approx(np.std(values, ddof=1))
     noise = summary["noise"]
     scores = np.load(noise["scores"])
     counts = [noise["groups"][g]["counts"] for g in ("corrupted", "clean")]
