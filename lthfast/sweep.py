@@ -74,46 +74,27 @@ class Sweep:
 
         check_runtimes(self, Runtime(root=Path(root), out=Path(out),
                                      device=device or default_device()))
-        options = cli_options(self.command)
         common = {"root": str(root), "out": str(out)} | ({"device": device} if device else {})
-        lines = []
-        for point in self.points():
-            argv = [self.command] + ([point.pop("kind")] if self.argument else [])
-            for name, value in (point | common).items():
-                argv += flag_argv(self.command, name, value, options)
-            lines.append("lthfast " + shlex.join(argv))
-        return lines
+        return [command_line(self.command, point | common) for point in self.points()]
 
 
-def cli_options(command: str) -> dict[str, Any]:
-    """The options of ``lthfast COMMAND`` (click parameters), by each word that names one:
-    ``--compile`` and ``--no-compile`` name the same option."""
-    import typer.main
+def command_line(command: str, values: dict[str, Any]) -> str:
+    """A point as an ``lthfast`` command line, in the CLI's words (from the same flag metadata
+    the CLI is built from: ``lthfast.options``); ``kind`` is scores' positional argument."""
+    from .options import aliases, argv, opts
+    from .requests import REQUESTS
+    from .runtime import options as runtime_options
 
-    from .cli import app
-
-    params = typer.main.get_command(app).commands[command].params
-    return {word: param for param in params if param.param_type_name == "option"
-            for word in [*param.opts, *getattr(param, "secondary_opts", [])]}
-
-
-def flag_argv(command: str, name: str, value: Any, options: dict[str, Any]) -> list[str]:
-    """Key/value -> the CLI's words for it (``options``: ``cli_options(command)``). Booleans
-    are switches: ``--compile`` / ``--no-compile``; a false switch with no ``--no-`` form is
-    its default (``--deterministic``), left out."""
-    flag = "--" + name.replace("_", "-")
-    param = options.get(flag)
-    if param is None:
-        raise UserError(f"lthfast {command} has no option {flag}")
-    if not isinstance(value, bool):
-        return [flag, str(value)]
-    if value:
-        return [param.opts[0]]
-    if getattr(param, "secondary_opts", None):
-        return [param.secondary_opts[0]]
-    if not param.default:
-        return []
-    raise UserError(f"lthfast {command} {flag} is on by default and cannot be switched off")
+    cls = REQUESTS[command]
+    by_name = {o.name: o for o in opts(cls) + runtime_options()}
+    renamed = aliases(cls)
+    words = [command]
+    for name, value in values.items():
+        option = by_name.get(renamed.get(name, name))
+        if option is None:
+            raise UserError(f"lthfast {command} has no option --{name.replace('_', '-')}")
+        words += [str(value)] if option.opt.argument else argv(option, value)
+    return "lthfast " + shlex.join(words)
 
 
 def load_sweep(path: Path) -> Sweep:
@@ -137,7 +118,10 @@ def load_sweep(path: Path) -> Sweep:
         raise UserError(f"{path}: 'command' must be one of {', '.join(REQUESTS)}, got {command!r}")
     argument = raw.get("argument")
     if command == "scores" and not isinstance(argument, str):
-        raise UserError(f"{path}: command 'scores' needs argument = \"el2n\" or \"forgetting\"")
+        from .experiments.scores import SCORES
+
+        kinds = " or ".join(f'"{k}"' for k in SCORES)
+        raise UserError(f"{path}: command 'scores' needs argument = {kinds}")
     if command != "scores" and argument is not None:
         raise UserError(f"{path}: command '{command}' takes no argument (got {argument!r})")
     flags, grid = raw.get("flags", {}), raw.get("grid", {})
@@ -187,13 +171,13 @@ def check_runtimes(spec: Sweep, rt) -> None:
     """Every point's runtime flags with the sweep's runtime ``rt`` (its device), as each run
     will take them (``api.with_flags``): e.g. ``cuda_graph = true`` on a CPU sweep fails here,
     before the first run, not at its point."""
-    from .api import RUNTIME_FLAGS, coerce, with_flags
+    from .runtime import checked, sweep_flags, with_flags
 
+    runtime = sweep_flags()
     seen: set[str] = set()  # grid points mostly share their runtime flags
     for i, point in enumerate(spec.points(), 1):
         try:
-            flags = {name: coerce(name, value, RUNTIME_FLAGS[name])
-                     for name, value in point.items() if name in RUNTIME_FLAGS}
+            flags = checked({name: value for name, value in point.items() if name in runtime})
             key = json.dumps(flags, sort_keys=True)
             if key not in seen:
                 with_flags(rt, flags)

@@ -41,7 +41,7 @@ BASE = {
     "lmc": ["lmc", "--dataset", "digits", "--steps", "2", "--train-steps", "4"],
     "errors": ["errors", "--dataset", "digits", "--steps", "2", "--train-steps", "4"],
     "grads": ["grads", "--dataset", "digits", "--steps", "2", "--train-steps", "4"],
-    "warmup": ["warmup", "--dataset", "digits", "--warmup", "1", "--train-steps", "4"],
+    "warmup": ["warmup", "--dataset", "digits", "--warmup", "2", "--train-steps", "4"],
     "scores": ["scores", "el2n", "--dataset", "digits", "--models", "1", "--steps", "2"],
     "subset": ["subset", "random", "--dataset", "digits", "--size", "8"],
     "build-beton": ["build-beton", "digits"],
