@@ -26,17 +26,27 @@ from typing import Any, Optional, Sequence
 from .errors import UserError
 from .experiments.common import Context, Runtime, setup_torch
 from .requests import (REQUESTS, ErrorsRequest, GradsRequest, ImpRequest, LmcRequest,
-                       ScoreRequest, WarmupRequest)
+                       ScoreRequest, WarmupRequest, recast)
 from .runs import Run
 from .runtime import runtime, sweep_flags, with_flags
 
 __all__ = ["ErrorsRequest", "GradsRequest", "ImpRequest", "LmcRequest", "ScoreRequest",
-           "WarmupRequest", "REQUESTS", "runtime", "with_flags", "request_from", "RUNNERS"]
+           "WarmupRequest", "REQUESTS", "recast", "runtime", "with_flags", "request_from", "RUNNERS"]
 
 # Datasets that need no download or source: built on first use.
 EMBEDDED = ("digits",)
 # Runtime flags a sweep may set per run (how to run, not what), by name: their types
 RUNTIME_FLAGS = {name: option.hint for name, option in sweep_flags().items()}
+
+
+def checked(req, rt: Runtime):
+    """The request checked whole, and against the device's memory (``memory.check_fits``):
+    what every experiment function does before any data is opened or file written."""
+    from .memory import check_fits
+
+    req.check()
+    check_fits(req, rt.device)
+    return req
 
 
 def open_data(root: str | Path, dataset: str):
@@ -61,7 +71,7 @@ def lmc(req: LmcRequest, rt: Runtime) -> Path:
     from .experiments.analyses import lmc as analysis
     from .experiments.imp import parent
 
-    req.check()
+    checked(req, rt)
     ctx, spec, cfg = _prepared(req, rt)
     parent = parent(ctx, cfg, spec, req.level, req.replicates)
     lcfg = analysis.LmcConfig(recipe=cfg.recipe, start=cfg.pretrain.recipe.steps,
@@ -75,7 +85,7 @@ def errors(req: ErrorsRequest, rt: Runtime) -> Path:
     from .experiments.analyses import errors as analysis
     from .experiments.imp import parent
 
-    req.check()
+    checked(req, rt)
     ctx, spec, cfg = _prepared(req, rt)
     parent = parent(ctx, cfg, spec, req.level, req.replicates)
     return analysis.run(ctx, parent.run, parent.states, req.level, cfg.pretrain.recipe.steps)
@@ -86,7 +96,7 @@ def grads(req: GradsRequest, rt: Runtime) -> Path:
     from .experiments.analyses import grads as analysis
     from .experiments.imp import pretrain_seeds, subset_of
 
-    req.check()
+    checked(req, rt)
     ctx, spec, cfg = _prepared(req, rt)
     pre = ctx.store.run("pretrain", cfg.pretrain).create()
 
@@ -104,7 +114,7 @@ def warmup(req: WarmupRequest, rt: Runtime) -> Path:
     """Train with warmup on the subset, then all data; returns the run directory."""
     from .experiments.warmup import run_warmup
 
-    req.check()
+    checked(req, rt)
     ctx = context(rt, req.dataset)
     req.check_length(ctx.ds.train_size)  # before the scores that rank its subset are trained
     ctx, spec, _ = _subset(req, rt, ctx)
@@ -142,7 +152,7 @@ def scores(req: ScoreRequest, rt: Runtime) -> Path:
     from .data.streams import check_loader
     from .experiments.scores import compute_scores
 
-    req.check()
+    checked(req, rt)
     ctx = context(rt, req.dataset)
     check_loader(rt.loader, ctx.ds, req.label_noise, rt.deterministic)
     return compute_scores(ctx, req.config())
@@ -152,7 +162,7 @@ def imp(req: ImpRequest, rt: Runtime) -> Run:
     """IMP after pre-training on the requested subset; computes missing scores first."""
     from .experiments.imp import run_imp
 
-    req.check()
+    checked(req, rt)
     ctx, spec, cfg = _prepared(req, rt)
     return run_imp(ctx, cfg, spec, req.levels, req.replicates)
 
@@ -180,7 +190,7 @@ class PreparedImp:
 def prepare_imp(req: ImpRequest, rt: Runtime) -> PreparedImp:
     """A request checked and made ready (its scores computed): what ``run_prepared_imps``
     takes. A request that cannot run fails here, alone (a sweep's other points go on)."""
-    req.check()
+    checked(req, rt)
     return PreparedImp(req, *_prepared(req, rt))
 
 

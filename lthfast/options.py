@@ -37,6 +37,7 @@ class Opt:
     min: Optional[float] = None  # value >= min
     above: Optional[float] = None  # value > above
     max: Optional[float] = None  # value <= max
+    below: Optional[float] = None  # value < below
     aliases: tuple[str, ...] = ()
     negatable: bool = False  # bools (and Optional[bool]): --name/--no-name
     argument: bool = False  # the CLI takes it as the command's positional argument
@@ -133,7 +134,8 @@ def check_bounds(option: Option, value: Any) -> None:
         raise UserError(f"{option.flag} must be a finite number, got {value}")
     for ok, words, bound in ((o.min is None or value >= o.min, ">=", o.min),
                              (o.above is None or value > o.above, ">", o.above),
-                             (o.max is None or value <= o.max, "<=", o.max)):
+                             (o.max is None or value <= o.max, "<=", o.max),
+                             (o.below is None or value < o.below, "<", o.below)):
         if not ok:
             shown = f"{bound:g}" if isinstance(bound, float) else bound
             raise UserError(f"{option.flag} must be {words} {shown}, got {value}")

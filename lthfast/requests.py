@@ -72,8 +72,6 @@ RANKING = [
 PRETRAINING = [("steps", Optional[int], None,
                 Opt("pre-training iterations t_r (default: t* of the preset)", min=0))]
 REPLICATES = [("replicates", int, 1, Opt("independent replicates (trained packed)", min=1))]
-# levels whose parent would have fewer prunable weights left than this are refused
-MAX_LEVEL = 60  # 0.8^60 ~ 1.5e-6: fewer than one weight of any CIFAR ResNet's smallest layer
 
 
 def with_help(group: list, **helps: str) -> list:
@@ -190,7 +188,8 @@ def config(req, subset_identity: dict):
     pre = PretrainConfig(dataset=req.dataset, recipe=pretrain_recipe(p, t_r),
                          subset=subset_identity, seed=req.seed,
                          label_noise=req.label_noise, noise_seed=req.noise_seed)
-    return ImpConfig(pretrain=pre, recipe=train_recipe(p), prune_fraction=p.prune_fraction)
+    return ImpConfig(pretrain=pre, recipe=train_recipe(p),
+                     prune_fraction=getattr(req, "prune_fraction", p.prune_fraction))
 
 
 def check_pretraining(req) -> None:
@@ -213,12 +212,13 @@ def check_level(req, level: Optional[int], what: str = "--level") -> None:
     if level is None:
         return
     p = req.preset()
+    f = getattr(req, "prune_fraction", p.prune_fraction)
     smallest = smallest_layer(p.model)
-    keep = (1 - p.prune_fraction) ** level
-    if keep * smallest < 1:
-        last = math.floor(math.log(1 / smallest) / math.log(1 - p.prune_fraction))
-        raise UserError(f"{what} {level} keeps {keep:.2g} of the weights, less than one weight "
-                        f"of {p.model}'s smallest prunable layer ({smallest}); at most {last}")
+    if (1 - f) ** level * smallest < 1:
+        last = math.floor(math.log(1 / smallest) / math.log(1 - f))
+        raise UserError(f"{what} {level} leaves less than one of the {smallest} weights of "
+                        f"{p.model}'s smallest prunable layer (level k keeps "
+                        f"{1 - f:g}^k of them): at most {last}")
 
 
 def smallest_layer(model: str) -> int:
@@ -321,8 +321,12 @@ ScoreRequest = compose(
     dict(preset=_score_preset, check=_score_check, unused=_score_unused, check_spawn=_check_spawn,
          config=_score_config, command=lambda self: f"scores {self.kind}"))
 
-IMP_OWN = [("levels", int, 12, Opt("pruning levels (level k keeps 0.8^k of the weights)",
-                                   min=0, max=MAX_LEVEL))]
+IMP_OWN = [
+    ("levels", int, 12, Opt("pruning levels (level k keeps (1 - f)^k of the prunable weights, "
+                            "f: --prune-fraction)", min=0)),
+    ("prune_fraction", float, 0.2, Opt("f: the fraction of the remaining weights each level "
+                                       "prunes (the paper's 0.2)", above=0.0, below=1.0)),
+]
 PRE_NOISE = with_help(NOISE, label_noise="fraction of labels re-drawn (in pre-training only)")
 PRETRAINED_GROUPS = [COMMON, SUBSET, PRETRAINING, PRE_NOISE, RANKING, MODEL, OVERRIDES,
                      PRETRAIN_LR]
@@ -475,6 +479,15 @@ WarmupRequest = compose(
          score_request=_warmup_score_request, check=_warmup_check, recipe=_warmup_recipe,
          check_length=_check_length, warmup_config=_warmup_config),
     ignores="label_noise noise_seed model pretrain_lr steps levels")
+
+def recast(req, cls: type, **changes: Any):
+    """A request of another command with the flags the two share (and ``changes``): e.g. the
+    LMC analysis of an imp request's pre-training point, or the imp run a grads request
+    replays."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{f.name: getattr(req, f.name) for f in dataclasses.fields(req)
+                  if f.name in names} | changes)
+
 
 REQUESTS: dict[str, type] = {"imp": ImpRequest, "scores": ScoreRequest, "lmc": LmcRequest,
                              "errors": ErrorsRequest, "grads": GradsRequest,

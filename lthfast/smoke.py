@@ -118,7 +118,7 @@ RULES: dict[str, tuple[Callable[[Any, Scale], Any], int]] = {
     "subset_file": (refused("subset_file"), 0), "scores": (refused("scores"), 0),
     **{name: (keep, 0) for name in (
         "seed", "label_noise", "noise_seed", "lr", "pretrain_lr", "kind", "subset",
-        "subset_seed", "shared_subset", "class_balanced", "rank_by", "alphas",
+        "subset_seed", "shared_subset", "class_balanced", "rank_by", "alphas", "prune_fraction",
         "deterministic", "compile", "loader", "checkpoint_every")},
     "cuda_graph": (lambda v, s: False, 0),  # a smoke sweep runs on the CPU: no CUDA graphs
 }

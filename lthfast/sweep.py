@@ -195,24 +195,10 @@ def describe(point: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in point.items())
 
 
-def run_point(command: str, point: dict[str, Any], rt) -> dict:
-    """One grid point through the API: its record (flags, status, artifact or error, and its
-    wall time in seconds). A user error is this point's result, not the sweep's end."""
-    from .api import RUNNERS, request_from, with_flags
-
-    start = time.monotonic()
-    record: dict[str, Any] = {"flags": point}
-    try:
-        request, flags = request_from(command, point, rt)
-        artifact = RUNNERS[command](request, with_flags(rt, flags))
-        record |= {"status": "ok", "artifact": str(artifact)}
-    except UserError as exc:
-        record |= {"status": "error", "error": str(exc)}
-    return record | {"seconds": round(time.monotonic() - start, 3)}
-
-
 def in_this_process(command: str, points: list[dict], rt, devices) -> Iterator[tuple]:
     """The points one after another here: ("start", i, device), then ("done", i, record)."""
+    from .records import run_point
+
     for i, point in enumerate(points):
         yield "start", i, rt.device
         yield "done", i, run_point(command, point, rt)
@@ -258,13 +244,13 @@ def run_sweep(spec: Sweep, rt, devices: Sequence[str] = (), pack: bool = False) 
     see ``lthfast.workers``); print each artifact, progress with elapsed time and ETA on
     stderr and, last, the summary ``<out>/sweep_<hash>.json`` (every run's record, its wall
     time included), which is returned (UserError if a run failed)."""
-    from .files import atomic_write_json, config_hash
     from .progress import SweepClock
+    from .records import check_failed, summary_path, write_summary
     from .workers import fan_out
 
     check_runtimes(spec, rt)  # the device is known now: a grid that cannot run here fails first
     points = list(spec.points())
-    summary = Path(rt.out) / f"sweep_{config_hash({'command': spec.command, 'runs': points})}.json"
+    summary = summary_path(spec, rt.out, points)
     records: dict[int, dict] = {}
     started: dict[int, float] = {}  # points in flight: when they started
     clock = SweepClock(len(points))
@@ -275,10 +261,8 @@ def run_sweep(spec: Sweep, rt, devices: Sequence[str] = (), pack: bool = False) 
                fan_out if len(devices) > 1 else in_this_process)
 
     def write() -> None:
-        atomic_write_json(summary, {"file": str(spec.path), "command": spec.command,
-                                    "scale": spec.scale, "workers": list(devices) or [rt.device],
-                                    "seconds": round(clock.elapsed(), 3),
-                                    "runs": [records[i] for i in sorted(records)]})
+        write_summary(summary, spec, [records[i] for i in sorted(records)],
+                      workers=list(devices) or [rt.device], seconds=round(clock.elapsed(), 3))
 
     events = execute(spec.command, points, rt, devices)
     try:
@@ -309,7 +293,5 @@ def run_sweep(spec: Sweep, rt, devices: Sequence[str] = (), pack: bool = False) 
         getattr(events, "close", lambda: None)()  # stops the workers, whatever happened
     write()
     print(summary)
-    failed = sum(r["status"] != "ok" for r in records.values())
-    if failed:
-        raise UserError(f"{failed} of {len(points)} runs failed (see {summary})")
+    check_failed([records[i] for i in sorted(records)], summary)
     return summary

@@ -31,7 +31,7 @@ HOSTILE = {
     "--coherence-batches": "1", "--eval-every": "-1", "--warmup": "-1", "--models": "0",
     "--source": "/nonexistent", "--launcher": "bogus", "--partition": " ", "--time-min": "0",
     "--gpus-per-task": "-1", "--cpus-per-task": "0", "--array-parallelism": "0",
-    "--workers": "-1",
+    "--workers": "-1", "--prune-fraction": "1",
 }
 SWITCHES = {"--shared-subset", "--class-balanced", "--compile", "--deterministic", "--force",
             "--dry-run", "--plots", "--wait", "--smoke", "--pack", "--cuda-graph"}

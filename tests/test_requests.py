@@ -134,3 +134,34 @@ def test_help_of_every_training_command_comes_from_its_request():
     assert "pre-training" not in helps["scores"]["label_noise"]
     assert "lr" not in helps["grads"] and "label_noise" not in helps["warmup"]
     assert "--lr" in commands["grads"].help  # and the command's help says why
+
+
+@pytest.mark.parametrize("args,message", [
+    (["lmc", "--children", "100000"], "for one training stage"),
+    (["lmc", "--children", "1" + "0" * 21], "for one training stage"),
+    (["warmup", "--replicates", "100000"], "for one training stage"),
+    (["lmc", "--batch-size", "1000000000"], "for one training stage"),
+    (["lmc", "--train-steps", "1000000000000"], "for one training stage"),
+    (["grads", "--coherence-batches", "1000000000"], "--coherence-batches must be <="),
+    (["errors", "--level", "100000"], "--level 100000 leaves less than one"),
+    (["lmc", "--lr", "inf"], "--lr must be a finite number"),
+    (["errors", "--pretrain-lr", "inf"], "--pretrain-lr must be a finite number"),
+    (["warmup", "--lr", "inf"], "--lr must be a finite number"),
+])
+def test_what_cannot_fit_is_refused_before_any_work(args, message, tmp_path, run_cli):
+    """Issue #24: huge values crashed or hung after writing files; now one line, exit 2."""
+    code, out, err = run_cli(args + ["--dataset", "digits", "--device", "cpu", "--root",
+                                     tmp_path / "root", "--out", tmp_path / "out"])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "root").exists()
+
+
+def test_memory_estimate_grows_with_what_is_packed():
+    from lthfast.memory import stage_bytes
+
+    one = stage_bytes("resnet20", 32, 128, 1, 1000)
+    assert stage_bytes("resnet20", 32, 128, 4, 1000) > 3 * one
+    assert stage_bytes("resnet20", 32, 256, 1, 1000) > one
+    assert stage_bytes("resnet20", 8, 128, 1, 1000) < one  # digits' 8x8 images
+    assert 100e6 < one < 1e9  # ~2.7 MB of saved activations per example in fp32
