@@ -31,7 +31,8 @@ from .runs import Run
 from .runtime import runtime, sweep_flags, with_flags
 
 __all__ = ["ErrorsRequest", "GradsRequest", "ImpRequest", "LmcRequest", "ScoreRequest",
-           "WarmupRequest", "REQUESTS", "recast", "runtime", "with_flags", "request_from", "RUNNERS"]
+           "WarmupRequest", "REQUESTS", "recast", "runtime", "with_flags", "request_from",
+           "RUNNERS"]
 
 # Datasets that need no download or source: built on first use.
 EMBEDDED = ("digits",)

@@ -100,8 +100,10 @@ ROOT, OUT, DEVICE = option("root"), option("out"), option("device")
 
 
 @app.command("build-beton")
-def build_beton(name: str = typer.Argument(..., help="cifar10, cifar100, cinic10, digits, synthetic"),
-                source: Optional[str] = typer.Option(None, help="local archive/folder (synthetic: key=value options)"),
+def build_beton(name: str = typer.Argument(..., help="cifar10, cifar100, cinic10, digits, "
+                                                     "synthetic"),
+                source: Optional[str] = typer.Option(None, help="local archive/folder "
+                                                                "(synthetic: key=value options)"),
                 root: Path = ROOT,
                 force: bool = typer.Option(False, help="rebuild even if already built")):
     """Convert a dataset once into arrays, FFCV betons and meta.json under ROOT/NAME."""
@@ -114,12 +116,15 @@ def build_beton(name: str = typer.Argument(..., help="cifar10, cifar100, cinic10
 def subset(kind: str = typer.Argument(..., help="all, random, easy or hard"),
            dataset: str = typer.Option(..., help="dataset name"),
            size: Optional[int] = typer.Option(None, help="number of examples M"),
-           seed: int = typer.Option(0, help="seed for random subsets"),
-           scores: Optional[Path] = typer.Option(None, help="float .npy of per-example scores (easy/hard)"),
+           subset_seed: int = typer.Option(0, help="seed of a random subset"),
+           seed: Optional[int] = typer.Option(None, hidden=True),  # the old --subset-seed
+           scores: Optional[Path] = typer.Option(None, help="easy/hard: score file (.npy)"),
            offset: int = typer.Option(0, help="skip this many of the easiest/hardest first"),
-           class_balanced: Optional[bool] = typer.Option(None, "--class-balanced/--no-class-balanced",
-                                                         help="default: yes for random, no for easy/hard"),
-           label_noise: float = typer.Option(0.0, help="also save labels with this fraction re-drawn"),
+           class_balanced: Optional[bool] = typer.Option(
+               None, "--class-balanced/--no-class-balanced",
+               help="default: yes for random, no for easy/hard"),
+           label_noise: float = typer.Option(0.0, help="also save labels with this fraction "
+                                                       "re-drawn"),
            noise_seed: int = typer.Option(0, help="seed of the label noise"),
            root: Path = ROOT):
     """Write a subset of train indices as .npy under ROOT/DATASET/subsets and print its path."""
@@ -129,8 +134,9 @@ def subset(kind: str = typer.Argument(..., help="all, random, easy or hard"),
 
     SUBSET_RULES.lookup(kind)
     check_noise_fraction(label_noise, noise_seed)
+    seed = subset_seed if seed is None else seed
     if seed < 0:
-        raise UserError(f"--seed must be >= 0, got {seed}")
+        raise UserError(f"--subset-seed must be >= 0, got {seed}")
     spec = SubsetSpec(kind=kind, size=size, seed=seed,
                       scores=str(scores) if scores else None, offset=offset,
                       class_balanced=class_balanced)
@@ -188,7 +194,8 @@ def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, \\[f
         for line in spec.command_lines(root, out, device):
             print(line)
         return
-    launch(spec, make_runtime(dict(root=root, out=out, device=device)), options)  # prints what it writes
+    # prints what it writes
+    launch(spec, make_runtime(dict(root=root, out=out, device=device)), options)
 
 
 @app.command()
@@ -226,7 +233,8 @@ def predict(file: Path = typer.Argument(..., help="an imp sweep file: its grid p
 
 @app.command()
 def report(out: Path = OUT,
-           plots: bool = typer.Option(True, "--plots/--no-plots", help="also draw one PNG per dataset")):
+           plots: bool = typer.Option(True, "--plots/--no-plots",
+                                      help="also draw one PNG per dataset")):
     """Collect runs into tables under OUT/report, one per kind of result (imp.csv; lmc.csv,
     lmc_onset.csv and schemes.csv, warmup.csv, analyses.csv when there are such runs) and
     plots; prints the paths, imp.csv last."""

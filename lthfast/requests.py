@@ -332,16 +332,29 @@ PRETRAINED_GROUPS = [COMMON, SUBSET, PRETRAINING, PRE_NOISE, RANKING, MODEL, OVE
                      PRETRAIN_LR]
 
 
+def pretrained(name: str, command: str, doc: str, own: list, methods: dict,
+               ignores: str = "") -> type:
+    """A request of a command that starts from the pre-training imp would run: the shared
+    groups around its own flags (the one call a new analysis adds). ``ignores``: flags of the
+    shared groups it leaves out (said in its help)."""
+    groups = PRETRAINED_GROUPS[:3] + [own, REPLICATES] + PRETRAINED_GROUPS[3:]
+    left_out = set(ignores.split())
+    groups = [[g for g in group if g[0] not in left_out] for group in groups]
+    return compose(name, command, doc, groups, PRETRAINED | methods, ignores)
+
+
+def level(help: str) -> tuple:
+    return ("level", Optional[int], None, Opt(help, min=0))
+
+
 def _imp_check(req) -> None:
     check_pretraining(req)
     check_level(req, req.levels, "--levels")
 
 
-ImpRequest = compose(
+ImpRequest = pretrained(
     "ImpRequest", "imp", "IMP with rewinding to t_r after pre-training on a subset; prints "
-    "the run directory.",
-    PRETRAINED_GROUPS[:3] + [IMP_OWN, REPLICATES] + PRETRAINED_GROUPS[3:],
-    PRETRAINED | dict(check=_imp_check))
+    "the run directory.", IMP_OWN, dict(check=_imp_check))
 
 
 def _alpha_values(req) -> tuple[float, ...]:
@@ -365,19 +378,14 @@ def _lmc_check(req) -> None:
     req.alpha_values()
 
 
-LEVEL = ("level", Optional[int], None, Opt("", min=0))
-LmcRequest = compose(
+LmcRequest = pretrained(
     "LmcRequest", "lmc", "Linear mode connectivity of children spawned from the pre-training "
     "point imp would use (or an IMP level); prints the path of the summary JSON (loss_barrier, "
     "error_barrier).",
-    PRETRAINED_GROUPS[:3] + [
-        [LEVEL[:3] + (LEVEL[3].but(help="spawn from this IMP level's rewound sparse network "
-                                        "(default: w_{t_r})"),),
-         ("children", int, 2, Opt("children per replicate; barriers of every pair", min=2)),
-         ("alphas", str, "0.5", Opt("interpolation points, e.g. 0.25,0.5,0.75"))],
-        REPLICATES] + PRETRAINED_GROUPS[3:],
-    PRETRAINED | dict(check=_lmc_check,
-                      alpha_values=_alpha_values))
+    [level("spawn from this IMP level's rewound sparse network (default: w_{t_r})"),
+     ("children", int, 2, Opt("children per replicate; barriers of every pair", min=2)),
+     ("alphas", str, "0.5", Opt("interpolation points, e.g. 0.25,0.5,0.75"))],
+    dict(check=_lmc_check, alpha_values=_alpha_values))
 
 
 def _errors_check(req) -> None:
@@ -387,15 +395,12 @@ def _errors_check(req) -> None:
                         "w_{t_r}, before any training at that lr (leave it out)")
 
 
-ErrorsRequest = compose(
+ErrorsRequest = pretrained(
     "ErrorsRequest", "errors", "Per-example errors ‖p − y‖ at the pre-training point imp would "
     "use, dense or projected by an IMP level's mask (Fig. 9); prints the path of the summary "
     "JSON. Without --level, --lr (the training lr) is refused: nothing trains at it.",
-    PRETRAINED_GROUPS[:3] + [
-        [LEVEL[:3] + (LEVEL[3].but(help="sparse projection: this IMP level's mask on w_{t_r} "
-                                        "(default: dense)"),)],
-        REPLICATES] + PRETRAINED_GROUPS[3:],
-    PRETRAINED | dict(check=_errors_check))
+    [level("sparse projection: this IMP level's mask on w_{t_r} (default: dense)")],
+    dict(check=_errors_check))
 
 
 def _grads_check(req) -> None:
@@ -409,13 +414,11 @@ GRADS_OWN = [
     ("coherence_batches", int, 16, Opt("extra batches per coherence point", min=2, max=4096)),
     ("eval_every", int, 100, Opt("steps between accuracy points (0: none)", min=0)),
 ]
-GradsRequest = compose(
+GradsRequest = pretrained(
     "GradsRequest", "grads", "Gradient norms, gradient coherence and learning speed during the "
     "pre-training imp would run (Figs. 7-8); prints the path of the summary JSON. It takes no "
     "--lr (the training lr): only pre-training is looked at (--pretrain-lr sets its lr).",
-    PRETRAINED_GROUPS[:3] + [GRADS_OWN, REPLICATES] + [
-        PRE_NOISE, RANKING, MODEL, [g for g in OVERRIDES if g[0] != "lr"], PRETRAIN_LR],
-    PRETRAINED | dict(check=_grads_check), ignores="lr")
+    GRADS_OWN, dict(check=_grads_check), ignores="lr")
 
 
 def _warmup_check(req) -> None:

@@ -16,10 +16,11 @@ Every grid point is turned into the command's typed request and checked before t
 starts (lazily, up to ``MAX_RUNS`` points), so a typo or a value of the wrong type fails at once,
 not after a day of training; so are its runtime flags (``loader``, ``checkpoint_every``, ...), on
 the sweep's device once the command names it, and a flag the command does not use is refused
-(its points would be one run). ``--dry-run`` prints the commands in the CLI's own words. Runs call the Python API in this process one after another, each
-from a clean torch global state; a run that fails with a user error is reported and the sweep
-goes on; a diverged run is a result, not a failure; Ctrl-C stops the sweep and records the run
-as interrupted. Finished stages are skipped, so rerunning a sweep trains only what is missing.
+(its points would be one run). ``--dry-run`` prints the commands in the CLI's own words, from
+the flags' metadata (``lthfast.options``). Runs call the Python API in this process one after
+another, each from a clean torch global state; a run that fails with a user error is reported
+and the sweep goes on; a diverged run is a result, not a failure; Ctrl-C stops the sweep and
+records the run as interrupted. Finished stages are skipped, so rerunning a sweep trains only what is missing.
 ``--root``, ``--out`` and ``--device`` belong to the sweep command, not to the file. With several
 devices the points go to one worker process each (``lthfast.workers``); ``--smoke`` runs the
 same grid at CPU scale (``lthfast.smoke``). Each run's wall time goes into the sweep's record.

@@ -209,7 +209,8 @@ def run_training(ctx: Context, model: PackedResNet, data: DeviceData,
                      compile=rt.use_compile, amp=rt.use_amp, capture=rt.cuda_graph)
     progress = None
     if rt.progress is not None:
-        progress = lambda step, total, _losses: rt.progress(label, step - start, total - start)
+        def progress(step, total, _losses):
+            rt.progress(label, step - start, total - start)
     try:
         return train(model, stream, cfg, masks=masks, checkpoint_path=checkpoint, hooks=hooks,
                      progress=progress)
