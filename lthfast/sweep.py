@@ -140,6 +140,10 @@ def load_sweep(path: Path) -> Sweep:
             raise UserError(f"{path}: grid entry '{name}' must be a non-empty list")
         if any(isinstance(v, (list, dict)) for v in values):
             raise UserError(f"{path}: grid entry '{name}' must list single values")
+        seen = [v for i, v in enumerate(values) if (v, type(v)) in
+                {(w, type(w)) for w in values[:i]}]
+        if seen:  # the same run twice: a typo, or a grid that means less than it says
+            raise UserError(f"{path}: grid entry '{name}' lists {seen[0]!r} twice")
     both = set(flags) & set(grid)
     if both:
         raise UserError(f"{path}: {', '.join(sorted(both))} in both [flags] and [grid]")

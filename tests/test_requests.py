@@ -166,3 +166,15 @@ def test_memory_estimate_grows_with_what_is_packed():
     assert stage_bytes("resnet20", 32, 256, 1, 1000) > one
     assert stage_bytes("resnet20", 8, 128, 1, 1000) < one  # digits' 8x8 images
     assert 100e6 < one < 1e9  # ~2.7 MB of saved activations per example in fp32
+
+
+def test_duplicate_grid_points_are_refused(tmp_path):
+    from lthfast.sweep import load_sweep
+
+    path = tmp_path / "s.toml"
+    path.write_text('command = "imp"\n[flags]\ndataset = "digits"\nsubset = "random"\n'
+                    '[grid]\nsize = [64, 128, 64]\n')
+    with pytest.raises(UserError, match="grid entry 'size' lists 64 twice"):
+        load_sweep(path)
+    path.write_text('command = "imp"\n[flags]\ndataset = "digits"\n[grid]\nseed = [1, 2]\n')
+    assert load_sweep(path).size == 2
