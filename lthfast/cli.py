@@ -1,7 +1,11 @@
-"""Command line: one small function per command — parse, call the library, print the artifact.
+"""Command line: parse, call the library, print the artifact.
 
-Each command that writes an artifact prints its path as the last line of stdout. User errors
-print one line on stderr and exit 2.
+The training commands (imp, scores, lmc, errors, grads, warmup) are not written here: one
+builder, ``training_command``, makes each from its request class (``lthfast.requests``) and the
+runtime's flags, a typer signature built from their fields' metadata (``lthfast.options``), so a
+new flag is one field and a new analysis one request in ``requests.REQUESTS``. Each command
+that writes an artifact prints its path as the last line of stdout. User errors print one line
+on stderr and exit 2.
 
     lthfast build-beton digits && lthfast imp --dataset digits --subset random --size 256 --levels 3
 """
