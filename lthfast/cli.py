@@ -1,83 +1,117 @@
-"""Command line: one small function per command — parse, call the library, print the artifact.
+"""Command line: parse, call the library, print the artifact.
 
-Each command that writes an artifact prints its path as the last line of stdout. User errors
-print one line on stderr and exit 2.
+The training commands (imp, scores, lmc, errors, grads, warmup) are not written here: one
+builder, ``training_command``, makes each from its request class (``lthfast.requests``) and the
+runtime's flags, a typer signature built from their fields' metadata (``lthfast.options``), so a
+new flag is one field and a new analysis one request in ``requests.REQUESTS``. Each command
+that writes an artifact prints its path as the last line of stdout. User errors print one line
+on stderr and exit 2.
 
     lthfast build-beton digits && lthfast imp --dataset digits --subset random --size 256 --levels 3
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import re
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
+from typer.models import ArgumentInfo
+
 from .errors import Interrupted, UserError
+from .options import Option, aliases, opts
+from .requests import REQUESTS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   pretty_exceptions_enable=False,
                   help="lthfast: lottery tickets on a data diet, fast.")
 
-ROOT = typer.Option(Path("datasets"), "--root", envvar="LTHFAST_DATA", help="data root")
-OUT = typer.Option(Path("runs"), "--out", envvar="LTHFAST_RUNS", help="runs root")
-SEED = typer.Option(0, "--seed", help="base seed (init, order and augmentation seeds derive from it)")
-DEVICE = typer.Option(None, "--device", help="cuda or cpu (default: cuda if available)")
-# metavar "": a switch takes no value, so help shows none (typer would print "<bool>")
-DETERMINISTIC = typer.Option(False, "--deterministic", metavar="",
-                             help="deterministic kernels (CPU: bit-exact reruns)")
-CHECKPOINT_EVERY = typer.Option(0, "--checkpoint-every", envvar="LTHFAST_CHECKPOINT_EVERY",
-                                help="iterations between checkpoints of a training stage, besides "
-                                     "one every 5 minutes of training (0: by time only)")
-LOADER = typer.Option("device", "--loader", envvar="LTHFAST_LOADER",
-                      help="device (lthfast's device-resident loader) or ffcv (stock ffcv Loaders "
-                           "over the betons, for comparison; no label noise, not deterministic)")
-COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile (default: on for CUDA)")
-CUDA_GRAPH = typer.Option(False, "--cuda-graph", metavar="", envvar="LTHFAST_CUDA_GRAPH",
-                          help="replay each training step as a CUDA graph (CUDA only; stages "
-                               "whose hooks read the step on the host run eagerly)")
-THREADS = typer.Option(None, "--threads", envvar="LTHFAST_THREADS",
-                       help="CPU threads of torch (default: OMP_NUM_THREADS, else the CPUs this "
-                            "process may use; sweep workers share them; --deterministic on CPU: 1)")
-LABEL_NOISE = typer.Option(0.0, help="fraction of labels re-drawn (imp: in pre-training only)")
-NOISE_SEED = typer.Option(0, help="seed of the label noise")
+def parameter(option: Option, hidden: bool = False) -> inspect.Parameter:
+    """One option (or the positional argument) of a command, from a field's ``Opt``."""
+    o = option.opt
+    if o.argument:
+        info = typer.Argument(..., help=o.help, show_default=False, metavar=option.name.upper())
+    else:
+        switch = option.base is bool
+        decls = [f"{option.flag}/--no-{option.flag[2:]}"] if o.negatable else [option.flag]
+        # metavar "": a switch takes no value, so help shows none (typer would print "<bool>")
+        info = typer.Option(None if hidden else option.default, *decls, help=o.help,
+                            envvar=o.env, rich_help_panel=o.panel, hidden=hidden,
+                            metavar="" if switch and not o.negatable else None,
+                            show_default=not switch and option.default is not None)
+    return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=info,
+                             annotation=Optional[option.base] if hidden else option.hint)
 
 
-def runtime(root: Path, out: Path, device: Optional[str], deterministic: bool,
-            compile: Optional[bool], checkpoint_every: int, loader: str = "device",
-            cuda_graph: bool = False, threads: Optional[int] = None):
-    from .api import runtime as make_runtime
+def alias_parameters(options: list[Option]) -> list[inspect.Parameter]:
+    """Hidden options under each flag's old names (``Opt.aliases``): old scripts keep working."""
+    return [parameter(dataclasses.replace(o, name=old), hidden=True)
+            for o in options for old in o.opt.aliases]
+
+
+def runtime_options(*names: str) -> list[Option]:
+    from .runtime import options
+
+    return [o for o in options() if not names or o.name in names]
+
+
+def make_runtime(values: dict):
     from .progress import make_progress
+    from .runtime import runtime
 
-    return make_runtime(root, out, device, deterministic, compile, checkpoint_every, loader,
-                        progress=make_progress(), cuda_graph=cuda_graph, threads=threads)
-
-
-def request(cls, values: dict):
-    """A request of type ``cls`` from a command's parameters (``locals()``): the flags are
-    named as the request's fields, so each command only declares its options."""
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {RENAMED.get(k, k): v for k, v in values.items()}
-    return cls(**{k: v for k, v in values.items() if k in names})
+    return runtime(progress=make_progress(), **values)
 
 
-RENAMED = {"warmup_steps": "warmup"}  # parameter names that would shadow a command function
+def request(cls: type, values: dict) -> Any:
+    """The request from a command's parameters: its fields (an old name's value, given, for
+    its field); the runtime's and anything else left out."""
+    renamed = aliases(cls)
+    given = {renamed.get(k, k): v for k, v in values.items()
+             if k not in renamed or v is not None}
+    names = {o.name for o in opts(cls)}
+    return cls(**{k: v for k, v in given.items() if k in names})
 
 
-def runtime_of(values: dict):
-    """The runtime from a training command's parameters (``locals()``)."""
-    return runtime(values["root"], values["out"], values["device"], values["deterministic"],
-                   values["compile"], values["checkpoint_every"], values["loader"],
-                   values["cuda_graph"], values["threads"])
+def training_command(command: str, cls: type, extra=(), before=None) -> None:
+    """``lthfast COMMAND``, its options made from the request class and the runtime's flags
+    (one function signature built from their fields, which typer reads like any other).
+    ``extra`` parameters are not the request's; ``before(values)`` may handle the call itself
+    (returns True), e.g. ``scores compare``."""
+    fields, runtime = opts(cls), runtime_options()
+
+    def main(**values):
+        from .api import RUNNERS  # here: --help needs no torch
+
+        if before is not None and before(values):
+            return
+        flags = {o.name: values[o.name] for o in runtime}
+        print(RUNNERS[command](request(cls, values), make_runtime(flags)))
+
+    params = [parameter(o) for o in fields + runtime] + alias_parameters(fields) + list(extra)
+    argument_first = sorted(params, key=lambda p: not isinstance(p.default, ArgumentInfo))
+    main.__signature__ = inspect.Signature(argument_first)
+    main.__doc__ = cls.__doc__
+    app.command(command)(main)
+
+
+def option(name: str) -> Any:
+    """A runtime flag's typer option for a hand-written command (root, out, device)."""
+    return parameter(runtime_options(name)[0]).default
+
+
+ROOT, OUT, DEVICE, THREADS = option("root"), option("out"), option("device"), option("threads")
 
 
 @app.command("build-beton")
-def build_beton(name: str = typer.Argument(..., help="cifar10, cifar100, cinic10, digits, synthetic"),
-                source: Optional[str] = typer.Option(None, help="local archive/folder (synthetic: key=value options)"),
+def build_beton(name: str = typer.Argument(..., help="cifar10, cifar100, cinic10, digits, "
+                                                     "synthetic"),
+                source: Optional[str] = typer.Option(None, help="local archive/folder "
+                                                                "(synthetic: key=value options)"),
                 root: Path = ROOT,
                 force: bool = typer.Option(False, help="rebuild even if already built")):
     """Convert a dataset once into arrays, FFCV betons and meta.json under ROOT/NAME."""
@@ -90,13 +124,16 @@ def build_beton(name: str = typer.Argument(..., help="cifar10, cifar100, cinic10
 def subset(kind: str = typer.Argument(..., help="all, random, easy, hard or ccs"),
            dataset: str = typer.Option(..., help="dataset name"),
            size: Optional[int] = typer.Option(None, help="number of examples M"),
-           seed: int = typer.Option(0, help="seed for random subsets"),
-           scores: Optional[Path] = typer.Option(None, help="float .npy of per-example scores (easy/hard)"),
+           subset_seed: int = typer.Option(0, help="seed of a random subset"),
+           seed: Optional[int] = typer.Option(None, hidden=True),  # the old --subset-seed
+           scores: Optional[Path] = typer.Option(None, help="easy/hard: score file (.npy)"),
            offset: int = typer.Option(0, help="skip this many of the easiest/hardest first"),
-           class_balanced: Optional[bool] = typer.Option(None, "--class-balanced/--no-class-balanced",
-                                                         help="default: yes for random, no for easy/hard"),
-           label_noise: float = typer.Option(0.0, help="also save labels with this fraction re-drawn"),
-           noise_seed: int = NOISE_SEED,
+           class_balanced: Optional[bool] = typer.Option(
+               None, "--class-balanced/--no-class-balanced",
+               help="default: yes for random, no for easy/hard"),
+           label_noise: float = typer.Option(0.0, help="also save labels with this fraction "
+                                                       "re-drawn"),
+           noise_seed: int = typer.Option(0, help="seed of the label noise"),
            root: Path = ROOT):
     """Write a subset of train indices as .npy under ROOT/DATASET/subsets and print its path."""
     from .api import open_data
@@ -105,8 +142,9 @@ def subset(kind: str = typer.Argument(..., help="all, random, easy, hard or ccs"
 
     SUBSET_RULES.lookup(kind)
     check_noise_fraction(label_noise, noise_seed)
+    seed = subset_seed if seed is None else seed
     if seed < 0:
-        raise UserError(f"--seed must be >= 0, got {seed}")
+        raise UserError(f"--subset-seed must be >= 0, got {seed}")
     spec = SubsetSpec(kind=kind, size=size, seed=seed,
                       scores=str(scores) if scores else None, offset=offset,
                       class_balanced=class_balanced)
@@ -117,183 +155,34 @@ def subset(kind: str = typer.Argument(..., help="all, random, easy, hard or ccs"
     print(write_subset(ds, spec))
 
 
-# The flags that name a pre-training point: shared by imp and the analyses that spawn from it.
-DATASET = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="dataset (preset from Table 1)")
-SUBSET = typer.Option("all", help="pre-training subset: all, random, easy, hard, ccs")
-SIZE = typer.Option(None, help="subset size M")
-SUBSET_FILE = typer.Option(None, help="pre-train on these train indices (.npy)")
-SUBSET_SEED = typer.Option(0, help="seed of a random subset (replicate r draws its own from it)")
-SHARED_SUBSET = typer.Option(False, "--shared-subset", metavar="",
-                             help="random: one subset for all replicates")
-CLASS_BALANCED = typer.Option(None, "--class-balanced/--no-class-balanced",
-                              help="equal share per class (default: yes for random, no for easy/hard)")
-OFFSET = typer.Option(0, help="easy/hard: skip this many first; ccs: prune this many hardest "
-                              "first (the hard cutoff)")
-SCORES = typer.Option(None, help="easy/hard: score file (default: EL2N, computed or reused)")
-STEPS = typer.Option(None, help="pre-training iterations t_r (default: t* of the preset)")
-REPLICATES = typer.Option(1, help="independent replicates (trained packed)")
-RANK_BY = typer.Option("el2n", help="easy/hard/ccs without --scores: a registered score (el2n, "
-                                     "forgetting, lmc, grand, aum, train_loss, pred_var)")
-EL2N_MODELS = typer.Option(None, help="networks of the score (default 10; lmc: 2 replicates)")
-EL2N_STEPS = typer.Option(None, help="score iterations (lmc: spawn step; default per dataset)")
-MODEL = typer.Option(None, help="override the preset's network")
-BATCH_SIZE = typer.Option(None, help="override the preset's batch size")
-LR = typer.Option(None, help="override the training lr")
-PRETRAIN_LR = typer.Option(None, help="override the pre-training lr")
-TRAIN_STEPS = typer.Option(None, help="override T, the schedule's iterations")
+def compare_scores(values: dict) -> bool:
+    """``lthfast scores compare``: not a score but the dataset's computed ones, compared
+    (Spearman correlations as CSV and heat map; ``--x``/``--y``: a scatter of two)."""
+    if values["kind"] != "compare":
+        if values["x"] is not None or values["y"] is not None:
+            raise UserError("--x and --y are for 'lthfast scores compare'")
+        return False
+    from .experiments.score_compare import compare
+
+    for path in compare(values["out"], values["dataset"], values["x"], values["y"],
+                        root=values["root"]):
+        print(path)
+    return True
 
 
-@app.command()
-def imp(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE,
-        subset_file: Optional[Path] = SUBSET_FILE, subset_seed: int = SUBSET_SEED,
-        shared_subset: bool = SHARED_SUBSET, class_balanced: Optional[bool] = CLASS_BALANCED,
-        offset: int = OFFSET, scores: Optional[Path] = SCORES, steps: Optional[int] = STEPS,
-        levels: int = typer.Option(12, help="pruning levels (level k keeps 0.8^k of the weights)"),
-        replicates: int = REPLICATES, label_noise: float = LABEL_NOISE,
-        noise_seed: int = NOISE_SEED, rank_by: str = RANK_BY, el2n_models: Optional[int] = EL2N_MODELS,
-        el2n_steps: Optional[int] = EL2N_STEPS, model: Optional[str] = MODEL,
-        batch_size: Optional[int] = BATCH_SIZE, lr: Optional[float] = LR,
-        pretrain_lr: Optional[float] = PRETRAIN_LR, train_steps: Optional[int] = TRAIN_STEPS,
-        compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH, loader: str = LOADER,
-        root: Path = ROOT, out: Path = OUT, seed: int = SEED,
-        device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
-        checkpoint_every: int = CHECKPOINT_EVERY, threads: Optional[int] = THREADS):
-    """IMP with rewinding to t_r after pre-training on a subset; prints the run directory."""
-    from . import api
-
-    print(api.imp(request(api.ImpRequest, locals()), runtime_of(locals())).path)
+def _compare_axis(name: str, help: str) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+                             default=typer.Option(None, f"--{name}", help=help,
+                                                  rich_help_panel="scores compare"))
 
 
-@app.command()
-def lmc(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE,
-        subset_file: Optional[Path] = SUBSET_FILE, subset_seed: int = SUBSET_SEED,
-        shared_subset: bool = SHARED_SUBSET, class_balanced: Optional[bool] = CLASS_BALANCED,
-        offset: int = OFFSET, scores: Optional[Path] = SCORES, steps: Optional[int] = STEPS,
-        level: Optional[int] = typer.Option(
-            None, help="spawn from this IMP level's rewound sparse network (default: w_{t_r})"),
-        children: int = typer.Option(2, help="children per replicate; barriers of every pair"),
-        alphas: str = typer.Option("0.5", help="interpolation points, e.g. 0.25,0.5,0.75"),
-        replicates: int = REPLICATES, label_noise: float = LABEL_NOISE,
-        noise_seed: int = NOISE_SEED, rank_by: str = RANK_BY, el2n_models: Optional[int] = EL2N_MODELS,
-        el2n_steps: Optional[int] = EL2N_STEPS, model: Optional[str] = MODEL,
-        batch_size: Optional[int] = BATCH_SIZE, lr: Optional[float] = LR,
-        pretrain_lr: Optional[float] = PRETRAIN_LR, train_steps: Optional[int] = TRAIN_STEPS,
-        compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH, loader: str = LOADER,
-        root: Path = ROOT, out: Path = OUT, seed: int = SEED,
-        device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
-        checkpoint_every: int = CHECKPOINT_EVERY, threads: Optional[int] = THREADS):
-    """Linear mode connectivity of children spawned from the pre-training point imp would use
-    (or an IMP level); prints the path of the summary JSON (loss_barrier, error_barrier)."""
-    from . import api
-
-    print(api.lmc(request(api.LmcRequest, locals()), runtime_of(locals())))
-
-
-@app.command()
-def errors(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE,
-           subset_file: Optional[Path] = SUBSET_FILE, subset_seed: int = SUBSET_SEED,
-           shared_subset: bool = SHARED_SUBSET, class_balanced: Optional[bool] = CLASS_BALANCED,
-           offset: int = OFFSET, scores: Optional[Path] = SCORES, steps: Optional[int] = STEPS,
-           level: Optional[int] = typer.Option(
-               None, help="sparse projection: this IMP level's mask on w_{t_r} (default: dense)"),
-           replicates: int = REPLICATES, label_noise: float = LABEL_NOISE,
-           noise_seed: int = NOISE_SEED, rank_by: str = RANK_BY,
-           el2n_models: Optional[int] = EL2N_MODELS, el2n_steps: Optional[int] = EL2N_STEPS,
-           model: Optional[str] = MODEL, batch_size: Optional[int] = BATCH_SIZE,
-           lr: Optional[float] = LR, pretrain_lr: Optional[float] = PRETRAIN_LR,
-           train_steps: Optional[int] = TRAIN_STEPS, compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH,
-           loader: str = LOADER, root: Path = ROOT, out: Path = OUT, seed: int = SEED,
-           device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
-           checkpoint_every: int = CHECKPOINT_EVERY, threads: Optional[int] = THREADS):
-    """Per-example errors ‖p − y‖ at the pre-training point imp would use, dense or projected by
-    an IMP level's mask (Fig. 9); prints the path of the summary JSON."""
-    from . import api
-
-    print(api.errors(request(api.ErrorsRequest, locals()), runtime_of(locals())))
-
-
-@app.command()
-def grads(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE,
-          subset_file: Optional[Path] = SUBSET_FILE, subset_seed: int = SUBSET_SEED,
-          shared_subset: bool = SHARED_SUBSET, class_balanced: Optional[bool] = CLASS_BALANCED,
-          offset: int = OFFSET, scores: Optional[Path] = SCORES, steps: Optional[int] = STEPS,
-          coherence_every: int = typer.Option(10, help="steps between coherence measurements"),
-          coherence_batches: int = typer.Option(16, help="extra batches per coherence point"),
-          eval_every: int = typer.Option(100, help="steps between accuracy points (0: none)"),
-          replicates: int = REPLICATES, label_noise: float = LABEL_NOISE,
-          noise_seed: int = NOISE_SEED, rank_by: str = RANK_BY,
-          el2n_models: Optional[int] = EL2N_MODELS, el2n_steps: Optional[int] = EL2N_STEPS,
-          model: Optional[str] = MODEL, batch_size: Optional[int] = BATCH_SIZE,
-          lr: Optional[float] = LR, pretrain_lr: Optional[float] = PRETRAIN_LR,
-          train_steps: Optional[int] = TRAIN_STEPS, compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH,
-          loader: str = LOADER, root: Path = ROOT, out: Path = OUT, seed: int = SEED,
-          device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
-          checkpoint_every: int = CHECKPOINT_EVERY, threads: Optional[int] = THREADS):
-    """Gradient norms, gradient coherence and learning speed during the pre-training imp would
-    run (Figs. 7-8); prints the path of the summary JSON."""
-    from . import api
-
-    print(api.grads(request(api.GradsRequest, locals()), runtime_of(locals())))
-
-
-@app.command()
-def warmup(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE,
-           subset_file: Optional[Path] = SUBSET_FILE, subset_seed: int = SUBSET_SEED,
-           shared_subset: bool = SHARED_SUBSET, class_balanced: Optional[bool] = CLASS_BALANCED,
-           offset: int = OFFSET, scores: Optional[Path] = SCORES,
-           warmup_steps: int = typer.Option(0, "--warmup", help="t: linear lr warmup iterations, "
-                                                                "on the subset"),
-           replicates: int = typer.Option(8, help="replicates (trained packed)"),
-           rank_by: str = RANK_BY, el2n_models: Optional[int] = EL2N_MODELS,
-           el2n_steps: Optional[int] = EL2N_STEPS, batch_size: Optional[int] = BATCH_SIZE,
-           lr: Optional[float] = typer.Option(None, help="override the peak lr (3.2)"),
-           train_steps: Optional[int] = TRAIN_STEPS, compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH,
-           loader: str = LOADER, root: Path = ROOT, out: Path = OUT, seed: int = SEED,
-           device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
-           checkpoint_every: int = CHECKPOINT_EVERY, threads: Optional[int] = THREADS):
-    """Learning-rate warmup (appendix A, Fig. 6): the subset during the warmup only, then all
-    data; prints the run directory (diverged replicates are results, not errors)."""
-    from . import api
-
-    print(api.warmup(request(api.WarmupRequest, locals()), runtime_of(locals())))
-
-
-@app.command()
-def scores(kind: str = typer.Argument(..., help="a registered score (el2n, forgetting, lmc, "
-                                               "grand, aum, train_loss, pred_var) or compare"),
-           dataset: str = typer.Option("cifar10", envvar="LTHFAST_DATASET", help="dataset"),
-           models: Optional[int] = typer.Option(
-               None, help="K networks, trained packed, scores average over them (default 10; "
-                          "lmc: replicates of the parent, default 2)"),
-           steps: Optional[int] = typer.Option(
-               None, help="iterations (default: appendix A per dataset; lmc: spawn step, t*)"),
-           children: int = typer.Option(3, help="lmc: children per replicate (pairs of them)"),
-           train_steps: Optional[int] = TRAIN_STEPS, pretrain_lr: Optional[float] = PRETRAIN_LR,
-           label_noise: float = LABEL_NOISE, noise_seed: int = NOISE_SEED,
-           model: Optional[str] = typer.Option(None, help="override the network"),
-           batch_size: Optional[int] = typer.Option(None, help="override the batch size"),
-           lr: Optional[float] = typer.Option(None, help="override the lr"),
-           compile: Optional[bool] = COMPILE, cuda_graph: bool = CUDA_GRAPH, loader: str = LOADER,
-           root: Path = ROOT, out: Path = OUT, seed: int = SEED,
-           device: Optional[str] = DEVICE, deterministic: bool = DETERMINISTIC,
-           checkpoint_every: int = CHECKPOINT_EVERY, threads: Optional[int] = THREADS,
-           x: Optional[str] = typer.Option(None, "--x", help="compare: scatter this score ..."),
-           y: Optional[str] = typer.Option(None, "--y", help="compare: ... against this one")):
-    """Per-example scores of the train set (float32 .npy, dataset order); prints its path.
-    'scores compare': Spearman correlations of the dataset's computed scores (CSV, heat map;
-    --x/--y: a scatter of two); prints the paths, the correlation table last."""
-    from . import api
-
-    if kind == "compare":  # not a score: the computed ones, compared (score_compare)
-        from .experiments.score_compare import compare
-
-        for path in compare(out, dataset, x, y, root=root):
-            print(path)
-        return
-    if x is not None or y is not None:
-        raise UserError("--x and --y are for 'lthfast scores compare'")
-
-    print(api.scores(request(api.ScoreRequest, locals()), runtime_of(locals())))
+for _name, _cls in REQUESTS.items():
+    if _name == "scores":
+        training_command(_name, _cls, before=compare_scores, extra=[
+            _compare_axis("x", "compare: scatter this score ..."),
+            _compare_axis("y", "compare: ... against this one")])
+    else:
+        training_command(_name, _cls)
 
 
 @app.command()
@@ -341,7 +230,8 @@ def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, \\[f
         for line in spec.command_lines(root, out, device):
             print(line)
         return
-    launch(spec, runtime(root, out, device, False, None, 0, threads=threads), options)  # prints what it writes
+    # prints what it writes
+    launch(spec, make_runtime(dict(root=root, out=out, device=device, threads=threads)), options)
 
 
 @app.command()
@@ -353,7 +243,7 @@ def demo(root: Path = ROOT, out: Path = OUT, device: Optional[str] = DEVICE,
     data. Prints the summary in words, then its path (beside summary.json and demo.png)."""
     from .demo import run_demo
 
-    rt = runtime(root, out, device, False, None, 0, threads=threads)
+    rt = make_runtime(dict(root=root, out=out, device=device, threads=threads))
     print(run_demo(rt, seed, progress=lambda text: print(text, flush=True)))
 
 
@@ -375,7 +265,7 @@ def predict(file: Path = typer.Argument(..., help="an imp sweep file: its grid p
                         f"schemes), not {spec.command}")
     if children < 2 or replicates < 1:
         raise UserError("--children must be >= 2 and --replicates >= 1")
-    rt = runtime(root, out, device, False, None, 200)
+    rt = make_runtime(dict(root=root, out=out, device=device, checkpoint_every=200))
     print(rank_schemes(list(spec.points()), rt, children, replicates, level,
                        progress=lambda text: print(text, file=sys.stderr, flush=True)))
 

@@ -92,8 +92,19 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def natural_order(obj: Any) -> Any:
+    """Dicts with their keys sorted, numbers as numbers: replicate "2" before "10"."""
+    if isinstance(obj, dict):
+        key = lambda k: (0, int(k), "") if str(k).isdigit() else (1, 0, str(k))  # noqa: E731
+        return {k: natural_order(obj[k]) for k in sorted(obj, key=key)}
+    if isinstance(obj, list):
+        return [natural_order(v) for v in obj]
+    return obj
+
+
 def to_json(obj: Any, indent: int | None = None) -> str:
-    return json.dumps(json_safe(obj), indent=indent, sort_keys=True, allow_nan=False)
+    """Results JSON: keys in natural order (replicates 2 before 10), no NaN."""
+    return json.dumps(natural_order(json_safe(obj)), indent=indent, allow_nan=False)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

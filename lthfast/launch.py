@@ -58,7 +58,7 @@ class RunPoint:
     def __call__(self, command: str, point: dict, runtime: dict) -> dict:
         from .experiments.common import Runtime
         from .progress import PlainProgress
-        from .sweep import run_point
+        from .records import run_point
 
         # plain progress lines in the job's log; the record carries the point's wall time
         return run_point(command, point, Runtime(**runtime, progress=PlainProgress()))
@@ -109,7 +109,7 @@ def _executor(cluster: str, folder: Path, options: LaunchOptions, gpu: Optional[
 
 def _submit(cluster: str) -> Callable:
     def launch(spec, rt, options: LaunchOptions) -> Path:
-        from .files import atomic_write_json, config_hash
+        from .records import check_failed, summary_path, write_summary
         from .sweep import check_runtimes
 
         if cluster == "slurm":  # scheduler check, job states, collecting: lthfast.slurm
@@ -136,24 +136,24 @@ def _submit(cluster: str) -> Callable:
                 jobs[i] = job
         print(f"submitted {len(jobs)} {cluster} job(s): {jobs[0].job_id.split('_')[0]} "
               f"(logs in {folder})", file=sys.stderr, flush=True)
-        summary = Path(rt.out) / (f"sweep_{config_hash({'command': spec.command, 'runs': points})}"
-                                  ".json")
-        records = []
-        for point, job in zip(points, jobs):
-            try:
-                records.append(job.result() | {"job": job.job_id})
-            except Exception as exc:  # the job died: its logs say why
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                records.append({"flags": point, "status": "error", "job": job.job_id,
-                                "error": f"job failed: {first} (logs: {folder})"})
-            if records[-1]["status"] == "ok":
-                print(records[-1]["artifact"])
-        atomic_write_json(summary, {"file": str(spec.path), "command": spec.command,
-                                    "scale": spec.scale, "launcher": cluster, "runs": records})
+        summary = summary_path(spec, rt.out, points)
+        if cluster == "slurm" and not options.wait:
+            records = [{"flags": p, "status": "submitted", "job": j.job_id}
+                       for p, j in zip(points, jobs)]
+        else:
+            records = []
+            for point, job in zip(points, jobs):
+                try:
+                    records.append(job.result() | {"job": job.job_id})
+                except Exception as exc:  # the job died: its logs say why
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                    records.append({"flags": point, "status": "error", "job": job.job_id,
+                                    "error": f"job failed: {first} (logs: {folder})"})
+                if records[-1]["status"] == "ok":
+                    print(records[-1]["artifact"])
+        write_summary(summary, spec, records, launcher=cluster)
         print(summary)
-        failed = sum(r["status"] == "error" for r in records)
-        if failed:
-            raise UserError(f"{failed} of {len(points)} runs failed (see {summary})")
+        check_failed(records, summary)
         return summary
     return launch
 

@@ -16,7 +16,6 @@ between predicted and actual mean test accuracy at ``level``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Optional
@@ -52,9 +51,7 @@ def predict(points: list[dict], rt: Runtime, children: int = 2, replicates: int 
     names = [{k: p[k] for k in varying} or p for p in points]  # what tells the schemes apart
     rows = []
     for point, name, req in zip(points, names, requests):
-        fields = {f.name: getattr(req, f.name) for f in dataclasses.fields(api.ImpRequest)}
-        lmc = api.LmcRequest(**(fields | {"children": children, "replicates": replicates,
-                                          "levels": 0}))
+        lmc = api.recast(req, api.LmcRequest, children=children, replicates=replicates)
         summary = json.loads(api.lmc(lmc, rt).read_text())
         per_rep = [s["loss_barrier"] for s in summary["replicates"].values()]
         preset = req.preset()

@@ -107,7 +107,7 @@ RULES: dict[str, tuple[Callable[[Any, Scale], Any], int]] = {
     "steps": (lambda v, s: scaled(v, s.score if s.command == "scores" else s.pretrain), 1),
     "el2n_steps": (lambda v, s: scaled(v, s.score), 1),
     "train_steps": (lambda v, s: scaled(v, s.train, floor=TRAIN_STEPS // 4), 1),
-    "warmup": (lambda v, s: scaled(v, s.train), 1),
+    "warmup": (lambda v, s: scaled(v, s.train, floor=2), 1),  # a 1-step warmup is none
     "eval_every": (lambda v, s: scaled(v, s.train), 1),
     "coherence_every": (lambda v, s: scaled(v, s.train), 1),
     "levels": (lambda v, s: scaled(v, LEVELS / FULL_LEVELS), 1),
@@ -118,7 +118,7 @@ RULES: dict[str, tuple[Callable[[Any, Scale], Any], int]] = {
     "subset_file": (refused("subset_file"), 0), "scores": (refused("scores"), 0),
     **{name: (keep, 0) for name in (
         "seed", "label_noise", "noise_seed", "lr", "pretrain_lr", "kind", "subset",
-        "subset_seed", "shared_subset", "class_balanced", "rank_by", "alphas",
+        "subset_seed", "shared_subset", "class_balanced", "rank_by", "alphas", "prune_fraction",
         "deterministic", "compile", "loader", "checkpoint_every", "threads")},
     "cuda_graph": (lambda v, s: False, 0),  # a smoke sweep runs on the CPU: no CUDA graphs
 }

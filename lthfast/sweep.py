@@ -16,10 +16,11 @@ Every grid point is turned into the command's typed request and checked before t
 starts (lazily, up to ``MAX_RUNS`` points), so a typo or a value of the wrong type fails at once,
 not after a day of training; so are its runtime flags (``loader``, ``checkpoint_every``, ...), on
 the sweep's device once the command names it, and a flag the command does not use is refused
-(its points would be one run). ``--dry-run`` prints the commands in the CLI's own words. Runs call the Python API in this process one after another, each
-from a clean torch global state; a run that fails with a user error is reported and the sweep
-goes on; a diverged run is a result, not a failure; Ctrl-C stops the sweep and records the run
-as interrupted. Finished stages are skipped, so rerunning a sweep trains only what is missing.
+(its points would be one run). ``--dry-run`` prints the commands in the CLI's own words, from
+the flags' metadata (``lthfast.options``). Runs call the Python API in this process one after
+another, each from a clean torch global state; a run that fails with a user error is reported
+and the sweep goes on; a diverged run is a result, not a failure; Ctrl-C stops the sweep and
+records the run as interrupted. Finished stages are skipped, so rerunning a sweep trains only what is missing.
 ``--root``, ``--out`` and ``--device`` belong to the sweep command, not to the file. With several
 devices the points go to one worker process each (``lthfast.workers``); ``--smoke`` runs the
 same grid at CPU scale (``lthfast.smoke``). Each run's wall time goes into the sweep's record.
@@ -74,46 +75,27 @@ class Sweep:
 
         check_runtimes(self, Runtime(root=Path(root), out=Path(out),
                                      device=device or default_device()))
-        options = cli_options(self.command)
         common = {"root": str(root), "out": str(out)} | ({"device": device} if device else {})
-        lines = []
-        for point in self.points():
-            argv = [self.command] + ([point.pop("kind")] if self.argument else [])
-            for name, value in (point | common).items():
-                argv += flag_argv(self.command, name, value, options)
-            lines.append("lthfast " + shlex.join(argv))
-        return lines
+        return [command_line(self.command, point | common) for point in self.points()]
 
 
-def cli_options(command: str) -> dict[str, Any]:
-    """The options of ``lthfast COMMAND`` (click parameters), by each word that names one:
-    ``--compile`` and ``--no-compile`` name the same option."""
-    import typer.main
+def command_line(command: str, values: dict[str, Any]) -> str:
+    """A point as an ``lthfast`` command line, in the CLI's words (from the same flag metadata
+    the CLI is built from: ``lthfast.options``); ``kind`` is scores' positional argument."""
+    from .options import aliases, argv, opts
+    from .requests import REQUESTS
+    from .runtime import options as runtime_options
 
-    from .cli import app
-
-    params = typer.main.get_command(app).commands[command].params
-    return {word: param for param in params if param.param_type_name == "option"
-            for word in [*param.opts, *getattr(param, "secondary_opts", [])]}
-
-
-def flag_argv(command: str, name: str, value: Any, options: dict[str, Any]) -> list[str]:
-    """Key/value -> the CLI's words for it (``options``: ``cli_options(command)``). Booleans
-    are switches: ``--compile`` / ``--no-compile``; a false switch with no ``--no-`` form is
-    its default (``--deterministic``), left out."""
-    flag = "--" + name.replace("_", "-")
-    param = options.get(flag)
-    if param is None:
-        raise UserError(f"lthfast {command} has no option {flag}")
-    if not isinstance(value, bool):
-        return [flag, str(value)]
-    if value:
-        return [param.opts[0]]
-    if getattr(param, "secondary_opts", None):
-        return [param.secondary_opts[0]]
-    if not param.default:
-        return []
-    raise UserError(f"lthfast {command} {flag} is on by default and cannot be switched off")
+    cls = REQUESTS[command]
+    by_name = {o.name: o for o in opts(cls) + runtime_options()}
+    renamed = aliases(cls)
+    words = [command]
+    for name, value in values.items():
+        option = by_name.get(renamed.get(name, name))
+        if option is None:
+            raise UserError(f"lthfast {command} has no option --{name.replace('_', '-')}")
+        words += [str(value)] if option.opt.argument else argv(option, value)
+    return "lthfast " + shlex.join(words)
 
 
 def load_sweep(path: Path) -> Sweep:
@@ -137,7 +119,10 @@ def load_sweep(path: Path) -> Sweep:
         raise UserError(f"{path}: 'command' must be one of {', '.join(REQUESTS)}, got {command!r}")
     argument = raw.get("argument")
     if command == "scores" and not isinstance(argument, str):
-        raise UserError(f"{path}: command 'scores' needs argument = \"el2n\" or \"forgetting\"")
+        from .experiments.scores import SCORES
+
+        kinds = " or ".join(f'"{k}"' for k in SCORES)
+        raise UserError(f"{path}: command 'scores' needs argument = {kinds}")
     if command != "scores" and argument is not None:
         raise UserError(f"{path}: command '{command}' takes no argument (got {argument!r})")
     flags, grid = raw.get("flags", {}), raw.get("grid", {})
@@ -155,6 +140,10 @@ def load_sweep(path: Path) -> Sweep:
             raise UserError(f"{path}: grid entry '{name}' must be a non-empty list")
         if any(isinstance(v, (list, dict)) for v in values):
             raise UserError(f"{path}: grid entry '{name}' must list single values")
+        seen = [v for i, v in enumerate(values) if (v, type(v)) in
+                {(w, type(w)) for w in values[:i]}]
+        if seen:  # the same run twice: a typo, or a grid that means less than it says
+            raise UserError(f"{path}: grid entry '{name}' lists {seen[0]!r} twice")
     both = set(flags) & set(grid)
     if both:
         raise UserError(f"{path}: {', '.join(sorted(both))} in both [flags] and [grid]")
@@ -187,13 +176,13 @@ def check_runtimes(spec: Sweep, rt) -> None:
     """Every point's runtime flags with the sweep's runtime ``rt`` (its device), as each run
     will take them (``api.with_flags``): e.g. ``cuda_graph = true`` on a CPU sweep fails here,
     before the first run, not at its point."""
-    from .api import RUNTIME_FLAGS, coerce, with_flags
+    from .runtime import checked, sweep_flags, with_flags
 
+    runtime = sweep_flags()
     seen: set[str] = set()  # grid points mostly share their runtime flags
     for i, point in enumerate(spec.points(), 1):
         try:
-            flags = {name: coerce(name, value, RUNTIME_FLAGS[name])
-                     for name, value in point.items() if name in RUNTIME_FLAGS}
+            flags = checked({name: value for name, value in point.items() if name in runtime})
             key = json.dumps(flags, sort_keys=True)
             if key not in seen:
                 with_flags(rt, flags)
@@ -211,24 +200,10 @@ def describe(point: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in point.items())
 
 
-def run_point(command: str, point: dict[str, Any], rt) -> dict:
-    """One grid point through the API: its record (flags, status, artifact or error, and its
-    wall time in seconds). A user error is this point's result, not the sweep's end."""
-    from .api import RUNNERS, request_from, with_flags
-
-    start = time.monotonic()
-    record: dict[str, Any] = {"flags": point}
-    try:
-        request, flags = request_from(command, point, rt)
-        artifact = RUNNERS[command](request, with_flags(rt, flags))
-        record |= {"status": "ok", "artifact": str(artifact)}
-    except UserError as exc:
-        record |= {"status": "error", "error": str(exc)}
-    return record | {"seconds": round(time.monotonic() - start, 3)}
-
-
 def in_this_process(command: str, points: list[dict], rt, devices) -> Iterator[tuple]:
     """The points one after another here: ("start", i, device), then ("done", i, record)."""
+    from .records import run_point
+
     for i, point in enumerate(points):
         yield "start", i, rt.device
         yield "done", i, run_point(command, point, rt)
@@ -274,13 +249,13 @@ def run_sweep(spec: Sweep, rt, devices: Sequence[str] = (), pack: bool = False) 
     see ``lthfast.workers``); print each artifact, progress with elapsed time and ETA on
     stderr and, last, the summary ``<out>/sweep_<hash>.json`` (every run's record, its wall
     time included), which is returned (UserError if a run failed)."""
-    from .files import atomic_write_json, config_hash
     from .progress import SweepClock
+    from .records import check_failed, summary_path, write_summary
     from .workers import fan_out
 
     check_runtimes(spec, rt)  # the device is known now: a grid that cannot run here fails first
     points = list(spec.points())
-    summary = Path(rt.out) / f"sweep_{config_hash({'command': spec.command, 'runs': points})}.json"
+    summary = summary_path(spec, rt.out, points)
     records: dict[int, dict] = {}
     started: dict[int, float] = {}  # points in flight: when they started
     clock = SweepClock(len(points))
@@ -291,10 +266,8 @@ def run_sweep(spec: Sweep, rt, devices: Sequence[str] = (), pack: bool = False) 
                fan_out if len(devices) > 1 else in_this_process)
 
     def write() -> None:
-        atomic_write_json(summary, {"file": str(spec.path), "command": spec.command,
-                                    "scale": spec.scale, "workers": list(devices) or [rt.device],
-                                    "seconds": round(clock.elapsed(), 3),
-                                    "runs": [records[i] for i in sorted(records)]})
+        write_summary(summary, spec, [records[i] for i in sorted(records)],
+                      workers=list(devices) or [rt.device], seconds=round(clock.elapsed(), 3))
 
     events = execute(spec.command, points, rt, devices)
     try:
@@ -325,7 +298,5 @@ def run_sweep(spec: Sweep, rt, devices: Sequence[str] = (), pack: bool = False) 
         getattr(events, "close", lambda: None)()  # stops the workers, whatever happened
     write()
     print(summary)
-    failed = sum(r["status"] != "ok" for r in records.values())
-    if failed:
-        raise UserError(f"{failed} of {len(points)} runs failed (see {summary})")
+    check_failed([records[i] for i in sorted(records)], summary)
     return summary

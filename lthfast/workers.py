@@ -97,7 +97,7 @@ def work(worker: int, command: str, points: list, runtime: dict, tasks, results,
             die_with_parent(parent)
         from .experiments.common import Runtime
         from .progress import PlainProgress
-        from .sweep import run_point
+        from .records import run_point
 
         rt = Runtime(**runtime, progress=PlainProgress())  # plain lines: workers interleave
         while (i := tasks.get()) is not None:

@@ -38,8 +38,7 @@ def test_the_replay_measures_without_changing_pre_training(data_root, tmp_path):
                                train_steps=60, batch_size=32, replicates=2, coherence_every=2,
                                coherence_batches=4, eval_every=5)
     summary = json.loads(api.grads(request, rt).read_text())
-    imp = api.ImpRequest(**{f.name: getattr(request, f.name)
-                            for f in dataclasses.fields(api.ImpRequest)} | {"levels": 0})
+    imp = api.recast(request, api.ImpRequest, levels=0)
     run = api.imp(imp, rt)
     pre = RunStore(tmp_path).run("pretrain", run.config["pretrain"])
     for r in ("0", "1"):

@@ -31,7 +31,7 @@ HOSTILE = {
     "--coherence-batches": "1", "--eval-every": "-1", "--warmup": "-1", "--models": "0",
     "--source": "/nonexistent", "--launcher": "bogus", "--partition": " ", "--time-min": "0",
     "--gpus-per-task": "-1", "--cpus-per-task": "0", "--array-parallelism": "0",
-    "--workers": "-1", "--x": "bogus", "--y": "bogus",
+    "--workers": "-1", "--x": "bogus", "--y": "bogus", "--prune-fraction": "1",
 }
 SWITCHES = {"--shared-subset", "--class-balanced", "--compile", "--deterministic", "--force",
             "--dry-run", "--plots", "--wait", "--smoke", "--pack", "--cuda-graph", "--list"}
@@ -41,7 +41,7 @@ BASE = {
     "lmc": ["lmc", "--dataset", "digits", "--steps", "2", "--train-steps", "4"],
     "errors": ["errors", "--dataset", "digits", "--steps", "2", "--train-steps", "4"],
     "grads": ["grads", "--dataset", "digits", "--steps", "2", "--train-steps", "4"],
-    "warmup": ["warmup", "--dataset", "digits", "--warmup", "1", "--train-steps", "4"],
+    "warmup": ["warmup", "--dataset", "digits", "--warmup", "2", "--train-steps", "4"],
     "scores": ["scores", "el2n", "--dataset", "digits", "--models", "1", "--steps", "2"],
     "subset": ["subset", "random", "--dataset", "digits", "--size", "8"],
     "build-beton": ["build-beton", "digits"],

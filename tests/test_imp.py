@@ -416,3 +416,22 @@ def test_packed_groups_split_at_the_limit_in_order(tmp_path):
     # a group spanning runs keeps its checkpoint under a name of its own stages
     assert a.scratch(stages[:2]) != a.scratch([stages[0], stages[5]]) != a.scratch(
         [stages[0], stages[6]])
+
+
+def test_prune_fraction_sets_what_each_level_keeps(data_root, tmp_path):
+    """``--prune-fraction f``: level k keeps (1 - f)^k of the prunable weights (each level
+    prunes round(f x remaining)); the paper's 0.2 is the default and leaves the run's hash."""
+    f = 0.5
+    request = tiny_request(levels=2, prune_fraction=f, train_steps=24, steps=4)
+    run = api.imp(request, runtime(tmp_path, data_root))
+    assert run.config["prune_fraction"] == f
+    total = prunable_total()
+    left = [total]
+    for _ in range(2):
+        left.append(left[-1] - int(round(f * left[-1])))
+    rows = json.loads((run.path / "results.json").read_text())["rows"]
+    assert [r["weights_remaining"] for r in rows] == pytest.approx(
+        [n / total for n in left], abs=1e-12)
+    assert rows[2]["weights_remaining"] == pytest.approx((1 - f) ** 2, abs=1e-3)
+    default = tiny_request(levels=2, train_steps=24, steps=4)
+    assert default.config({}) == dataclasses.replace(default, prune_fraction=0.2).config({})

@@ -1,7 +1,7 @@
-"""Requests refuse the fields their command does not use: two requests that differ only in such a
-field would be the same run (a warmup with label noise would train on true labels, a sweep's
-grid points along that axis would collide). Every field a CLI command has no option for is such
-a field, and the CLI never passes one by default.
+"""The request layer: requests carry only the flags their command uses, every flag's type and
+bounds are checked in one place with one message per kind of mistake, rules between flags are
+checked before anything runs, and a flag a command ignores by design is refused (two requests
+that differ only there would be one run).
 
     python -m pytest -q tests/test_requests.py
 """
@@ -14,30 +14,26 @@ import pytest
 
 from lthfast import api
 from lthfast.errors import UserError
+from lthfast.requests import request_from
 
+DIGITS = dict(dataset="digits")
 WARMUP = dict(dataset="digits", subset="random", size=100, warmup=5)
 
 
-@pytest.mark.parametrize("field,value", [("label_noise", 0.1), ("noise_seed", 1),
-                                         ("model", "resnet20"), ("pretrain_lr", 0.1),
-                                         ("levels", 3)])
-def test_warmup_refuses_the_fields_it_does_not_use(field, value):
-    plain = api.WarmupRequest(**WARMUP)
-    plain.check()
-    changed = dataclasses.replace(plain, **{field: value})
-    # what made it a bug: the run (its config) is that of the plain request
-    assert changed.warmup_config(1438, {}) == plain.warmup_config(1438, {})
-    flag = "--" + field.replace("_", "-")
-    with pytest.raises(UserError, match=f"^warmup does not use {flag} "):
-        changed.check()
+@pytest.mark.parametrize("field", ["label_noise", "noise_seed", "model", "pretrain_lr", "levels",
+                                   "steps"])
+def test_warmup_carries_no_flag_it_does_not_use(field):
+    assert field not in {f.name for f in dataclasses.fields(api.WarmupRequest)}
+    with pytest.raises(UserError, match=f"^warmup does not use --{field.replace('_', '-')} "):
+        request_from("warmup", WARMUP | {field: 1})
 
 
 @pytest.mark.parametrize("command", ["lmc", "errors", "grads"])
-def test_analyses_refuse_levels(command):
-    cls = api.REQUESTS[command]
-    cls(dataset="digits", steps=5, levels=0).check()  # its default: fine
+def test_analyses_carry_no_levels(command):
+    assert "levels" not in {f.name for f in dataclasses.fields(api.REQUESTS[command])}
+    request_from(command, DIGITS | {"steps": 5})
     with pytest.raises(UserError, match=f"^{command} does not use --levels"):
-        cls(dataset="digits", steps=5, levels=4).check()
+        request_from(command, DIGITS | {"steps": 5, "levels": 4})
 
 
 @pytest.mark.parametrize("kind", ["el2n", "forgetting"])
@@ -68,29 +64,117 @@ def test_imp_with_pretrain_lr_ranks_by_the_same_el2n_scores():
     assert by_lmc.score_request().pretrain_lr == 0.05  # the lmc scores' parent uses it
 
 
-def cli_commands():
+@pytest.mark.parametrize("make,message", [
+    # wrong types from Python: refused when the request is made, never deep in a loader
+    (lambda: api.ImpRequest(steps=2.0), "--steps takes int"),
+    (lambda: api.ImpRequest(size="200"), "--size takes int"),
+    (lambda: api.LmcRequest(children="3"), "--children takes int"),
+    (lambda: api.LmcRequest(alphas=(0.25, 0.5)), "--alphas takes str"),
+    (lambda: api.ImpRequest(levels=None), "--levels takes int"),
+    (lambda: api.ImpRequest(shared_subset=1), "--shared-subset takes bool"),
+    (lambda: request_from("predict", {}), "unknown command 'predict'"),
+    (lambda: api.imp_many([api.LmcRequest(dataset="digits")], None), "imp_many takes imp"),
+    # one generic message per bound, naming the flag the user typed
+    (lambda: request_from("warmup", {"dataset": "digits", "train_steps": -5}),
+     "--train-steps must be >= 1, got -5"),
+    (lambda: request_from("imp", {"train-steps": 5}), "use train_steps"),
+    (lambda: request_from("imp", {"lr": float("inf")}), "--lr must be a finite number, got inf"),
+    (lambda: request_from("errors", {"pretrain_lr": float("inf")}),
+     "--pretrain-lr must be a finite"),
+    (lambda: request_from("warmup", {"dataset": "cifar10", "lr": float("inf")}), "--lr must be"),
+    (lambda: request_from("warmup", {"dataset": "digits", "warmup": 1}), "--warmup 1 is no warmup"),
+    (lambda: request_from("imp", {"label_noise": 1.5}), "--label-noise must be <= 1"),
+    (lambda: request_from("lmc", {"children": 1}), "--children must be >= 2, got 1"),
+    # flags an analysis ignores by design: refused (else two requests would share one run)
+    (lambda: request_from("grads", {"lr": 0.1}), "grads does not use --lr"),
+    (lambda: request_from("errors", {"dataset": "digits", "lr": 0.1}),
+     "errors does not use --lr without --level"),
+])
+def test_every_mistake_is_one_user_error(make, message):
+    with pytest.raises(UserError, match=None) as caught:
+        make()
+    assert message in str(caught.value), str(caught.value)
+
+
+def test_python_values_are_typed_like_the_cli():
+    """An int where a float is meant is that float, a str where a path is meant that path:
+    one run, one hash, from Python, a sweep file or the CLI."""
+    request = api.ImpRequest(lr=1, subset_file="x.npy")
+    assert isinstance(request.lr, float) and request.lr == 1.0
+    assert request.subset_file.__class__.__name__.endswith("Path")
+
+
+@pytest.mark.parametrize("command,flags,level", [
+    ("errors", {"steps": 5}, 100_000), ("lmc", {"steps": 5}, 400), ("imp", {}, 100)])
+def test_levels_beyond_where_the_weights_run_out_are_refused(command, flags, level):
+    """Level k keeps 0.8^k of the prunable weights: past the level that leaves less than one
+    weight in the network's smallest prunable layer there is nothing left to train."""
+    name = "levels" if command == "imp" else "level"
+    with pytest.raises(UserError, match=f"--{name}"):
+        request_from(command, DIGITS | flags | {name: level})
+    request_from(command, DIGITS | flags | {name: 12})  # the paper's last level: fine
+
+
+def test_help_of_every_training_command_comes_from_its_request():
+    """The CLI is built from the requests: each command has an option per flag of its request
+    and of the runtime, and says per command what a shared flag means there."""
     import typer.main
 
     from lthfast.cli import app
+    from lthfast.options import opts
+    from lthfast.runtime import options as runtime_options
 
-    return typer.main.get_command(app).commands
+    commands = typer.main.get_command(app).commands
+    for name, cls in api.REQUESTS.items():
+        params = {p.name: p for p in commands[name].params}
+        for option in opts(cls) + runtime_options():
+            assert params[option.name].help == option.opt.help, (name, option.name)
+    helps = {name: {p.name: p.help for p in commands[name].params} for name in commands}
+    assert "warmup" in helps["warmup"]["subset"] and "pre-training" not in helps["warmup"]["subset"]
+    assert "pre-training only" in helps["imp"]["label_noise"]
+    assert "pre-training" not in helps["scores"]["label_noise"]
+    assert "lr" not in helps["grads"] and "label_noise" not in helps["warmup"]
+    assert "--lr" in commands["grads"].help  # and the command's help says why
 
 
-@pytest.mark.parametrize("command", sorted(api.REQUESTS))
-def test_fields_without_a_cli_option_are_unused_and_cli_defaults_pass(command):
-    """A field the CLI cannot set must be one the request refuses when set (a sweep file could
-    otherwise set it, and --dry-run would print a command the CLI rejects); and what the CLI
-    passes by default (``cli.request`` of every option at its default) is accepted."""
-    from lthfast import cli
+@pytest.mark.parametrize("args,message", [
+    (["lmc", "--children", "100000"], "for one training stage"),
+    (["lmc", "--children", "1" + "0" * 21], "for one training stage"),
+    (["warmup", "--replicates", "100000"], "for one training stage"),
+    (["lmc", "--batch-size", "1000000000"], "for one training stage"),
+    (["lmc", "--train-steps", "1000000000000"], "for one training stage"),
+    (["grads", "--coherence-batches", "1000000000"], "--coherence-batches must be <="),
+    (["errors", "--level", "100000"], "--level 100000 leaves less than one"),
+    (["lmc", "--lr", "inf"], "--lr must be a finite number"),
+    (["errors", "--pretrain-lr", "inf"], "--pretrain-lr must be a finite number"),
+    (["warmup", "--lr", "inf"], "--lr must be a finite number"),
+])
+def test_what_cannot_fit_is_refused_before_any_work(args, message, tmp_path, run_cli):
+    """Issue #24: huge values crashed or hung after writing files; now one line, exit 2."""
+    code, out, err = run_cli(args + ["--dataset", "digits", "--device", "cpu", "--root",
+                                     tmp_path / "root", "--out", tmp_path / "out"])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "root").exists()
 
-    cls = api.REQUESTS[command]
-    params = cli_commands()[command].params
-    options = {word.lstrip("-").replace("-", "_") for p in params for word in p.opts}
-    fields = {f.name for f in dataclasses.fields(cls)}
-    request = cli.request(cls, {p.name: p.default for p in params} |
-                          ({"kind": "el2n"} if command == "scores" else {}))
-    missing = fields - options - {"kind"}  # scores' kind: the positional argument
-    assert missing <= set(request.unused()), missing - set(request.unused())
-    request.check_unused()  # the CLI's defaults are the requests' defaults
-    for name in fields & options:
-        assert getattr(request, name) == getattr(cls(), name), name
+
+def test_memory_estimate_grows_with_what_is_packed():
+    from lthfast.memory import stage_bytes
+
+    one = stage_bytes("resnet20", 32, 128, 1, 1000)
+    assert stage_bytes("resnet20", 32, 128, 4, 1000) > 3 * one
+    assert stage_bytes("resnet20", 32, 256, 1, 1000) > one
+    assert stage_bytes("resnet20", 8, 128, 1, 1000) < one  # digits' 8x8 images
+    assert 100e6 < one < 1e9  # ~2.7 MB of saved activations per example in fp32
+
+
+def test_duplicate_grid_points_are_refused(tmp_path):
+    from lthfast.sweep import load_sweep
+
+    path = tmp_path / "s.toml"
+    path.write_text('command = "imp"\n[flags]\ndataset = "digits"\nsubset = "random"\n'
+                    '[grid]\nsize = [64, 128, 64]\n')
+    with pytest.raises(UserError, match="grid entry 'size' lists 64 twice"):
+        load_sweep(path)
+    path.write_text('command = "imp"\n[flags]\ndataset = "digits"\n[grid]\nseed = [1, 2]\n')
+    assert load_sweep(path).size == 2

@@ -197,8 +197,7 @@ class BatchStream:
 
     def augment_params(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Crop offsets and flips for batch ``step``: B×K each, from per-model seeded generators."""
-        to = lambda a: host_to_device(a, self.data.device)
-        return tuple(to(a) for a in self._augment_arrays(step))
+        return tuple(host_to_device(a, self.data.device) for a in self._augment_arrays(step))
 
     def _augment_arrays(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         spec, b = self.data.augment, self.batch_size

@@ -20,6 +20,7 @@ from ..data.loader import DeviceData, PhasedStream, StreamSeeds, mix_seed
 from ..data.streams import make_stream
 from ..data.subsets import train_labels
 from ..errors import UserError
+from ..options import RUNTIME, Opt
 from ..models import build
 from ..models.packed import PackedResNet, load_packed
 from ..progress import ProgressFn
@@ -30,22 +31,44 @@ from ..train.hooks import Hook
 from ..train.loop import LoopConfig, LoopResult, train
 
 
+def opt(help: str, sweep: bool = True, cli_default: object = "same", **meta) -> dict:
+    """A runtime field's flag metadata: in the runtime panel; ``sweep``: settable per point of
+    a sweep file (root, out and device belong to the sweep command); ``cli_default``: the CLI's
+    default where it differs from the field's (the device: None, chosen when the run starts)."""
+    return {"opt": Opt(help, panel=RUNTIME, **meta), "sweep": sweep, "cli_default": cli_default}
+
+
 @dataclass(frozen=True)
 class Runtime:
     """How to run, not what: never part of a run's identity."""
 
-    root: Path = Path("datasets")
-    out: Path = Path("runs")
-    device: str = "cpu"
-    deterministic: bool = False
-    compile: Optional[bool] = None  # None: on for CUDA, off for CPU
-    cuda_graph: bool = False  # replay training steps as CUDA graphs (off until measured on a GPU)
+    # The fields with an ``Opt`` are flags (lthfast.options); ``sweep``: a sweep file may set it
+    root: Path = field(default=Path("datasets"), metadata=opt(
+        "data root", env="LTHFAST_DATA", sweep=False))
+    out: Path = field(default=Path("runs"), metadata=opt(
+        "runs root", env="LTHFAST_RUNS", sweep=False))
+    device: str = field(default="cpu", metadata=opt(
+        "cuda or cpu (default: cuda if available)", sweep=False, cli_default=None))
+    deterministic: bool = field(default=False, metadata=opt(
+        "deterministic kernels (CPU: bit-exact reruns)"))
+    compile: Optional[bool] = field(default=None, metadata=opt(  # None: on for CUDA, off for CPU
+        "torch.compile (default: on for CUDA)", negatable=True))
+    # replay training steps as CUDA graphs (off until measured on a GPU)
+    cuda_graph: bool = field(default=False, metadata=opt(
+        "replay each training step as a CUDA graph (CUDA only; stages whose hooks read the step "
+        "on the host run eagerly)", env="LTHFAST_CUDA_GRAPH"))
     amp: Optional[bool] = None  # None: bf16 autocast on CUDA
-    checkpoint_every: int = 0  # steps between checkpoints; 0: by wall time only
+    checkpoint_every: int = field(default=0, metadata=opt(  # 0: by wall time only
+        "iterations between checkpoints of a training stage, besides one every 5 minutes of "
+        "training (0: by time only)", env="LTHFAST_CHECKPOINT_EVERY", min=0))
     checkpoint_seconds: float = 300.0  # a checkpoint every 5 minutes of training, whatever the speed
     log_every: int = 50
-    loader: str = "device"  # a name in lthfast.data.streams.STREAMS
-    threads: Optional[int] = None  # torch's intra-op threads; None: see lthfast.threads
+    loader: str = field(default="device", metadata=opt(  # a name in lthfast.data.streams.STREAMS
+        "device (lthfast's device-resident loader) or ffcv (stock ffcv Loaders over the "
+        "betons, for comparison; no label noise, not deterministic)", env="LTHFAST_LOADER"))
+    threads: Optional[int] = field(default=None, metadata=opt(  # None: see lthfast.threads
+        "torch threads per process (default: the CPUs this process may use, shared among a "
+        "sweep's workers; deterministic CPU runs use 1)", env="LTHFAST_THREADS", min=1))
     progress: Optional[ProgressFn] = None
 
     def __post_init__(self):
@@ -195,7 +218,8 @@ def run_training(ctx: Context, model: PackedResNet, data: DeviceData,
                      compile=rt.use_compile, amp=rt.use_amp, capture=rt.cuda_graph)
     progress = None
     if rt.progress is not None:
-        progress = lambda step, total, _losses: rt.progress(label, step - start, total - start)
+        def progress(step, total, _losses):
+            rt.progress(label, step - start, total - start)
     try:
         return train(model, stream, cfg, masks=masks, checkpoint_path=checkpoint, hooks=hooks,
                      progress=progress)

@@ -21,7 +21,7 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Hashable, Iterator, Sequence
+from typing import Callable, Hashable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -69,6 +69,38 @@ def check_config(cfg: ImpConfig) -> None:
         raise UserError(f"the pruning fraction must be in (0, 1), got {cfg.prune_fraction}")
 
 
+def pretrain_seeds(seed: int, replicate: int) -> tuple[int, StreamSeeds]:
+    """Replicate r's pre-training seeds: its init and its data order and augmentation. The one
+    derivation: ``grads`` replays pre-training bit-identically because it calls this too."""
+    seeds = replicate_seeds(seed, replicate)
+    return seeds["init"], StreamSeeds(seeds["pretrain_order"], seeds["pretrain_augment"])
+
+
+def parent(ctx: Context, cfg, subset: SubsetSpec, level: Optional[int], replicates: int):
+    """The networks an analysis starts from (``analyses.lmc.Parent``), trained if missing:
+    w_{t_r} of each replicate (``cfg`` an ImpConfig or a PretrainConfig), or with ``level`` the
+    rewound sparse network of that IMP level (w_{t_r} under the level's mask; ``cfg`` an
+    ImpConfig). What the analyses and the LMC scores all spawn from."""
+    from .analyses.lmc import Parent
+
+    pre_cfg = getattr(cfg, "pretrain", cfg)
+    reps = list(range(replicates))
+    pre = ctx.store.run("pretrain", pre_cfg)
+    if level is None:
+        states = dict(zip(reps, pretrain(ctx, pre_cfg, subset, reps)))
+        return Parent(pre, [pre.stage(r) for r in reps], states, dict.fromkeys(reps))
+    run = run_imp(ctx, cfg, subset, level, replicates)
+    stages = [run.stage(r, level) for r in reps if run.stage(r, level).is_done()]
+    if not stages:
+        raise UserError(f"every replicate diverged before level {level}; nothing to start from")
+    masks = {s.replicate: ckpt.load(s.file("mask.pt")) for s in stages}
+    states = {}
+    for s in stages:
+        state, mask = ckpt.load(pre.stage(s.replicate).file("weights.pt")), masks[s.replicate]
+        states[s.replicate] = {n: t * mask[n] if n in mask else t for n, t in state.items()}
+    return Parent(run, stages, states, masks)
+
+
 def pretrain(ctx: Context, cfg: PretrainConfig, subset: SubsetSpec,
              replicates: list[int]) -> list[dict]:
     """w_{t_r} for each replicate (K=1 state dicts), training the missing ones packed.
@@ -87,10 +119,8 @@ def pretrain_many(ctx: Context, wanted: Sequence[tuple[PretrainConfig, SubsetSpe
 
     def prepare(stage: Stage) -> StageInputs:
         cfg, subset = by_path[stage.run.path]
-        seeds = replicate_seeds(cfg.seed, stage.replicate)
-        return StageInputs(init=seeds["init"],
-                           seeds=StreamSeeds(seeds["pretrain_order"], seeds["pretrain_augment"]),
-                           indices=subset_of(ctx, subset, stage.replicate))
+        init, seeds = pretrain_seeds(cfg.seed, stage.replicate)
+        return StageInputs(init=init, seeds=seeds, indices=subset_of(ctx, subset, stage.replicate))
 
     def artifacts(model, hooks, trained: list[Stage]):
         return {"subset": [subset_of(ctx, by_path[s.run.path][1], s.replicate) for s in trained]}

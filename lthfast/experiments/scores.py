@@ -207,16 +207,15 @@ def lmc_scores(ctx: Context, cfg: ScoreConfig, run: Run) -> np.ndarray:
     live in its LMC branch, so ``lthfast lmc`` with the same settings shares them."""
     from ..data.subsets import SubsetSpec
     from .analyses import lmc
-    from .imp import PretrainConfig, pretrain
+    from .imp import PretrainConfig, parent as spawn_parent
 
     everything = SubsetSpec(kind="all")
     pre_cfg = PretrainConfig(dataset=cfg.dataset, recipe=cfg.parent,
                              subset=everything.identity(), seed=cfg.seed,
                              label_noise=cfg.label_noise, noise_seed=cfg.noise_seed)
     reps = list(range(cfg.models))
-    states = dict(zip(reps, pretrain(ctx, pre_cfg, everything, reps)))
-    pre = ctx.store.run("pretrain", pre_cfg)
-    parent = lmc.Parent(pre, [pre.stage(r) for r in reps], states, dict.fromkeys(reps))
+    parent = spawn_parent(ctx, pre_cfg, everything, None, cfg.models)
+    pre = parent.run
     lcfg = lmc.LmcConfig(recipe=cfg.recipe, start=cfg.parent.steps, children=cfg.children,
                          seed=cfg.seed)
     lmc.write_summary(parent, lcfg, lmc.run(ctx, parent, lcfg))

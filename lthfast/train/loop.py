@@ -129,7 +129,10 @@ def train(model: torch.nn.Module, stream, cfg: LoopConfig, masks: Optional[Masks
     device = next(model.parameters()).device
     k = stream.k
     schedules, decays = cfg.per_model(k)
-    lrs_at = lambda t: [s.lr_at(t) for s in schedules]
+
+    def lrs_at(t):
+        return [s.lr_at(t) for s in schedules]
+
     step = cfg.start_step
     tracker = LossTracker(k, cfg.log_every, device, step)
     result = LoopResult(step=step, mean_losses=[math.nan] * k, diverged=[None] * k)
