@@ -9,7 +9,7 @@ and ``[name]`` work as usual); ``lookup`` turns an unknown name into the one use
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
 from .errors import UserError
 
@@ -17,13 +17,16 @@ T = TypeVar("T")
 
 
 class Registry(dict):
-    def __init__(self, what: str):
+    def __init__(self, what: str, on_register: Optional[Callable[[str], None]] = None):
         super().__init__()
         self.what = what  # "dataset", "loader", ...: how error messages name an entry
+        self.on_register = on_register  # told each new name (scores: the run store's kinds)
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorate(obj: T) -> T:
             self[name] = obj
+            if self.on_register is not None:
+                self.on_register(name)
             return obj
         return decorate
 

@@ -46,8 +46,8 @@ def report(out: Path, plots: bool = True) -> Report:
         raise UserError(f"no finished IMP, LMC, warmup or analysis runs under {out}{detail}")
     folder = out / "report"
     done = Report(damaged=damaged)
-    write = lambda rows, name, cols: done.written.append(
-        R.write_csv(rows, folder / name, cols))
+    def write(rows, name, cols):
+        done.written.append(R.write_csv(rows, folder / name, cols))
     if warm:
         write(warm, "warmup.csv", R.WARMUP_COLUMNS)
     if other:

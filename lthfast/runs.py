@@ -51,11 +51,19 @@ SCORES = "scores.npy"  # a score run's per-example scores
 _SUMMARY = re.compile(r"([a-z0-9]+)(_[a-z0-9_]+)?\.json")
 
 
-def run_kinds() -> tuple[str, ...]:
-    """``KINDS`` and the name of every registered score (lthfast.experiments.scores.SCORES)."""
-    from .experiments.scores import SCORES
+_REGISTERED: list[str] = []  # kinds of registries that make runs (every score: ``SCORES``)
 
-    return KINDS + tuple(name for name in SCORES if name not in KINDS)
+
+def register_kind(name: str) -> None:
+    """A run kind from a registry (the score registry calls it for each score it registers):
+    the run store learns kinds without importing what makes them (no import cycle)."""
+    if name not in KINDS and name not in _REGISTERED:
+        _REGISTERED.append(name)
+
+
+def run_kinds() -> tuple[str, ...]:
+    """``KINDS`` and every kind registered by ``register_kind`` (every registered score)."""
+    return KINDS + tuple(_REGISTERED)
 
 
 @functools.lru_cache(maxsize=None)

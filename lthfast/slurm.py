@@ -157,7 +157,7 @@ def submit_array(spec, rt, options) -> Path:
     """``sweep --launcher slurm``: submit (or collect) the grid as one array; the summary path
     is returned (UserError when a point failed)."""
     from .files import atomic_write_json, config_hash
-    from .launch import RunPoint, _executor
+    from .jobs import RunPoint, _executor
     from .sweep import check_runtimes
 
     check_scheduler()  # before any file is written

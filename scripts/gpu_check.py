@@ -48,11 +48,10 @@ import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 import warnings  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable, Optional  # noqa: E402
 
@@ -765,7 +764,8 @@ PHASES = [
 
 def _figures(name: str, r: dict) -> str:
     """A phase's headline figures, for the markdown table."""
-    f = lambda v, fmt=".3g": "—" if v is None else format(v, fmt)
+    def f(v, fmt=".3g"):
+        return "—" if v is None else format(v, fmt)
     if name == "A":
         return f"replay == eager bit for bit: {r.get('all_equal')} ({len(r.get('cases', {}))} cases)"
     if name == "B":

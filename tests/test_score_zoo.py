@@ -296,7 +296,8 @@ def test_ccs_prunes_the_hardest_fills_the_budget_and_covers_sparse_strata():
     # every non-empty stratum of the kept examples gives at least one
     kept = np.setdiff1d(np.arange(1000), hardest)
     edges = np.linspace(hard[kept].min(), hard[kept].max(), 11)
-    strata = lambda idx: set(np.clip(np.searchsorted(edges, hard[idx], "right") - 1, 0, 9))
+    def strata(idx):
+        return set(np.clip(np.searchsorted(edges, hard[idx], "right") - 1, 0, 9))
     assert strata(picked) == strata(kept)
     for size in (1, 7, 333, 980):  # the budget is met exactly, up to all that is kept
         assert len(coverage_centric(hard, size, cutoff, 10, np.random.default_rng(2))) == size

@@ -133,13 +133,13 @@ def write_dataset(raw: RawDataset, out: Path, betons: bool, source: Optional[str
         raise UserError(f"dataset {raw.name} has an empty split")
     files = {}
     (out / "subsets").mkdir(parents=True, exist_ok=True)  # where index arrays and noisy labels go
-    for split_name, split in (("train", raw.train), ("test", raw.test)):
+    for part, split in (("train", raw.train), ("test", raw.test)):
         for kind, array in (("images", split.images), ("labels", split.labels.astype(np.int64))):
-            path = atomic_save_npy(out / f"{split_name}_{kind}.npy", array)
+            path = atomic_save_npy(out / f"{part}_{kind}.npy", array)
             files[path.name] = file_sha256(path)
         if betons:
-            write_beton(out / f"{split_name}.beton", split)
-            files[f"{split_name}.beton"] = file_sha256(out / f"{split_name}.beton")
+            write_beton(out / f"{part}.beton", split)
+            files[f"{part}.beton"] = file_sha256(out / f"{part}.beton")
     mean, std = channel_stats(raw.train.images)
     counts = np.bincount(raw.train.labels, minlength=len(raw.classes))
     atomic_write_json(out / "meta.json", {

@@ -43,7 +43,7 @@ from ..errors import UserError
 from ..files import atomic_save_npy
 from ..models.packed import PackedResNet
 from ..registry import Registry
-from ..runs import Run, Stage
+from ..runs import Run, Stage, register_kind
 from ..train.evaluate import el2n, predict
 from ..train.hooks import Hook
 from .common import SCORE_SEEDS, Context, replicate_seeds
@@ -88,7 +88,7 @@ class ScoreKind:
             raise ValueError(f"ScoreKind.easy is 'low' or 'high', got {self.easy!r}")
 
 
-SCORES = Registry("score")  # name -> ScoreKind
+SCORES = Registry("score", on_register=register_kind)  # name -> ScoreKind; each a run kind
 
 
 class ForgettingCounter(Hook):
