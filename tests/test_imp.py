@@ -220,6 +220,9 @@ def test_levels_start_from_masked_pretrain_weights_and_prune_the_previous_level(
     assert not torch.equal(rewind["stem.weight"], init["stem.weight"])
 
     ctx = Context(runtime(tmp_path, data_root), digits)
+    from lthfast.experiments.common import setup_torch
+
+    setup_torch(ctx.rt)  # the run's torch threads: reductions, hence bits, depend on them
     recipe = request.config({}).recipe
     prev_trained = prev_mask = None
     for level in range(4):
