@@ -136,6 +136,7 @@ class ScoreRequest(Common):
     children: int = 3  # lmc: children per replicate (3 pairs each)
     train_steps: Optional[int] = None
     pretrain_lr: Optional[float] = None  # lmc: the parent's pre-training lr
+    bn: str = "average"  # lmc: BatchNorm at interpolated weights (average | recompute)
 
     COMMAND: ClassVar[str] = "scores"
 
@@ -144,7 +145,7 @@ class ScoreRequest(Common):
 
     def unused(self) -> tuple[str, ...]:
         # el2n / forgetting train score ensembles on the training schedule: no parent
-        return () if self.kind == "lmc" else ("children", "pretrain_lr")
+        return () if self.kind == "lmc" else ("children", "pretrain_lr", "bn")
 
     def preset(self) -> Preset:
         preset = Overrides(self.model, self.batch_size, self.lr, self.pretrain_lr,
@@ -165,6 +166,7 @@ class ScoreRequest(Common):
             raise UserError(f"--children must be >= 2 (barriers are between pairs), got "
                             f"{self.children}")
         self.check_spawn("--steps")
+        check_bn(self.bn)
 
     def check_spawn(self, flag: str) -> None:
         """lmc: children train from the spawn step to the end of the schedule, so the spawn
@@ -192,8 +194,15 @@ class ScoreRequest(Common):
                       label_noise=self.label_noise, noise_seed=self.noise_seed)
         if self.kind == "lmc":  # a dense parent pre-trained to t; children to the end
             return ScoreConfig(recipe=train_recipe(preset), parent=pretrain_recipe(preset, steps),
-                               children=self.children, **common)
+                               children=self.children, bn=self.bn, **common)
         return ScoreConfig(recipe=score_recipe(preset, steps), **common)
+
+
+def check_bn(bn: str) -> None:
+    from .experiments.analyses.lmc import BN_KINDS
+
+    if bn not in BN_KINDS:
+        raise UserError(f"--bn must be one of {', '.join(BN_KINDS)}, got {bn!r}")
 
 
 @dataclass(frozen=True)
@@ -308,6 +317,7 @@ class LmcRequest(ImpRequest):
     alphas: str = "0.5"  # comma-separated interpolation points in [0, 1]
     level: Optional[int] = None
     levels: int = 0  # not used: the parent's level is ``level``
+    bn: str = "average"  # BatchNorm at interpolated weights: average (the authors') | recompute
 
     COMMAND: ClassVar[str] = "lmc"
 
@@ -332,6 +342,7 @@ class LmcRequest(ImpRequest):
         if self.level is not None and self.level < 0:
             raise UserError(f"--level must be >= 0, got {self.level}")
         self.alpha_values()
+        check_bn(self.bn)
 
 
 def lmc(req: LmcRequest, rt: Runtime) -> Path:
@@ -343,7 +354,7 @@ def lmc(req: LmcRequest, rt: Runtime) -> Path:
     parent = _parent(ctx, spec, cfg, req.level, req.replicates)
     lcfg = analysis.LmcConfig(recipe=cfg.recipe, start=cfg.pretrain.recipe.steps,
                               children=req.children, alphas=req.alpha_values(), level=req.level,
-                              seed=req.seed)
+                              seed=req.seed, bn=req.bn)
     return analysis.write_summary(parent, lcfg, analysis.run(ctx, parent, lcfg))
 
 
@@ -373,7 +384,10 @@ def errors(req: ErrorsRequest, rt: Runtime) -> Path:
     req.check()
     ctx, spec, cfg = _prepared(req, rt)
     parent = _parent(ctx, spec, cfg, req.level, req.replicates)
-    return analysis.run(ctx, parent.run, parent.states, req.level, cfg.pretrain.recipe.steps)
+    pre = ctx.store.run("pretrain", cfg.pretrain)
+    diverged = {r: pre.stage(r).record().diverged for r in parent.states}
+    return analysis.run(ctx, parent.run, parent.states, req.level, cfg.pretrain.recipe.steps,
+                        diverged)
 
 
 @dataclass(frozen=True)
@@ -384,6 +398,8 @@ class GradsRequest(ImpRequest):
     coherence_every: int = 10
     coherence_batches: int = 16
     eval_every: int = 100
+    eval_subset: Optional[str] = None  # accuracy also on this subset (Fig. 7a: easy)
+    eval_size: Optional[int] = None
     levels: int = 0  # not used
 
     COMMAND: ClassVar[str] = "grads"
@@ -399,6 +415,18 @@ class GradsRequest(ImpRequest):
             raise UserError(f"--eval-every must be >= 0 (0: never), got {self.eval_every}")
         if self.steps == 0:
             raise UserError("--steps 0 has no pre-training to look at")
+        if (self.eval_subset is None) != (self.eval_size is None) and self.eval_subset != "all":
+            raise UserError("--eval-subset and --eval-size go together")
+        if self.eval_subset is not None:
+            self.eval_request().check()
+
+    def eval_request(self) -> ImpRequest:
+        """The subset the accuracies are also measured on, ranked as this request would rank
+        its own (same scores)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(ImpRequest)}
+        return ImpRequest(**(fields | {"subset": self.eval_subset, "size": self.eval_size,
+                                       "offset": 0, "subset_file": None,
+                                       "shared_subset": False, "levels": 0}))
 
 
 def grads(req: GradsRequest, rt: Runtime) -> Path:
@@ -417,10 +445,16 @@ def grads(req: GradsRequest, rt: Runtime) -> Path:
         return seeds["init"], StreamSeeds(seeds["pretrain_order"], seeds["pretrain_augment"])
 
     subsets = {r: subset_of(ctx, spec, r) for r in range(req.replicates)}
+    eval_spec = eval_subsets = None
+    if req.eval_subset is not None:
+        _, eval_spec, _ = _prepared(req.eval_request(), rt, ctx)
+        eval_subsets = {r: subset_of(ctx, eval_spec, r) for r in range(req.replicates)}
     return analysis.run(ctx, pre, cfg.pretrain.recipe,
                         ctx.train_split(cfg.pretrain.label_noise, cfg.pretrain.noise_seed),
                         seeds_of, subsets, analysis.GradsConfig(
-                            req.coherence_every, req.coherence_batches, req.eval_every))
+                            req.coherence_every, req.coherence_batches, req.eval_every,
+                            eval_spec.identity() if eval_spec is not None else None),
+                        seed=cfg.pretrain.seed, eval_subsets=eval_subsets)
 
 
 @dataclass(frozen=True)
@@ -498,9 +532,13 @@ def warmup(req: WarmupRequest, rt: Runtime) -> Path:
 
 def _parent(ctx: Context, spec, cfg, level: Optional[int], replicates: int):
     """The networks an analysis starts from: w_{t_r} of each replicate (pre-training), or with
-    ``level`` the rewound sparse network of that IMP level (w_{t_r} under the level's mask)."""
+    ``level`` the rewound sparse network of that IMP level (w_{t_r} under the level's mask).
+
+    Level k's mask prunes the weights trained at level k − 1, so only levels 0 … k − 1 train
+    here (none for level 0, whose mask keeps everything); level k itself never needs training.
+    Replicates whose pre-training or an earlier level diverged are left out."""
     from .experiments.analyses.lmc import Parent
-    from .experiments.imp import pretrain, run_imp
+    from .experiments.imp import level_masks, pretrain, run_imp
     from .train import checkpoint as ckpt
 
     reps = list(range(replicates))
@@ -508,17 +546,26 @@ def _parent(ctx: Context, spec, cfg, level: Optional[int], replicates: int):
         states = dict(zip(reps, pretrain(ctx, cfg.pretrain, spec, reps)))
         run = ctx.store.run("pretrain", cfg.pretrain)
         return Parent(run, [run.stage(r) for r in reps], states, dict.fromkeys(reps))
-    run = run_imp(ctx, cfg, spec, level, replicates)
-    stages = [run.stage(r, level) for r in reps if run.stage(r, level).is_done()]
-    if not stages:
-        raise UserError(f"every replicate diverged before level {level}; nothing to start from")
+    if level == 0:
+        rewinds = dict(zip(reps, pretrain(ctx, cfg.pretrain, spec, reps)))
+        run = ctx.store.run("imp", cfg).create()
+    else:
+        run = run_imp(ctx, cfg, spec, level - 1, replicates)
     pre = ctx.store.run("pretrain", cfg.pretrain)
-    masks = {s.replicate: ckpt.load(s.file("mask.pt")) for s in stages}
-    states = {}
-    for s in stages:
-        state, mask = ckpt.load(pre.stage(s.replicate).file("weights.pt")), masks[s.replicate]
-        states[s.replicate] = {n: t * mask[n] if n in mask else t for n, t in state.items()}
-    return Parent(run, stages, states, masks)
+    alive = [r for r in reps if pre.stage(r).record().diverged is None
+             and (level == 0 or (run.stage(r, level - 1).is_done()
+                                 and run.stage(r, level - 1).record().diverged is None))]
+    if not alive:
+        raise UserError(f"every replicate diverged before level {level}; nothing to start from")
+    masks, states = {}, {}
+    for r in alive:
+        state = rewinds[r] if level == 0 else ckpt.load(pre.stage(r).file("weights.pt"))
+        stage = run.stage(r, level)
+        mask = (ckpt.load(stage.file("mask.pt")) if stage.is_done() else
+                level_masks(run, stage, state, cfg.prune_fraction))
+        masks[r] = mask
+        states[r] = {n: t * mask[n] if n in mask else t for n, t in state.items()}
+    return Parent(run, [run.stage(r, level) for r in alive], states, masks)
 
 
 def _prepared(req: ImpRequest, rt: Runtime, ctx: Optional[Context] = None):

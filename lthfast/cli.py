@@ -168,6 +168,8 @@ def lmc(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SIZE
             None, help="spawn from this IMP level's rewound sparse network (default: w_{t_r})"),
         children: int = typer.Option(2, help="children per replicate; barriers of every pair"),
         alphas: str = typer.Option("0.5", help="interpolation points, e.g. 0.25,0.5,0.75"),
+        bn: str = typer.Option("average", help="BatchNorm at interpolated weights: average "
+                               "(the authors': statistics interpolated too) or recompute"),
         replicates: int = REPLICATES, label_noise: float = LABEL_NOISE,
         noise_seed: int = NOISE_SEED, rank_by: str = RANK_BY, el2n_models: Optional[int] = EL2N_MODELS,
         el2n_steps: Optional[int] = EL2N_STEPS, model: Optional[str] = MODEL,
@@ -215,6 +217,9 @@ def grads(dataset: str = DATASET, subset: str = SUBSET, size: Optional[int] = SI
           coherence_every: int = typer.Option(10, help="steps between coherence measurements"),
           coherence_batches: int = typer.Option(16, help="extra batches per coherence point"),
           eval_every: int = typer.Option(100, help="steps between accuracy points (0: none)"),
+          eval_subset: Optional[str] = typer.Option(
+              None, help="accuracy also on this subset (Fig. 7a: easy), with --eval-size"),
+          eval_size: Optional[int] = typer.Option(None, help="size of --eval-subset"),
           replicates: int = REPLICATES, label_noise: float = LABEL_NOISE,
           noise_seed: int = NOISE_SEED, rank_by: str = RANK_BY,
           el2n_models: Optional[int] = EL2N_MODELS, el2n_steps: Optional[int] = EL2N_STEPS,
@@ -262,6 +267,8 @@ def scores(kind: str = typer.Argument(..., help="el2n, forgetting or lmc"),
            steps: Optional[int] = typer.Option(
                None, help="iterations (default: appendix A per dataset; lmc: spawn step, t*)"),
            children: int = typer.Option(3, help="lmc: children per replicate (pairs of them)"),
+           bn: str = typer.Option("average", help="lmc: BatchNorm at interpolated weights "
+                                  "(average or recompute)"),
            train_steps: Optional[int] = TRAIN_STEPS, pretrain_lr: Optional[float] = PRETRAIN_LR,
            label_noise: float = LABEL_NOISE, noise_seed: int = NOISE_SEED,
            model: Optional[str] = typer.Option(None, help="override the network"),
