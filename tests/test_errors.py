@@ -73,4 +73,5 @@ def test_a_diverged_pre_training_is_recorded_and_exits_zero(data_root, tmp_path,
         assert code == 0 and "Traceback" not in err, err
     summary = json.loads(Path(out.split()[-1]).read_text())
     assert summary["mean"] is None and summary["replicates"]["0"]["histogram"] is None
+    assert summary["replicates"]["0"]["quantiles"] == {"0.1": None, "0.5": None, "0.9": None}
     assert 0 <= summary["diverged"]["0"]["step"] < 10

@@ -36,6 +36,7 @@ from . import ANALYSES, finished
 
 BRANCH = "errors"
 BINS = np.linspace(0.0, np.sqrt(2.0), 41)  # ‖p − y‖₂ lies in [0, √2]
+QUANTILES = (0.1, 0.5, 0.9)
 
 
 def measure(ctx: Context, states: dict[int, dict]) -> dict[int, np.ndarray]:
@@ -51,11 +52,11 @@ def summarize(errors: np.ndarray, diverged: Optional[dict] = None) -> dict:
     """Mean, quantiles and histogram; a network whose errors are not finite (it diverged) has
     none: null statistics and where it diverged."""
     if not np.all(np.isfinite(errors)):
-        return {"mean": None, "quantiles": None, "histogram": None,
+        return {"mean": None, "quantiles": {str(q): None for q in QUANTILES}, "histogram": None,
                 "diverged": diverged or {"step": None}}
     counts, _ = np.histogram(errors, BINS)
     return {"mean": float(errors.mean()),
-            "quantiles": {str(q): float(np.quantile(errors, q)) for q in (0.1, 0.5, 0.9)},
+            "quantiles": {str(q): float(np.quantile(errors, q)) for q in QUANTILES},
             "histogram": {"edges": BINS.tolist(), "counts": counts.tolist()}}
 
 
