@@ -84,7 +84,7 @@ def lmc(req: LmcRequest, rt: Runtime) -> Path:
     parent = parent(ctx, cfg, spec, req.level, req.replicates)
     lcfg = analysis.LmcConfig(recipe=cfg.recipe, start=cfg.pretrain.recipe.steps,
                               children=req.children, alphas=req.alpha_values(), level=req.level,
-                              seed=req.seed)
+                              seed=req.seed, bn=req.bn)
     return analysis.write_summary(parent, lcfg, analysis.run(ctx, parent, lcfg))
 
 
@@ -96,7 +96,10 @@ def errors(req: ErrorsRequest, rt: Runtime) -> Path:
     checked(req, rt)
     ctx, spec, cfg = _prepared(req, rt)
     parent = parent(ctx, cfg, spec, req.level, req.replicates)
-    return analysis.run(ctx, parent.run, parent.states, req.level, cfg.pretrain.recipe.steps)
+    pre = ctx.store.run("pretrain", cfg.pretrain)
+    diverged = {r: pre.stage(r).record().diverged for r in parent.states}
+    return analysis.run(ctx, parent.run, parent.states, req.level, cfg.pretrain.recipe.steps,
+                        diverged)
 
 
 def grads(req: GradsRequest, rt: Runtime) -> Path:
@@ -112,10 +115,16 @@ def grads(req: GradsRequest, rt: Runtime) -> Path:
         return pretrain_seeds(cfg.pretrain.seed, r)
 
     subsets = {r: subset_of(ctx, spec, r) for r in range(req.replicates)}
+    eval_spec = eval_subsets = None
+    if req.eval_subset is not None:  # Fig. 7a: accuracy also on the easy subset
+        _, eval_spec, _ = _prepared(req.eval_request(), rt, ctx)
+        eval_subsets = {r: subset_of(ctx, eval_spec, r) for r in range(req.replicates)}
     return analysis.run(ctx, pre, cfg.pretrain.recipe,
                         ctx.train_split(cfg.pretrain.label_noise, cfg.pretrain.noise_seed),
                         seeds_of, subsets, analysis.GradsConfig(
-                            req.coherence_every, req.coherence_batches, req.eval_every))
+                            req.coherence_every, req.coherence_batches, req.eval_every,
+                            eval_spec.identity() if eval_spec is not None else None),
+                        seed=cfg.pretrain.seed, eval_subsets=eval_subsets)
 
 
 def warmup(req: WarmupRequest, rt: Runtime) -> Path:

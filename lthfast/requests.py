@@ -283,6 +283,7 @@ def _score_check(req) -> None:
                         kind.default_steps(p) if req.steps is None else req.steps,
                         kind.min_steps)
     req.check_spawn("--steps")
+    check_bn(req.bn)
 
 
 def _check_spawn(req, flag_name: str) -> None:
@@ -312,7 +313,7 @@ def _score_config(req):
                   label_noise=req.label_noise, noise_seed=req.noise_seed)
     if req.kind == "lmc":  # a dense parent pre-trained to t; children to the end
         return ScoreConfig(recipe=train_recipe(p), parent=pretrain_recipe(p, steps),
-                           children=req.children, **common)
+                           children=req.children, bn=req.bn, **common)
     return ScoreConfig(recipe=score_recipe(p, steps), **common)
 
 
@@ -325,8 +326,17 @@ SCORE_OWN = [
     ("steps", Optional[int], None,
      Opt("iterations (default: appendix A per dataset; lmc: the spawn step, t*)", min=1)),
     ("children", int, 3, Opt("lmc: children per replicate (barriers of every pair)", min=2)),
+    ("bn", str, "average", Opt("lmc: BatchNorm at interpolated weights: average (the authors': "
+                               "statistics interpolated too) or recompute")),
 ]
-SCORE_DEFAULTS = {"children": 3, "pretrain_lr": None}
+SCORE_DEFAULTS = {"children": 3, "pretrain_lr": None, "bn": "average"}
+
+
+def check_bn(bn: str) -> None:
+    from .experiments.analyses.lmc import BN_KINDS
+
+    if bn not in BN_KINDS:
+        raise UserError(f"--bn must be one of {', '.join(BN_KINDS)}, got {bn!r}")
 
 
 def _score_unused(req) -> tuple[str, ...]:
@@ -398,6 +408,7 @@ def _analysis_check(req) -> None:
 def _lmc_check(req) -> None:
     _analysis_check(req)
     req.alpha_values()
+    check_bn(req.bn)
 
 
 LmcRequest = pretrained(
@@ -406,7 +417,10 @@ LmcRequest = pretrained(
     "error_barrier).",
     [level("spawn from this IMP level's rewound sparse network (default: w_{t_r})"),
      ("children", int, 2, Opt("children per replicate; barriers of every pair", min=2)),
-     ("alphas", str, "0.5", Opt("interpolation points, e.g. 0.25,0.5,0.75"))],
+     ("alphas", str, "0.5", Opt("interpolation points, e.g. 0.25,0.5,0.75")),
+     ("bn", str, "average", Opt("BatchNorm at interpolated weights: average (the authors': every "
+                                "weight and BN buffer interpolated, eval mode) or recompute "
+                                "(statistics recomputed on the train set)"))],
     dict(check=_lmc_check, alpha_values=_alpha_values))
 
 
@@ -429,18 +443,32 @@ def _grads_check(req) -> None:
     check_pretraining(req)
     if req.steps == 0:
         raise UserError("--steps 0 has no pre-training to look at")
+    if (req.eval_subset is None) != (req.eval_size is None) and req.eval_subset != "all":
+        raise UserError("--eval-subset and --eval-size go together")
+    if req.eval_subset is not None:
+        req.eval_request().check()
+
+
+def _eval_request(req):
+    """The subset grads also measures accuracy on (Fig. 7a: easy), ranked as this request
+    would rank its own (the same scores)."""
+    return recast(req, ImpRequest, subset=req.eval_subset, size=req.eval_size, offset=0,
+                  subset_file=None, shared_subset=False)
 
 
 GRADS_OWN = [
     ("coherence_every", int, 10, Opt("steps between coherence measurements", min=1)),
     ("coherence_batches", int, 16, Opt("extra batches per coherence point", min=2, max=4096)),
     ("eval_every", int, 100, Opt("steps between accuracy points (0: none)", min=0)),
+    ("eval_subset", Optional[str], None,
+     Opt("accuracy also on this subset (Fig. 7a: easy), with --eval-size")),
+    ("eval_size", Optional[int], None, Opt("size of --eval-subset", min=1)),
 ]
 GradsRequest = pretrained(
     "GradsRequest", "grads", "Gradient norms, gradient coherence and learning speed during the "
     "pre-training imp would run (Figs. 7-8); prints the path of the summary JSON. It takes no "
     "--lr (the training lr): only pre-training is looked at (--pretrain-lr sets its lr).",
-    GRADS_OWN, dict(check=_grads_check), ignores="lr")
+    GRADS_OWN, dict(check=_grads_check, eval_request=_eval_request), ignores="lr")
 
 
 def _warmup_check(req) -> None:

@@ -113,12 +113,14 @@ RULES: dict[str, tuple[Callable[[Any, Scale], Any], int]] = {
     "levels": (lambda v, s: scaled(v, LEVELS / FULL_LEVELS), 1),
     "level": (lambda v, s: scaled(v, LEVELS / FULL_LEVELS), 1),
     "size": (lambda v, s: s.examples(v), SIZE_STEP),
+    "eval_size": (lambda v, s: s.examples(v), SIZE_STEP),
     "offset": (lambda v, s: s.examples(v) - s.size_base if v else 0, 1),
     **{name: (capped(name), 1) for name in CAPS if name != "batch_size"},
     "subset_file": (refused("subset_file"), 0), "scores": (refused("scores"), 0),
     **{name: (keep, 0) for name in (
         "seed", "label_noise", "noise_seed", "lr", "pretrain_lr", "kind", "subset",
         "subset_seed", "shared_subset", "class_balanced", "rank_by", "alphas", "prune_fraction",
+        "bn", "eval_subset",
         "deterministic", "compile", "loader", "checkpoint_every", "threads")},
     "cuda_graph": (lambda v, s: False, 0),  # a smoke sweep runs on the CPU: no CUDA graphs
 }
@@ -156,9 +158,14 @@ def smoke_sweep(spec):
                    if f.name == "dataset")
     dataset = spec.flags.get("dataset", spec.grid.get("dataset", [default])[0])
     scale = Scale.of(spec.command, dataset)
+    lmc_scores = spec.argument == "lmc" or spec.flags.get("rank_by") == "lmc"
+    if lmc_scores:  # an LMC score's "steps" is its spawn step: it shrinks like t*, not like EL2N's
+        scale = dataclasses.replace(scale, score=scale.pretrain)
     flags = {name: smoke_axis(name, [value], scale)[0] for name, value in spec.flags.items()}
     subsets = [spec.flags.get("subset", "all"), *spec.grid.get("subset", [])]
     implicit = IMPLICIT_FOR.get(spec.command, IMPLICIT)
+    if lmc_scores:  # the default spawn step is t*
+        implicit = implicit | {"steps" if spec.command == "scores" else "el2n_steps": T_STAR}
     cls = REQUESTS[spec.command]
     # fields the command does not use are refused when set (e.g. children for el2n scores)
     unused = set(cls(**({"kind": spec.argument} if spec.argument else {})).unused())

@@ -15,6 +15,7 @@ import torch
 from lthfast import api
 from lthfast.experiments.common import Runtime
 from lthfast.models import build
+from lthfast.prune.magnitude import prune
 from lthfast.runs import RunStore
 from lthfast.train import checkpoint as ckpt
 
@@ -45,7 +46,11 @@ def test_dense_and_sparse_projection_errors(digits, data_root, tmp_path):
                                                    .read_text()))
     pre = RunStore(tmp_path).run("pretrain", imp.config["pretrain"])
     w = ckpt.load(pre.stage(0).file("weights.pt"))
-    mask = ckpt.load(imp.stage(0, 2).file("mask.pt"))
+    # level 2's mask prunes level 1's trained weights: levels 0 and 1 trained, level 2 did not
+    # (it used to train in full just to read its mask)
+    assert imp.stage(0, 1).is_done() and not imp.stage(0, 2).is_done()
+    level1 = imp.stage(0, 1)
+    mask = prune(ckpt.load(level1.file("weights.pt")), ckpt.load(level1.file("mask.pt")), 0.2)
     projected = {n: t * mask[n] if n in mask else t for n, t in w.items()}
     for summary, state in ((dense, w), (sparse, projected)):
         errors = np.load(Path(summary["per_example"]["0"]))
@@ -56,3 +61,17 @@ def test_dense_and_sparse_projection_errors(digits, data_root, tmp_path):
     # the projection really removed weights: 0.8^2 of them remain, and the errors moved
     assert not np.allclose(np.load(Path(dense["per_example"]["0"])),
                            np.load(Path(sparse["per_example"]["0"])))
+
+
+def test_a_diverged_pre_training_is_recorded_and_exits_zero(data_root, tmp_path, run_cli):
+    """Issue 24 item 1: ``errors --pretrain-lr 1e6`` records where w_{t_r} diverged, with null
+    statistics, and exits 0 (twice: the rerun reads the finished branch)."""
+    args = ["errors", "--dataset", "digits", "--steps", "10", "--train-steps", "40",
+            "--pretrain-lr", "1e6", "--root", data_root, "--out", tmp_path]
+    for _ in range(2):
+        code, out, err = run_cli(args)
+        assert code == 0 and "Traceback" not in err, err
+    summary = json.loads(Path(out.split()[-1]).read_text())
+    assert summary["mean"] is None and summary["replicates"]["0"]["histogram"] is None
+    assert summary["replicates"]["0"]["quantiles"] == {"0.1": None, "0.5": None, "0.9": None}
+    assert 0 <= summary["diverged"]["0"]["step"] < 10

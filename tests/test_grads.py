@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from lthfast import api
@@ -51,10 +52,15 @@ def test_the_replay_measures_without_changing_pre_training(data_root, tmp_path):
         coherence = np.load(branch / "coherence.npy")
         assert coherence.shape == (6, 4) and np.all((-1 <= coherence) & (coherence <= 1))
         assert list(np.load(branch / "coherence_steps.npy")) == [0, 2, 4, 6, 8, 10]
-        assert list(np.load(branch / "speed_steps.npy")) == [0, 5, 10, 11]
+        # accuracies of w_s: step 0, every 5, and w_12 = w_{t_r}, after the last update
+        assert list(np.load(branch / "speed_steps.npy")) == [0, 5, 10, 12]
         for name in ("train_acc", "subset_acc", "test_acc"):
             acc = np.load(branch / f"{name}.npy")
             assert acc.shape == (4,) and np.all((0 <= acc) & (acc <= 1))
+        # the last point is the pre-trained network itself (it was w_11 before the fix)
+        assert summary["replicates"][r]["final_test_acc"] == pytest.approx(
+            pre.stage(int(r)).record().test_acc, abs=1e-6)
+        assert np.isnan(np.load(branch / "eval_subset_acc.npy")).all()  # no --eval-subset
     assert summary["mean_coherence"] > 0
     # rerun with fewer replicates: replicate 1's finished replay stays in the summary
     again = api.grads(dataclasses.replace(request, replicates=1), rt)
@@ -84,3 +90,42 @@ def test_grads_resumes_bit_exactly_after_kill9(data_root, tmp_path):
         [a] = (tmp_path / "ref").glob(f"pretrain_*/replicate_0/grads_*/{name}{suffix}")
         [b] = (tmp_path / "kill").glob(f"pretrain_*/replicate_0/grads_*/{name}{suffix}")
         assert a.read_bytes() == b.read_bytes(), name
+
+
+def test_probe_batches_have_a_seed_domain_of_their_own_under_seed():
+    """The coherence batches used mix_seed(r, 3, j): IMP replicate 3's seeds under --seed r, and
+    the same whatever --seed. Now (seed, 3, r, j): disjoint from every IMP and score network's
+    seeds, and another --seed gives other batches."""
+    from lthfast.experiments.analyses.grads import probe_seeds
+    from lthfast.experiments.common import SCORE_SEEDS, replicate_seeds
+
+    taken = {v for seed in range(6) for r in range(8) for domain in (0, SCORE_SEEDS)
+             for v in replicate_seeds(seed, r, domain).values()}
+    probes = {v for seed in range(6) for r in range(8)
+              for v in dataclasses.astuple(probe_seeds(seed, r))}
+    assert len(probes) == 6 * 8 * 2 and not probes & taken
+    assert probe_seeds(0, 1) != probe_seeds(1, 1)
+
+
+def test_the_all_data_network_is_also_measured_on_the_easy_subset(data_root, tmp_path):
+    """Fig. 7a: accuracy on a subset the network does not train on (--eval-subset), at every
+    accuracy point; the last equals the pre-trained network's accuracy on those examples."""
+    from lthfast.experiments.common import Context, packed_model
+    from lthfast.train.evaluate import predict
+
+    rt = Runtime(root=data_root, out=tmp_path, device="cpu", checkpoint_every=0, progress=None)
+    request = api.GradsRequest(dataset="digits", subset="all", steps=8, train_steps=40,
+                               batch_size=32, coherence_every=4, coherence_batches=2,
+                               eval_every=4, eval_subset="random", eval_size=64)
+    summary = json.loads(api.grads(request, rt).read_text())
+    assert summary["config"]["eval_subset"]["kind"] == "random"
+    branch = Path(summary["replicates"]["0"]["path"])
+    indices = np.load(branch / "eval_subset.npy")
+    accs = np.load(branch / "eval_subset_acc.npy")
+    assert len(indices) == 64 and accs.shape == (3,) and np.isfinite(accs).all()
+    state = ckpt.load(branch / "weights.pt")
+    ctx = Context(rt, api.open_data(data_root, "digits"))
+    data = ctx.train_split()
+    correct = (predict(packed_model(ctx, [state]), data).argmax(-1)[0] == data.labels).float()
+    assert accs[-1] == pytest.approx(float(correct[indices].mean()), abs=1e-6)
+    assert summary["replicates"]["0"]["final_eval_subset_acc"] == pytest.approx(accs[-1])

@@ -20,6 +20,7 @@ from lthfast.experiments.analyses.lmc import connected, interpolate, measure
 from lthfast.experiments.common import Context, Runtime
 from lthfast.models import build
 from lthfast.models.packed import unpack_state
+from lthfast.prune.magnitude import prune
 from lthfast.train import checkpoint as ckpt
 
 SMALL = dict(dataset="digits", train_steps=120, batch_size=32)
@@ -56,8 +57,13 @@ def test_a_network_has_no_barrier_with_itself_and_endpoints_have_none(two_childr
     assert same["summary"]["loss_barrier"] == 0 and same["summary"]["error_barrier"] == 0
     assert not same["arrays"]["loss_barrier"].any()
     ends = measure(ctx, [child, other], (0.0, 1.0))
-    for point in ends["summary"]["pairs"][0]["path"]:
+    path = ends["summary"]["pairs"][0]["path"]
+    assert [p["alpha"] for p in path] == [0.0, 0.5, 1.0]  # the midpoint is always measured
+    for point in (path[0], path[2]):
         assert point["loss_barrier"] == 0 and point["error_barrier"] == 0, point
+    for kind in ("average", "recompute"):  # endpoints are 0 with either BN kind
+        ends = measure(ctx, [child, other], (0.0, 1.0), bn=kind)["summary"]["pairs"][0]
+        assert ends["path"][0]["loss_barrier"] == 0 == ends["path"][2]["loss_barrier"]
 
 
 def test_per_example_barriers_average_to_the_dataset_barrier(two_children, digits):
@@ -74,7 +80,8 @@ def test_per_example_barriers_average_to_the_dataset_barrier(two_children, digit
         assert set(np.unique(error)) <= {-1.0, -0.5, 0.0, 0.5, 1.0}  # 0-1 errors at α = ½
         means.append(rep["loss_barrier"])
     assert summary["loss_barrier"] == pytest.approx(np.mean(means))
-    assert {"loss_barrier", "error_barrier", "loss_barrier_naive_bn",
+    assert {"loss_barrier", "error_barrier", "loss_barrier_average", "loss_barrier_recompute",
+            "frankle_error_barrier", "test_error_barrier", "bn",
             "linearly_connected"} <= set(summary)
 
 
@@ -112,7 +119,13 @@ def test_an_imp_level_parent_spawns_sparse_children(data_root, tmp_path):
     summary = json.loads(api.lmc(request, rt(tmp_path, data_root)).read_text())
     stage = Path(summary["per_example"]["0"])
     assert stage.parent.name == "level_1" and summary["level"] == 1
-    mask = ckpt.load(stage.parent / "mask.pt")
+    # level 1's mask prunes level 0's weights: level 0 trained, level 1 itself did not (it used
+    # to train in full just to read its mask)
+    level0 = stage.parent.parent / "level_0"
+    assert (level0 / "done.json").exists() and not (stage.parent / "done.json").exists()
+    mask = ckpt.load(stage / "child_0" / "mask.pt")
+    expected = prune(ckpt.load(level0 / "weights.pt"), ckpt.load(level0 / "mask.pt"), 0.2)
+    assert all(torch.equal(mask[n], expected[n]) for n in expected)
     for c in (0, 1):
         child = ckpt.load(stage / f"child_{c}" / "weights.pt")
         for name, m in mask.items():

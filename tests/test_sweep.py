@@ -20,13 +20,18 @@ SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 # each shipped sweep file and the number of runs its grid holds
 SHIPPED = {"fig2_3_cifar10.toml": 24, "fig2_baselines_cifar10.toml": 3, "fig2_3_cifar100.toml": 18,
            "fig2_baselines_cifar100.toml": 3, "fig2_3_cinic10.toml": 12,
-           "fig2_baselines_cinic10.toml": 3, "fig4_15_label_noise_cifar10.toml": 16,
+           "fig2_baselines_cinic10.toml": 4, "fig4_15_label_noise_cifar10.toml": 16,
            "fig12_forgetting_cifar10.toml": 6, "el2n_scores.toml": 3, "demo_digits.toml": 3,
-           "fig4_15_noisy_baselines_cifar10.toml": 2, "fig14a_cinic10_tr200.toml": 12,
-           "fig1_lmc_onset_cifar10.toml": 8, "fig5_lmc_cifar100.toml": 2,
-           "fig5_lmc_all_cifar100.toml": 2, "fig6_warmup_cifar10.toml": 45,
-           "fig6_warmup_all_cifar10.toml": 6, "fig7_8_grads.toml": 2,
-           "fig9_errors_cifar10.toml": 8, "fig11_lmc_scores_cinic10.toml": 6}
+           "fig4_15_noisy_baselines_cifar10.toml": 4, "fig14a_cinic10_tr200.toml": 12,
+           "onset_lmc_cifar10.toml": 8, "fig5a_lmc_cifar100.toml": 18,
+           "fig5a_lmc_all_cifar100.toml": 3, "fig5b_lmc_cinic10.toml": 12,
+           "fig5b_lmc_all_cinic10.toml": 3, "fig6_warmup_easy_cifar10.toml": 18,
+           "fig6_warmup_hard_random_cifar10.toml": 36, "fig6_warmup_all_cifar10.toml": 6,
+           "fig7_grads_easy_cifar100.toml": 1, "fig7_grads_all_cifar100.toml": 1,
+           "fig8_grads_cifar10.toml": 2,
+           "fig9_errors_all_cinic10.toml": 4, "fig9_errors_easy_cinic10.toml": 2,
+           "fig10_el2n_scores.toml": 2, "fig10_lmc_scores.toml": 6,
+           "fig11a_lmc_scores_cifar100.toml": 6, "fig11b_lmc_scores_cinic10.toml": 3}
 
 
 @pytest.mark.parametrize("name,count", SHIPPED.items())

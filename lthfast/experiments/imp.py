@@ -80,7 +80,11 @@ def parent(ctx: Context, cfg, subset: SubsetSpec, level: Optional[int], replicat
     """The networks an analysis starts from (``analyses.lmc.Parent``), trained if missing:
     w_{t_r} of each replicate (``cfg`` an ImpConfig or a PretrainConfig), or with ``level`` the
     rewound sparse network of that IMP level (w_{t_r} under the level's mask; ``cfg`` an
-    ImpConfig). What the analyses and the LMC scores all spawn from."""
+    ImpConfig). What the analyses and the LMC scores all spawn from.
+
+    Level k's mask prunes the weights trained at level k − 1, so only levels 0 … k − 1 train
+    here (none for level 0, whose mask keeps everything); level k itself never needs training.
+    Replicates whose pre-training or an earlier level diverged are left out."""
     from .analyses.lmc import Parent
 
     pre_cfg = getattr(cfg, "pretrain", cfg)
@@ -89,16 +93,25 @@ def parent(ctx: Context, cfg, subset: SubsetSpec, level: Optional[int], replicat
     if level is None:
         states = dict(zip(reps, pretrain(ctx, pre_cfg, subset, reps)))
         return Parent(pre, [pre.stage(r) for r in reps], states, dict.fromkeys(reps))
-    run = run_imp(ctx, cfg, subset, level, replicates)
-    stages = [run.stage(r, level) for r in reps if run.stage(r, level).is_done()]
-    if not stages:
+    if level == 0:
+        rewinds = dict(zip(reps, pretrain(ctx, pre_cfg, subset, reps)))
+        run = ctx.store.run("imp", cfg).create()
+    else:
+        run = run_imp(ctx, cfg, subset, level - 1, replicates)
+    alive = [r for r in reps if pre.stage(r).record().diverged is None
+             and (level == 0 or (run.stage(r, level - 1).is_done()
+                                 and run.stage(r, level - 1).record().diverged is None))]
+    if not alive:
         raise UserError(f"every replicate diverged before level {level}; nothing to start from")
-    masks = {s.replicate: ckpt.load(s.file("mask.pt")) for s in stages}
-    states = {}
-    for s in stages:
-        state, mask = ckpt.load(pre.stage(s.replicate).file("weights.pt")), masks[s.replicate]
-        states[s.replicate] = {n: t * mask[n] if n in mask else t for n, t in state.items()}
-    return Parent(run, stages, states, masks)
+    masks, states = {}, {}
+    for r in alive:
+        state = rewinds[r] if level == 0 else ckpt.load(pre.stage(r).file("weights.pt"))
+        stage = run.stage(r, level)
+        mask = (ckpt.load(stage.file("mask.pt")) if stage.is_done() else
+                level_masks(run, stage, state, cfg.prune_fraction))
+        masks[r] = mask
+        states[r] = {n: t * mask[n] if n in mask else t for n, t in state.items()}
+    return Parent(run, [run.stage(r, level) for r in alive], states, masks)
 
 
 def pretrain(ctx: Context, cfg: PretrainConfig, subset: SubsetSpec,

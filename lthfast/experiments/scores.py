@@ -63,6 +63,10 @@ class ScoreConfig:
     noise_seed: int = 0
     parent: Optional[Recipe] = None  # lmc: the parent's pre-training, up to the spawn step
     children: int = 0  # lmc: children per replicate
+    # lmc: the BatchNorm kind of the barriers (lmc.BN_KINDS); None for the others, so their
+    # hashes stay. Set for every lmc score, so LMC scores made before it existed (recomputed
+    # statistics) never share a hash with the authors' averaged kind.
+    bn: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -217,14 +221,20 @@ def lmc_scores(ctx: Context, cfg: ScoreConfig, run: Run) -> np.ndarray:
     parent = spawn_parent(ctx, pre_cfg, everything, None, cfg.models)
     pre = parent.run
     lcfg = lmc.LmcConfig(recipe=cfg.recipe, start=cfg.parent.steps, children=cfg.children,
-                         seed=cfg.seed)
-    lmc.write_summary(parent, lcfg, lmc.run(ctx, parent, lcfg))
-    return np.mean([pre.stage(r, None, lcfg.branch).load("loss_barrier") for r in reps],
-                   axis=0)
+                         seed=cfg.seed, bn=cfg.bn or "recompute")
+    summary = lmc.write_summary(parent, lcfg, lmc.run(ctx, parent, lcfg))
+    # replicates whose children diverged have NaN barriers: the score is the mean over the rest
+    arrays = [a for a in (pre.stage(r, None, lcfg.branch).load("loss_barrier") for r in reps)
+              if np.all(np.isfinite(a))]
+    if not arrays:
+        raise UserError(f"lmc scores: the children of every replicate diverged (see "
+                        f"'diverged' in {summary}); no barrier to rank by")
+    return np.mean(arrays, axis=0)
 
 
 # EL2N is read early in training (appendix A); forgetting looks at the whole course of it; LMC
-# scores are taken before the onset of linear mode connectivity (appendix D.2: at t*).
+# scores are taken before the onset of linear mode connectivity (appendix D.2; default t*, what
+# Fig. 11b uses for CINIC-10; Fig. 11a spawns CIFAR-100's at 1,600: its sweep sets --el2n-steps).
 SCORES.register("el2n")(ScoreKind(default_steps=lambda p: p.el2n_steps, per_model=el2n_per_model,
                                   reference="Paul et al. 2021"))
 SCORES.register("forgetting")(ScoreKind(
