@@ -46,6 +46,7 @@ def report(out: Path, plots: bool = True) -> Report:
         raise UserError(f"no finished IMP, LMC, warmup or analysis runs under {out}{detail}")
     folder = out / "report"
     done = Report(damaged=damaged)
+
     def write(rows, name, cols):
         done.written.append(R.write_csv(rows, folder / name, cols))
     if warm:
@@ -75,6 +76,10 @@ def report(out: Path, plots: bool = True) -> Report:
     if scores:
         write(scores, "scores.csv", R.SCORE_COLUMNS)
     if imp:
+        # the data-diet question per score: IMP by the score that ranked the subset
+        from .experiments.score_compare import IMP_BY_SCORE_COLUMNS, imp_by_score_rows
+
+        write(imp_by_score_rows(imp), "imp_by_score.csv", IMP_BY_SCORE_COLUMNS)
         table = R.write_csv(imp, folder / "imp.csv")
         if plots:
             from .figures import plot

@@ -117,7 +117,7 @@ def test_report_joins_barriers_to_schemes_for_fig5(data_root, tmp_path, run_cli)
     assert code == 0, err
     paths = [Path(p) for p in out.split()]
     assert [p.name for p in paths] == ["lmc.csv", "lmc_onset.csv", "barrier_hist.csv",
-                                       "schemes.csv", "imp.csv"]
+                                       "schemes.csv", "imp_by_score.csv", "imp.csv"]
     import csv
 
     [lmc] = list(csv.DictReader(open(paths[0])))
