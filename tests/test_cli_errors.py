@@ -28,7 +28,7 @@ CASES = [
     ("negative-noise-seed", IMP + ["--label-noise", "0.1", "--noise-seed", "-3"], "--noise-seed"),
     ("negative-seed", IMP + ["--seed", "-1"], "--seed"),
     ("subset-negative-seed", ["subset", "random", "--dataset", "digits", "--root", "root",
-                              "--size", "8", "--seed", "-1"], "--seed"),
+                              "--size", "8", "--seed", "-1"], "--subset-seed"),  # old name
     ("subset-all-with-size", ["subset", "all", "--dataset", "digits", "--root", "root",
                               "--size", "5"], "--size does not apply"),
     ("subset-random-without-size", ["subset", "random", "--dataset", "digits", "--root", "root"],
