@@ -32,6 +32,7 @@ HOSTILE = {
     "--source": "/nonexistent", "--launcher": "bogus", "--partition": " ", "--time-min": "0",
     "--gpus-per-task": "-1", "--cpus-per-task": "0", "--array-parallelism": "0",
     "--workers": "-1", "--x": "bogus", "--y": "bogus", "--prune-fraction": "1",
+    "--threads": "0", "--bn": "bogus", "--eval-subset": "bogus", "--eval-size": "0",
 }
 SWITCHES = {"--shared-subset", "--class-balanced", "--compile", "--deterministic", "--force",
             "--dry-run", "--plots", "--wait", "--smoke", "--pack", "--cuda-graph", "--list"}
