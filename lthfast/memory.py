@@ -4,8 +4,8 @@ request that cannot fit (``--batch-size 10^9``, ``--replicates 100000``, ``--tra
 file written, instead of failing (or swapping for hours) after it.
 
 The estimate is of what grows with the flags: the packed networks' weights, gradients and
-momentum; the activations autograd saves for one batch (measured once per network by a forward
-pass on the meta device: no memory, no time); the stage's learning-rate table (one row per
+momentum; the activations autograd saves for one batch (measured once per network by a
+two-example forward pass on the CPU: milliseconds); the stage's learning-rate table (one row per
 iteration); and grads' per-batch gradients. Images are taken at the dataset's side (32 but for
 digits' 8). It is an estimate: refused is what needs more than the device has at all (CPU: the
 memory available now; CUDA: the device's total), not what would merely be tight.
@@ -37,10 +37,11 @@ def activation_bytes(model: str, side: int) -> tuple[int, int]:
         saved[0] += t.numel() * t.element_size()
         return t
 
-    with torch.device("meta"):
-        net = build(model, 100, k=1)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            net(torch.empty(2, 3, side, side))
+    # a real two-example pass on the CPU (milliseconds): on the meta device, torch's meta
+    # kernels (and ``with torch.device("meta")``) import dynamo: 2.5 s of every run's start-up
+    net = build(model, 100, k=1)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(torch.zeros(2, 3, side, side))
     return saved[0] // 2, sum(p.numel() for p in net.parameters())
 
 

@@ -242,15 +242,13 @@ def check_level(req, level: Optional[int], what: str = "--level") -> None:
 
 
 def smallest_layer(model: str) -> int:
-    """Weights of the smallest prunable layer (conv or linear) of a network, built on the meta
-    device (no memory, no time)."""
-    import torch
-
+    """Weights of the smallest prunable layer (conv or linear) of a network, built on the CPU
+    (milliseconds; not under ``torch.device("meta")``, a torch-function mode whose entry
+    imports dynamo: 2.5 s of start-up)."""
     from .models import build
     from .prune.magnitude import is_prunable
 
-    with torch.device("meta"):
-        net = build(model, 10, k=1)
+    net = build(model, 10, k=1)
     return min(t.numel() for n, t in net.state_dict().items() if is_prunable(n, t))
 
 
@@ -324,7 +322,8 @@ SCORE_OWN = [
      Opt("K networks, trained packed, scores average over them (default 10; lmc: replicates "
          "of the parent, default 2)", min=1)),
     ("steps", Optional[int], None,
-     Opt("iterations (default: appendix A per dataset; lmc: the spawn step, t*)", min=1)),
+     Opt("iterations (default: appendix A per dataset; lmc: the spawn step, t*; 0 only for "
+         "scores taken at initialisation, e.g. grand)", min=0)),
     ("children", int, 3, Opt("lmc: children per replicate (barriers of every pair)", min=2)),
     ("bn", str, "average", Opt("lmc: BatchNorm at interpolated weights: average (the authors': "
                                "statistics interpolated too) or recompute")),

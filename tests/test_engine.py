@@ -113,7 +113,9 @@ def fresh(k, seeds, execution="auto"):
 def test_short_run_lowers_loss_and_learns(digits):
     data, stream = digits_stream(digits, [StreamSeeds(0, 1)])
     model = fresh(1, [0])
-    result = train(model, stream, LoopConfig(Schedule(0.1), 0, 100, log_every=20))
+    # a schedule's shape (x0.1 at 100): at a constant lr 0.1 the test accuracy of the last
+    # step's weights and BN statistics swings (0.69 after 100 steps with today's wheels)
+    result = train(model, stream, LoopConfig(Schedule(0.1, (100,), 0.1), 0, 150, log_every=20))
     assert result.log[-1]["loss"][0] < 0.5 * result.log[0]["loss"][0]
     test = DeviceData(digits.test_images, digits.test_labels, digits.meta["mean"],
                       digits.meta["std"], digits.augment, "cpu")

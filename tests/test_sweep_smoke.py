@@ -100,8 +100,8 @@ def test_a_file_naming_full_scale_files_has_no_smoke_scale(tmp_path, run_cli):
 
 
 def test_a_figure_smoke_sweep_runs_end_to_end_with_timing(data_root, tmp_path, run_cli):
-    """CI's smoke sweep: Figs. 4/15's noisy all-data baselines (2 runs of IMP with label noise
-    in pre-training), then the report and the figure drawn from it."""
+    """CI's smoke sweep: Figs. 4/15's noisy all-data baselines (4 runs of IMP with label noise
+    in pre-training, at t*/2 and t*), then the report and the figure drawn from it."""
     out = tmp_path / "out"
     name = "fig4_15_noisy_baselines_cifar10.toml"
     code, stdout, err = run_cli(["sweep", SWEEPS / name, "--smoke", "--root", data_root,
@@ -111,16 +111,16 @@ def test_a_figure_smoke_sweep_runs_end_to_end_with_timing(data_root, tmp_path, r
     record = json.loads(Path(lines[-1]).read_text())
     assert record["scale"] == "smoke" and record["seconds"] > 0
     runs = record["runs"]
-    assert [r["status"] for r in runs] == ["ok", "ok"]
-    assert [r["flags"]["label_noise"] for r in runs] == [0.1, 0.5]
+    assert [r["status"] for r in runs] == ["ok"] * 4
+    assert [r["flags"]["label_noise"] for r in runs] == [0.1, 0.1, 0.5, 0.5]
     assert all(0 < r["seconds"] <= record["seconds"] for r in runs)  # each point's wall time
-    assert [r["artifact"] for r in runs] == lines[:2]
-    for run in lines[:2]:
+    assert [r["artifact"] for r in runs] == lines[:4]
+    for run in lines[:4]:
         rows = json.loads((Path(run) / "results.json").read_text())["rows"]
         assert [r["level"] for r in rows] == list(range(smoke.LEVELS + 1))
     # progress on stderr: each point's time, elapsed, and an ETA while points are left
-    assert "[sweep 1/2] ok in " in err and "1 of 2 done, elapsed " in err and "ETA " in err
-    assert "[sweep 2/2] ok in " in err and "2 of 2 done" in err
+    assert "[sweep 1/4] ok in " in err and "1 of 4 done, elapsed " in err and "ETA " in err
+    assert "[sweep 4/4] ok in " in err and "4 of 4 done" in err
     code, report, err = run_cli(["report", "--out", out])
     assert code == 0, err
     code, figure, err = run_cli(["plot", "sparsity", "--out", out])
