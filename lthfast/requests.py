@@ -16,6 +16,7 @@ plain values (a sweep file's grid point, JSON).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -241,6 +242,7 @@ def check_level(req, level: Optional[int], what: str = "--level") -> None:
                         f"{1 - f:g}^k of them): at most {last}")
 
 
+@functools.lru_cache(maxsize=None)  # a sweep checks every point: build each network once
 def smallest_layer(model: str) -> int:
     """Weights of the smallest prunable layer (conv or linear) of a network, built on the CPU
     (milliseconds; not under ``torch.device("meta")``, a torch-function mode whose entry
