@@ -212,9 +212,9 @@ def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, \\[f
     """Run every grid point of a sweep file (in this process, one worker per GPU, or as
     submitit jobs); prints progress with ETA on stderr, each artifact and, last, the sweep
     summary path."""
-    from .launch import LAUNCHERS, LaunchOptions
-    from .smoke import smoke_sweep
-    from .sweep import load_sweep
+    from .sweep.launch import LAUNCHERS, LaunchOptions
+    from .sweep.smoke import smoke_sweep
+    from .sweep.spec import load_sweep
 
     launch = LAUNCHERS.lookup(launcher)
     options = LaunchOptions(partition, time_min, gpus_per_task, cpus_per_task,
@@ -257,7 +257,7 @@ def predict(file: Path = typer.Argument(..., help="an imp sweep file: its grid p
     """Rank pre-training schemes by the barrier of dense children (Fig. 5's predictor), with
     the cost saved against IMP; prints the ranking, then the JSON's path."""
     from .predict import predict as rank_schemes
-    from .sweep import load_sweep
+    from .sweep.spec import load_sweep
 
     spec = load_sweep(file)
     if spec.command != "imp":

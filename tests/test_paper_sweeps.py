@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lthfast import smoke
+from lthfast.sweep import smoke
 from lthfast.sweep import load_sweep
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"

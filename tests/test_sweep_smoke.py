@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lthfast import smoke
+from lthfast.sweep import smoke
 from lthfast.errors import UserError
 from lthfast.sweep import load_sweep
 

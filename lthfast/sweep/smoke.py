@@ -23,7 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import UserError
+from ..errors import UserError
 
 DATASET = "digits"
 TRAIN_STEPS = 40  # T: 1/5 of the digits preset's 200, so a level trains in about a second
@@ -55,7 +55,7 @@ class Scale:
 
     @classmethod
     def of(cls, command: str, dataset: str) -> "Scale":
-        from .config import WARMUP_DESIGNS, preset_for, warmup_recipe
+        from ..config import WARMUP_DESIGNS, preset_for, warmup_recipe
 
         if dataset not in TRAIN_SIZE:
             raise UserError(f"no smoke scale for dataset '{dataset}' (known: "
@@ -147,9 +147,9 @@ def smoke_axis(name: str, values: list, scale: Scale) -> list:
 
 def smoke_sweep(spec):
     """The same grid at smoke scale (see the module docstring), every point checked."""
-    from .api import REQUESTS
-    from .data.subsets import SCORED  # subsets ranked by a score: only they need el2n_* flags
-    from .sweep import check_points
+    from ..api import REQUESTS
+    from ..data.subsets import SCORED  # subsets ranked by a score: only they need el2n_* flags
+    from .spec import check_points
 
     for name in list(spec.flags) + list(spec.grid):
         if name not in RULES:
