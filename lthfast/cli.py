@@ -1,9 +1,10 @@
 """Command line: parse, call the library, print the artifact.
 
 The training commands (imp, scores, lmc, errors, grads, warmup) are not written here: one
-builder, ``training_command``, makes each from its request class (``lthfast.requests``) and the
-runtime's flags, a typer signature built from their fields' metadata (``lthfast.options``), so a
-new flag is one field and a new analysis one request in ``requests.REQUESTS``. Each command
+builder, ``training_command``, makes each from the command table (``api.COMMANDS``: its request
+class and runner) and the runtime's flags, a typer signature built from their fields' metadata
+(``lthfast.options``), so a new flag is one field and a new analysis one request and one
+registered runner. Each command
 that writes an artifact prints its path as the last line of stdout. User errors print one line
 on stderr and exit 2.
 
@@ -24,8 +25,8 @@ import typer
 from typer.models import ArgumentInfo
 
 from .errors import Interrupted, UserError
+from .api import COMMANDS
 from .options import Option, aliases, opts
-from .requests import REQUESTS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   pretty_exceptions_enable=False,
@@ -85,12 +86,10 @@ def training_command(command: str, cls: type, extra=(), before=None) -> None:
     fields, runtime = opts(cls), runtime_options()
 
     def main(**values):
-        from .api import RUNNERS  # here: --help needs no torch
-
         if before is not None and before(values):
             return
         flags = {o.name: values[o.name] for o in runtime}
-        print(RUNNERS[command](request(cls, values), make_runtime(flags)))
+        print(COMMANDS[command](request(cls, values), make_runtime(flags)))
 
     params = [parameter(o) for o in fields + runtime] + alias_parameters(fields) + list(extra)
     argument_first = sorted(params, key=lambda p: not isinstance(p.default, ArgumentInfo))
@@ -176,13 +175,13 @@ def _compare_axis(name: str, help: str) -> inspect.Parameter:
                                                   rich_help_panel="scores compare"))
 
 
-for _name, _cls in REQUESTS.items():
+for _name, _command in COMMANDS.items():
     if _name == "scores":
-        training_command(_name, _cls, before=compare_scores, extra=[
+        training_command(_name, _command.request, before=compare_scores, extra=[
             _compare_axis("x", "compare: scatter this score ..."),
             _compare_axis("y", "compare: ... against this one")])
     else:
-        training_command(_name, _cls)
+        training_command(_name, _command.request)
 
 
 @app.command()

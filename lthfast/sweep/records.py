@@ -19,13 +19,13 @@ from ..errors import UserError
 def run_point(command: str, point: dict[str, Any], rt) -> dict:
     """One grid point through the API: its record (flags, status, artifact or error, and its
     wall time in seconds). A user error is this point's result, not the sweep's end."""
-    from ..api import RUNNERS, request_from, with_flags
+    from ..api import COMMANDS, request_from, with_flags
 
     start = time.monotonic()
     record: dict[str, Any] = {"flags": point}
     try:
         request, flags = request_from(command, point, rt)
-        artifact = RUNNERS[command](request, with_flags(rt, flags))
+        artifact = COMMANDS[command](request, with_flags(rt, flags))
         record |= {"status": "ok", "artifact": str(artifact)}
     except UserError as exc:
         record |= {"status": "error", "error": str(exc)}

@@ -80,7 +80,7 @@ def command_line(command: str, values: dict[str, Any]) -> str:
     """A point as an ``lthfast`` command line, in the CLI's words (from the same flag metadata
     the CLI is built from: ``lthfast.options``); ``kind`` is scores' positional argument."""
     from ..options import aliases, argv, opts
-    from ..requests import REQUESTS
+    from ..api import REQUESTS
     from ..runtime import options as runtime_options
 
     cls = REQUESTS[command]
