@@ -42,7 +42,8 @@ def parameter(option: Option, hidden: bool = False) -> inspect.Parameter:
         decls = [f"{option.flag}/--no-{option.flag[2:]}"] if o.negatable else [option.flag]
         # metavar "": a switch takes no value, so help shows none (typer would print "<bool>")
         info = typer.Option(None if hidden else option.default, *decls, help=o.help,
-                            envvar=o.env, rich_help_panel=o.panel, hidden=hidden,
+                            envvar=None if hidden else o.env, rich_help_panel=o.panel,
+                            hidden=hidden,
                             metavar="" if switch and not o.negatable else None,
                             show_default=not switch and option.default is not None)
     return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=info,
@@ -70,12 +71,17 @@ def make_runtime(values: dict):
 
 def request(cls: type, values: dict) -> Any:
     """The request from a command's parameters: its fields (an old name's value, given, for
-    its field); the runtime's and anything else left out."""
-    renamed = aliases(cls)
-    given = {renamed.get(k, k): v for k, v in values.items()
-             if k not in renamed or v is not None}
-    names = {o.name for o in opts(cls)}
-    return cls(**{k: v for k, v in given.items() if k in names})
+    its field; both names given is an error); the runtime's and anything else left out."""
+    fields = {o.name: o for o in opts(cls)}
+    given = {k: v for k, v in values.items() if k in fields}
+    for old, name in aliases(cls).items():
+        if values.get(old) is None:
+            continue
+        if given[name] != fields[name].default:
+            raise UserError(f"{fields[name].flag} given twice (once by its old name "
+                            f"--{old.replace('_', '-')})")
+        given[name] = values[old]
+    return cls(**given)
 
 
 def training_command(command: str, cls: type, extra=(), before=None) -> None:
@@ -124,7 +130,7 @@ def subset(kind: str = typer.Argument(..., help="all, random, easy, hard or ccs"
            dataset: str = typer.Option(..., help="dataset name"),
            size: Optional[int] = typer.Option(None, help="number of examples M"),
            subset_seed: int = typer.Option(0, help="seed of a random subset"),
-           seed: Optional[int] = typer.Option(None, hidden=True),  # the old --subset-seed
+           seed: Optional[int] = typer.Option(None, hidden=True),  # --subset-seed's old name
            scores: Optional[Path] = typer.Option(None, help="easy/hard: score file (.npy)"),
            offset: int = typer.Option(0, help="skip this many of the easiest/hardest first"),
            class_balanced: Optional[bool] = typer.Option(
@@ -141,6 +147,8 @@ def subset(kind: str = typer.Argument(..., help="all, random, easy, hard or ccs"
 
     SUBSET_RULES.lookup(kind)
     check_noise_fraction(label_noise, noise_seed)
+    if seed is not None and subset_seed != 0:
+        raise UserError("--subset-seed given twice (once by its old name --seed)")
     seed = subset_seed if seed is None else seed
     if seed < 0:
         raise UserError(f"--subset-seed must be >= 0, got {seed}")

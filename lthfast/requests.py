@@ -68,11 +68,15 @@ SUBSET = [
 RANKING = [
     ("rank_by", str, "el2n", Opt("easy/hard/ccs without --scores: a registered score (el2n, "
                                  "forgetting, lmc, grand, aum, train_loss, pred_var)")),
-    ("el2n_models", Optional[int], None,
-     Opt("networks of the ranking score (default 10; lmc: 2 replicates of the parent)", min=1)),
-    ("el2n_steps", Optional[int], None,
+    # the --rank-by score's two knobs (any score, not only EL2N): scores' --models / --steps;
+    # their old names stay accepted (hidden) from the CLI and sweep files
+    ("score_models", Optional[int], None,
+     Opt("networks of the ranking score (default 10; lmc: 2 replicates of the parent)", min=1,
+         aliases=("el2n_models",))),
+    ("score_steps", Optional[int], None,
      Opt("iterations of the ranking score (lmc: its spawn step; default per dataset; "
-         "0 only for scores taken at initialisation, e.g. grand)", min=0)),
+         "0 only for scores taken at initialisation, e.g. grand)", min=0,
+         aliases=("el2n_steps",))),
 ]
 PRETRAINING = [("steps", Optional[int], None,
                 Opt("pre-training iterations t_r (default: t* of the preset)", min=0))]
@@ -160,7 +164,7 @@ def needs_scores(req) -> bool:
 
 
 def score_request(req) -> "ScoreRequest":
-    """The scores that rank easy / hard subsets. ``el2n_models`` and ``el2n_steps`` are the
+    """The scores that rank easy / hard subsets. ``score_models`` and ``score_steps`` are the
     score's two knobs: for ``--rank-by lmc`` the parent's replicates and spawn step (and the
     parent's pre-training lr, which only lmc scores use)."""
     return ScoreRequest(dataset=req.dataset, seed=req.seed,
@@ -168,7 +172,7 @@ def score_request(req) -> "ScoreRequest":
                         noise_seed=getattr(req, "noise_seed", 0), model=getattr(req, "model", None),
                         batch_size=req.batch_size, lr=getattr(req, "lr", None),
                         kind=req.rank_by,
-                        models=req.el2n_models, steps=req.el2n_steps,
+                        models=req.score_models, steps=req.score_steps,
                         train_steps=req.train_steps,
                         pretrain_lr=getattr(req, "pretrain_lr", None) if req.rank_by == "lmc"
                         else None)
@@ -181,8 +185,8 @@ def check_subset(req) -> None:
 
     SCORES.lookup(req.rank_by)
     least = SCORES[req.rank_by].min_steps
-    if req.el2n_steps is not None and req.el2n_steps < least:
-        raise UserError(f"--el2n-steps must be >= {least}, got {req.el2n_steps}")
+    if req.score_steps is not None and req.score_steps < least:
+        raise UserError(f"--score-steps must be >= {least}, got {req.score_steps}")
     req.subset_spec().check()
     if req.subset_file is None and req.subset not in SCORED and req.scores:
         raise UserError(f"--scores ranks {'/'.join(sorted(SCORED))} subsets; --subset "
@@ -197,7 +201,7 @@ def check_subset(req) -> None:
 def check_ranking(req) -> None:
     if req.needs_scores():
         score = req.score_request()
-        score.check_spawn("--el2n-steps")  # named as this command's flag
+        score.check_spawn("--score-steps")  # named as this command's flag
         score.check()
 
 

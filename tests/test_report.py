@@ -195,7 +195,7 @@ def test_onset_keeps_lmc_runs_that_differ_in_any_flag_apart():
 
 
 def test_runs_ranked_by_other_scores_are_other_curves():
-    """Two easy runs whose EL2N ensembles differ (e.g. --el2n-models 2 vs 3) rank their subsets
+    """Two easy runs whose EL2N ensembles differ (e.g. --score-models 2 vs 3) rank their subsets
     by other scores: the table keeps them apart (the scores' content hash), and so do curves,
     onsets and barrier matching, which key on these columns."""
     from lthfast.results import config_columns

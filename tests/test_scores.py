@@ -214,17 +214,17 @@ def test_lmc_spawn_step_is_checked_against_the_schedule_where_scores_are_derived
     from lthfast.errors import UserError
 
     small = dict(dataset="digits", subset="easy", size=100, rank_by="lmc")
-    api.ImpRequest(**small, el2n_steps=199).check()  # the last step before T: fine
-    with pytest.raises(UserError, match=r"^--el2n-steps 300 \(the lmc spawn step\) must be "
+    api.ImpRequest(**small, score_steps=199).check()  # the last step before T: fine
+    with pytest.raises(UserError, match=r"^--score-steps 300 \(the lmc spawn step\) must be "
                                         r"smaller than the 200 iterations"):
-        api.ImpRequest(**small, el2n_steps=300).check()
+        api.ImpRequest(**small, score_steps=300).check()
     # a shortened schedule: the default spawn step (digits' t* = 4) is past its end
-    with pytest.raises(UserError, match=r"lmc spawn step \(--el2n-steps, default t\* = 4\) "
+    with pytest.raises(UserError, match=r"lmc spawn step \(--score-steps, default t\* = 4\) "
                                         r"must be smaller than the 3 iterations"):
         api.ImpRequest(**small, steps=2, train_steps=3).check()
     # warmup ranks its subset by scores on the preset's schedule (T = 200 on digits)
-    with pytest.raises(UserError, match="--el2n-steps 250"):
-        api.WarmupRequest(**small, warmup=5, el2n_steps=250).check()
+    with pytest.raises(UserError, match="--score-steps 250"):
+        api.WarmupRequest(**small, warmup=5, score_steps=250).check()
     with pytest.raises(UserError, match="--steps 201"):
         api.ScoreRequest(dataset="digits", kind="lmc", steps=201).check()
     api.ScoreRequest(dataset="digits", kind="el2n", steps=300).check()  # not a spawn step

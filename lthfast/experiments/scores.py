@@ -234,7 +234,7 @@ def lmc_scores(ctx: Context, cfg: ScoreConfig, run: Run) -> np.ndarray:
 
 # EL2N is read early in training (appendix A); forgetting looks at the whole course of it; LMC
 # scores are taken before the onset of linear mode connectivity (appendix D.2; default t*, what
-# Fig. 11b uses for CINIC-10; Fig. 11a spawns CIFAR-100's at 1,600: its sweep sets --el2n-steps).
+# Fig. 11b uses for CINIC-10; Fig. 11a spawns CIFAR-100's at 1,600: its sweep sets --score-steps).
 SCORES.register("el2n")(ScoreKind(default_steps=lambda p: p.el2n_steps, per_model=el2n_per_model,
                                   reference="Paul et al. 2021"))
 SCORES.register("forgetting")(ScoreKind(

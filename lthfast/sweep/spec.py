@@ -98,6 +98,7 @@ def command_line(command: str, values: dict[str, Any]) -> str:
 def load_sweep(path: Path) -> Sweep:
     """Parse a sweep file and check every one of its runs; nothing runs or is written."""
     from ..api import REQUESTS
+    from ..options import aliases
 
     try:
         raw = tomllib.loads(Path(path).read_text())
@@ -125,6 +126,8 @@ def load_sweep(path: Path) -> Sweep:
     flags, grid = raw.get("flags", {}), raw.get("grid", {})
     if not isinstance(flags, dict) or not isinstance(grid, dict):
         raise UserError(f"{path}: [flags] and [grid] must be tables")
+    renamed = aliases(REQUESTS[command])
+    flags, grid = new_names(path, flags, renamed), new_names(path, grid, renamed)
     for name in list(flags) + list(grid):
         if name in PER_SWEEP:
             raise UserError(f"{path}: '{name}' belongs to the sweep command "
@@ -153,6 +156,18 @@ def load_sweep(path: Path) -> Sweep:
         raise UserError(f"{path}: the grid has {spec.size:,} runs, more than the limit of "
                         f"{MAX_RUNS:,}; split it into several files")
     return check_points(spec)
+
+
+def new_names(path: Path, table: dict[str, Any], renamed: dict[str, str]) -> dict[str, Any]:
+    """A table with every flag's old name (``Opt.aliases``, e.g. ``el2n_models``) replaced by
+    its name, in place: an old file means what it meant, and its points, command lines and
+    summary say each flag one way (the summary's hash does not depend on the spelling)."""
+    for name in dict.fromkeys(renamed.values()):
+        spelled = [key for key in table if renamed.get(key, key) == name]
+        if len(spelled) > 1:
+            raise UserError(f"{path}: {' and '.join(spelled)} are one flag ({name}, the "
+                            "others its old names): give it once")
+    return {renamed.get(key, key): value for key, value in table.items()}
 
 
 def check_points(spec: Sweep) -> Sweep:
