@@ -99,7 +99,8 @@ def test_report_shows_finished_levels_of_an_unfinished_run_flagged(two_runs, tmp
 
 def test_report_without_runs_is_a_user_error(tmp_path, run_cli):
     code, stdout, err = run_cli(["report", "--out", tmp_path])
-    assert code == 2 and err.startswith("error: no finished IMP, LMC, warmup or analysis runs") and stdout == ""
+    assert code == 2 and stdout == ""
+    assert err.startswith("error: no finished IMP, LMC, warmup or analysis runs")
     assert not (tmp_path / "report").exists()
 
 
@@ -246,7 +247,8 @@ def test_damaged_lmc_files_are_named_with_their_repair(data_root, tmp_path, run_
     assert code == 0, err
     [warning] = err.splitlines()
     assert warning.startswith(f"warning: {npy} is damaged")
-    assert "the loss barrier histogram of replicate 1" in warning and "rerun the 'lthfast lmc'" in warning
+    assert "the loss barrier histogram of replicate 1" in warning
+    assert "rerun the 'lthfast lmc'" in warning
     import csv
 
     hist = list(csv.DictReader(open(tmp_path / "report" / "barrier_hist.csv")))

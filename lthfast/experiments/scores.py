@@ -268,7 +268,8 @@ def train_members(ctx: Context, cfg: ScoreConfig, run: Run, members: Sequence[in
     stages = [run.stage(m) for m in members]
     train_stage(ctx, stages, prepare, cfg.recipe, data, label=f"{cfg.score} K={len(stages)}",
                 hooks=lambda k: kind.hooks(ctx, cfg, data, k),
-                artifacts=lambda model, hooks, _: {cfg.score: kind.per_model(ctx, model, hooks, data)})
+                artifacts=lambda model, hooks, _: {
+                    cfg.score: kind.per_model(ctx, model, hooks, data)})
 
 
 def easy_is_high(name: str) -> bool:

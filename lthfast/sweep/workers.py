@@ -58,7 +58,8 @@ def pinned(device: str, visible: Optional[str], cpu_share: int = 1) -> tuple[dic
     k = int(device.split(":", 1)[1])
     ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else None
     if ids is not None and k >= len(ids):
-        raise UserError(f"{device}: only {len(ids)} GPU(s) visible (CUDA_VISIBLE_DEVICES={visible})")
+        raise UserError(f"{device}: only {len(ids)} GPU(s) visible "
+                        f"(CUDA_VISIBLE_DEVICES={visible})")
     return {"CUDA_VISIBLE_DEVICES": ids[k] if ids is not None else str(k)}, "cuda"
 
 
