@@ -42,7 +42,7 @@ from lthfast.train.counting import OpCounter, count_syncs
 from lthfast.train.loop import LoopConfig, train
 from lthfast.train.schedule import Schedule
 from lthfast.train.step import per_model_loss
-from lthfast.workers import environment
+from lthfast.sweep.workers import environment
 
 from .common import DEFAULT_CACHE, Row, open_synthetic, rerun
 

@@ -6,8 +6,10 @@ ensures what it depends on and runs it. ``imp`` computes missing EL2N (forgettin
 for easy / hard subsets, then pre-trains and prunes, and returns the run store's ``Run``;
 ``scores`` returns a score file; the analyses (``lmc``, ``errors``, ``grads``) start from the
 pre-training point (or IMP level) that ``imp`` with the same flags uses and return their summary
-JSON; ``warmup`` returns its run directory. ``request_from`` builds any request from plain
-values with every value checked against its field's type (what sweep files go through).
+JSON; ``warmup`` returns its run directory. ``COMMANDS`` is the one table of commands: each
+runner is registered by ``@command(ItsRequest)`` (the CLI, sweeps and smoke scale read it).
+``request_from`` builds any request from plain values with every value checked against its
+field's type (what sweep files go through).
 
     from lthfast import api
     rt = api.runtime(out="runs", device="cpu")
@@ -21,18 +23,20 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from .errors import UserError
 from .experiments.common import Context, Runtime, setup_torch
-from .requests import (REQUESTS, ErrorsRequest, GradsRequest, ImpRequest, LmcRequest,
-                       ScoreRequest, WarmupRequest, recast)
+from .options import aliases, flag, opts
+from .registry import Registry
+from .requests import (ErrorsRequest, GradsRequest, ImpRequest, LmcRequest, ScoreRequest,
+                       WarmupRequest, recast)
 from .runs import Run
 from .runtime import runtime, sweep_flags, with_flags
 
 __all__ = ["ErrorsRequest", "GradsRequest", "ImpRequest", "LmcRequest", "ScoreRequest",
-           "WarmupRequest", "REQUESTS", "recast", "runtime", "with_flags", "request_from",
-           "RUNNERS"]
+           "WarmupRequest", "COMMANDS", "REQUESTS", "RUNNERS", "recast", "runtime", "with_flags",
+           "request_from"]
 
 # Datasets that need no download or source: built on first use (and synthetic variants named
 # with their options, ``synthetic:train=2000``: see ``built_on_first_use``).
@@ -45,6 +49,60 @@ def built_on_first_use(dataset: str) -> bool:
     return dataset in EMBEDDED or split_name(dataset)[1] is not None
 # Runtime flags a sweep may set per run (how to run, not what), by name: their types
 RUNTIME_FLAGS = {name: option.hint for name, option in sweep_flags().items()}
+
+
+@dataclass(frozen=True)
+class Command:
+    """A training command: the request it takes (its flags, ``lthfast.requests``) and the
+    function that runs a request; called, it returns the artifact's path (what the CLI prints
+    and a sweep records)."""
+
+    request: type
+    run: Callable[[Any, Runtime], Any]
+    artifact: Callable[[Any], Path] = lambda result: result  # the path in what ``run`` returns
+
+    def __call__(self, req, rt: Runtime) -> Path:
+        return self.artifact(self.run(req, rt))
+
+
+# The one table of commands: command name -> Command, filled by ``@command(Request)`` on each
+# runner below, so a new command is its request (``requests.py``) and one decorated function
+# here. The CLI, sweep files, smoke scale and the sweep launchers all read it.
+COMMANDS = Registry("command")
+
+
+def command(request: type, artifact: Callable[[Any], Path] = lambda result: result):
+    """Registers the decorated function as the runner of ``request``'s command (its name:
+    ``request.COMMAND``)."""
+    def decorate(run: Callable) -> Callable:
+        if request.COMMAND in COMMANDS:
+            raise ValueError(f"command {request.COMMAND!r} registered twice")
+        COMMANDS.register(request.COMMAND)(Command(request, run, artifact))
+        return run
+    return decorate
+
+
+class _Column(Mapping):
+    """One column of ``COMMANDS`` as a read-only mapping, by command name (always current)."""
+
+    def __init__(self, column: str):
+        self.column = column
+
+    def __getitem__(self, name: str):
+        return getattr(COMMANDS[name], self.column)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COMMANDS)
+
+    def __len__(self) -> int:
+        return len(COMMANDS)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+REQUESTS: Mapping[str, type] = _Column("request")  # command -> request class
+RUNNERS: Mapping[str, Command] = COMMANDS  # command -> fn(request, runtime) -> artifact path
 
 
 def checked(req, rt: Runtime):
@@ -74,6 +132,29 @@ def context(rt: Runtime, dataset: str) -> Context:
     return Context(rt, open_data(rt.root, dataset))
 
 
+@command(ImpRequest, artifact=lambda run: run.path)
+def imp(req: ImpRequest, rt: Runtime) -> Run:
+    """IMP after pre-training on the requested subset; computes missing scores first."""
+    from .experiments.imp import run_imp
+
+    checked(req, rt)
+    ctx, spec, cfg = _prepared(req, rt)
+    return run_imp(ctx, cfg, spec, req.levels, req.replicates)
+
+
+@command(ScoreRequest)
+def scores(req: ScoreRequest, rt: Runtime) -> Path:
+    """Per-example scores (float32 .npy in dataset order), computed once; returns the path."""
+    from .data.streams import check_loader
+    from .experiments.scores import compute_scores
+
+    checked(req, rt)
+    ctx = context(rt, req.dataset)
+    check_loader(rt.loader, ctx.ds, req.label_noise, rt.deterministic)
+    return compute_scores(ctx, req.config())
+
+
+@command(LmcRequest)
 def lmc(req: LmcRequest, rt: Runtime) -> Path:
     """Barriers between children of the requested parent; returns the summary JSON's path."""
     from .experiments.analyses import lmc as analysis
@@ -88,6 +169,7 @@ def lmc(req: LmcRequest, rt: Runtime) -> Path:
     return analysis.write_summary(parent, lcfg, analysis.run(ctx, parent, lcfg))
 
 
+@command(ErrorsRequest)
 def errors(req: ErrorsRequest, rt: Runtime) -> Path:
     """Per-example ‖p − y‖ at the pre-training point; returns the summary JSON's path."""
     from .experiments.analyses import errors as analysis
@@ -102,6 +184,7 @@ def errors(req: ErrorsRequest, rt: Runtime) -> Path:
                         diverged)
 
 
+@command(GradsRequest)
 def grads(req: GradsRequest, rt: Runtime) -> Path:
     """Replays the pre-training with gradient statistics; returns the summary JSON's path."""
     from .experiments.analyses import grads as analysis
@@ -127,6 +210,7 @@ def grads(req: GradsRequest, rt: Runtime) -> Path:
                         seed=cfg.pretrain.seed, eval_subsets=eval_subsets)
 
 
+@command(WarmupRequest)
 def warmup(req: WarmupRequest, rt: Runtime) -> Path:
     """Train with warmup on the subset, then all data; returns the run directory."""
     from .experiments.warmup import run_warmup
@@ -162,26 +246,6 @@ def _prepared(req: ImpRequest, rt: Runtime, ctx: Optional[Context] = None):
         print(f"warning: batch size {batch} exceeds the {len(subset)} pre-training examples: "
               "every batch repeats examples", file=sys.stderr)
     return ctx, spec, cfg
-
-
-def scores(req: ScoreRequest, rt: Runtime) -> Path:
-    """Per-example scores (float32 .npy in dataset order), computed once; returns the path."""
-    from .data.streams import check_loader
-    from .experiments.scores import compute_scores
-
-    checked(req, rt)
-    ctx = context(rt, req.dataset)
-    check_loader(rt.loader, ctx.ds, req.label_noise, rt.deterministic)
-    return compute_scores(ctx, req.config())
-
-
-def imp(req: ImpRequest, rt: Runtime) -> Run:
-    """IMP after pre-training on the requested subset; computes missing scores first."""
-    from .experiments.imp import run_imp
-
-    checked(req, rt)
-    ctx, spec, cfg = _prepared(req, rt)
-    return run_imp(ctx, cfg, spec, req.levels, req.replicates)
 
 
 def imp_many(reqs: Sequence[ImpRequest], rt: Runtime) -> list[Run]:
@@ -226,18 +290,40 @@ def run_prepared_imps(prepared: Sequence[PreparedImp]) -> list[Run]:
 
 
 def request_from(command: str, values: dict[str, Any], rt: Optional[Runtime] = None):
-    """A checked request and runtime flags from plain values, e.g. one grid point of a sweep
-    (``requests.request_from``). The runtime flags are checked as ``runtime`` checks them; with
-    ``rt`` (the sweep's device known) also in combination with it (``with_flags``)."""
-    from .requests import request_from as make
-
-    request, flags = make(command, values)
+    """A checked request and its runtime flags from plain values, e.g. one grid point of a sweep
+    file: each value checked against its field's type and bounds, a flag's old name
+    (``Opt.aliases``) read as its name. The runtime flags are checked as ``runtime`` checks
+    them; with ``rt`` (the sweep's device known) also in combination with it (``with_flags``)."""
+    cls = COMMANDS.lookup(command).request
+    names = {o.name for o in opts(cls)}
+    renamed = aliases(cls)
+    runtime = sweep_flags()
+    # flags of other commands, at their default: the value a request without them stands for
+    known: dict[str, list] = {}
+    for option in (o for c in REQUESTS.values() for o in opts(c)):
+        known.setdefault(option.name, []).append(option.default)
+    fields, flags = {}, {}
+    for name, value in values.items():
+        if "-" in name and name.replace("-", "_") in names | set(runtime) | set(renamed):
+            raise UserError(f"'{name}': sweep files name flags with underscores: use "
+                            f"{name.replace('-', '_')}")
+        name = renamed.get(name, name)
+        if name in names:
+            if name in fields:
+                raise UserError(f"{flag(name)} given twice (once by an old name)")
+            fields[name] = value
+        elif name in runtime:
+            flags[name] = value
+        elif name in known and any(value == d and type(value) is type(d) for d in known[name]):
+            continue
+        elif name in known:
+            raise UserError(f"{command} does not use {flag(name)} (got {value!r}): leave it out")
+        else:
+            raise UserError(f"'{command}' has no flag {flag(name)}")
+    request = cls(**fields)
+    request.check()
     # Without the sweep's runtime (a file being loaded: its device not known yet) the flags are
     # checked on "cuda", which allows every flag: only what does not depend on the device
     # fails here; the sweep checks every point again with its runtime before the first run.
     with_flags(Runtime(device="cuda") if rt is None else rt, flags)
     return request, flags
-
-
-RUNNERS = {"imp": lambda req, rt: imp(req, rt).path, "scores": scores, "lmc": lmc,
-           "errors": errors, "grads": grads, "warmup": warmup}

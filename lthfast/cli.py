@@ -1,9 +1,10 @@
 """Command line: parse, call the library, print the artifact.
 
 The training commands (imp, scores, lmc, errors, grads, warmup) are not written here: one
-builder, ``training_command``, makes each from its request class (``lthfast.requests``) and the
-runtime's flags, a typer signature built from their fields' metadata (``lthfast.options``), so a
-new flag is one field and a new analysis one request in ``requests.REQUESTS``. Each command
+builder, ``training_command``, makes each from the command table (``api.COMMANDS``: its request
+class and runner) and the runtime's flags, a typer signature built from their fields' metadata
+(``lthfast.options``), so a new flag is one field and a new analysis one request and one
+registered runner. Each command
 that writes an artifact prints its path as the last line of stdout. User errors print one line
 on stderr and exit 2.
 
@@ -24,8 +25,8 @@ import typer
 from typer.models import ArgumentInfo
 
 from .errors import Interrupted, UserError
+from .api import COMMANDS
 from .options import Option, aliases, opts
-from .requests import REQUESTS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   pretty_exceptions_enable=False,
@@ -41,7 +42,8 @@ def parameter(option: Option, hidden: bool = False) -> inspect.Parameter:
         decls = [f"{option.flag}/--no-{option.flag[2:]}"] if o.negatable else [option.flag]
         # metavar "": a switch takes no value, so help shows none (typer would print "<bool>")
         info = typer.Option(None if hidden else option.default, *decls, help=o.help,
-                            envvar=o.env, rich_help_panel=o.panel, hidden=hidden,
+                            envvar=None if hidden else o.env, rich_help_panel=o.panel,
+                            hidden=hidden,
                             metavar="" if switch and not o.negatable else None,
                             show_default=not switch and option.default is not None)
     return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=info,
@@ -69,12 +71,17 @@ def make_runtime(values: dict):
 
 def request(cls: type, values: dict) -> Any:
     """The request from a command's parameters: its fields (an old name's value, given, for
-    its field); the runtime's and anything else left out."""
-    renamed = aliases(cls)
-    given = {renamed.get(k, k): v for k, v in values.items()
-             if k not in renamed or v is not None}
-    names = {o.name for o in opts(cls)}
-    return cls(**{k: v for k, v in given.items() if k in names})
+    its field; both names given is an error); the runtime's and anything else left out."""
+    fields = {o.name: o for o in opts(cls)}
+    given = {k: v for k, v in values.items() if k in fields}
+    for old, name in aliases(cls).items():
+        if values.get(old) is None:
+            continue
+        if given[name] != fields[name].default:
+            raise UserError(f"{fields[name].flag} given twice (once by its old name "
+                            f"--{old.replace('_', '-')})")
+        given[name] = values[old]
+    return cls(**given)
 
 
 def training_command(command: str, cls: type, extra=(), before=None) -> None:
@@ -85,12 +92,10 @@ def training_command(command: str, cls: type, extra=(), before=None) -> None:
     fields, runtime = opts(cls), runtime_options()
 
     def main(**values):
-        from .api import RUNNERS  # here: --help needs no torch
-
         if before is not None and before(values):
             return
         flags = {o.name: values[o.name] for o in runtime}
-        print(RUNNERS[command](request(cls, values), make_runtime(flags)))
+        print(COMMANDS[command](request(cls, values), make_runtime(flags)))
 
     params = [parameter(o) for o in fields + runtime] + alias_parameters(fields) + list(extra)
     argument_first = sorted(params, key=lambda p: not isinstance(p.default, ArgumentInfo))
@@ -125,7 +130,7 @@ def subset(kind: str = typer.Argument(..., help="all, random, easy, hard or ccs"
            dataset: str = typer.Option(..., help="dataset name"),
            size: Optional[int] = typer.Option(None, help="number of examples M"),
            subset_seed: int = typer.Option(0, help="seed of a random subset"),
-           seed: Optional[int] = typer.Option(None, hidden=True),  # the old --subset-seed
+           seed: Optional[int] = typer.Option(None, hidden=True),  # --subset-seed's old name
            scores: Optional[Path] = typer.Option(None, help="easy/hard: score file (.npy)"),
            offset: int = typer.Option(0, help="skip this many of the easiest/hardest first"),
            class_balanced: Optional[bool] = typer.Option(
@@ -142,6 +147,8 @@ def subset(kind: str = typer.Argument(..., help="all, random, easy, hard or ccs"
 
     SUBSET_RULES.lookup(kind)
     check_noise_fraction(label_noise, noise_seed)
+    if seed is not None and subset_seed != 0:
+        raise UserError("--subset-seed given twice (once by its old name --seed)")
     seed = subset_seed if seed is None else seed
     if seed < 0:
         raise UserError(f"--subset-seed must be >= 0, got {seed}")
@@ -176,13 +183,13 @@ def _compare_axis(name: str, help: str) -> inspect.Parameter:
                                                   rich_help_panel="scores compare"))
 
 
-for _name, _cls in REQUESTS.items():
+for _name, _command in COMMANDS.items():
     if _name == "scores":
-        training_command(_name, _cls, before=compare_scores, extra=[
+        training_command(_name, _command.request, before=compare_scores, extra=[
             _compare_axis("x", "compare: scatter this score ..."),
             _compare_axis("y", "compare: ... against this one")])
     else:
-        training_command(_name, _cls)
+        training_command(_name, _command.request)
 
 
 @app.command()
@@ -212,9 +219,9 @@ def sweep(file: Path = typer.Argument(..., help="sweep file (TOML: command, \\[f
     """Run every grid point of a sweep file (in this process, one worker per GPU, or as
     submitit jobs); prints progress with ETA on stderr, each artifact and, last, the sweep
     summary path."""
-    from .launch import LAUNCHERS, LaunchOptions
-    from .smoke import smoke_sweep
-    from .sweep import load_sweep
+    from .sweep.launch import LAUNCHERS, LaunchOptions
+    from .sweep.smoke import smoke_sweep
+    from .sweep.spec import load_sweep
 
     launch = LAUNCHERS.lookup(launcher)
     options = LaunchOptions(partition, time_min, gpus_per_task, cpus_per_task,
@@ -257,7 +264,7 @@ def predict(file: Path = typer.Argument(..., help="an imp sweep file: its grid p
     """Rank pre-training schemes by the barrier of dense children (Fig. 5's predictor), with
     the cost saved against IMP; prints the ranking, then the JSON's path."""
     from .predict import predict as rank_schemes
-    from .sweep import load_sweep
+    from .sweep.spec import load_sweep
 
     spec = load_sweep(file)
     if spec.command != "imp":

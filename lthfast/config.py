@@ -42,7 +42,8 @@ class Preset:
     batch_size: int = field(metadata={"help": "batch size in pre-training and training"})
     pretrain_lr: float = field(metadata={"help": "lr for the first t_r iterations (pre-training)"})
     lr: float = field(metadata={"help": "lr of the training schedule"})
-    milestones: tuple[int, ...] = field(metadata={"help": "iterations where lr is multiplied by gamma"})
+    milestones: tuple[int, ...] = field(
+        metadata={"help": "iterations where lr is multiplied by gamma"})
     train_steps: int = field(metadata={"help": "total iterations T of the training schedule"})
     t_star: int = field(metadata={"help": "t*: the smallest rewind step giving matching tickets"})
     el2n_model: str = field(metadata={"help": "network for EL2N scores (appendix A)"})
@@ -151,7 +152,8 @@ class Recipe:
     model: str = field(metadata={"help": "network, e.g. resnet20"})
     batch_size: int = field(metadata={"help": "examples per iteration and model"})
     lr: float = field(metadata={"help": "peak learning rate"})
-    milestones: tuple[int, ...] = field(metadata={"help": "iterations where lr is multiplied by gamma"})
+    milestones: tuple[int, ...] = field(
+        metadata={"help": "iterations where lr is multiplied by gamma"})
     steps: int = field(metadata={"help": "the iteration the stage trains up to (exclusive)"})
     gamma: float = 0.1
     warmup: int = field(default=0, metadata={"help": "linear lr warmup over this many iterations"})
@@ -164,7 +166,8 @@ class Recipe:
 
 
 def pretrain_recipe(preset: Preset, steps: int) -> Recipe:
-    """Pre-training: t_r iterations at the pre-training lr (same milestones as the full schedule)."""
+    """Pre-training: t_r iterations at the pre-training lr (same milestones as the full
+    schedule)."""
     return Recipe(preset.model, preset.batch_size, preset.pretrain_lr, preset.milestones, steps,
                   preset.gamma, 0, preset.momentum, preset.weight_decay)
 

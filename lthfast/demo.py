@@ -149,7 +149,7 @@ def imp_schemes(rt: Runtime, seed: int, scale: DemoScale, out: Path, progress=pr
     """IMP after pre-training on each scheme; accuracy mean ± std by level."""
     t_r = PRESETS["digits"].t_star if scale.t_r is None else scale.t_r
     common = dict(dataset="digits", levels=scale.levels, replicates=scale.imp_replicates,
-                  el2n_models=scale.el2n_models, el2n_steps=scale.el2n_steps, seed=seed,
+                  score_models=scale.el2n_models, score_steps=scale.el2n_steps, seed=seed,
                   subset_seed=seed, train_steps=scale.train_steps, batch_size=scale.batch_size)
     requests = []
     for name, flags in SCHEME_FLAGS.items():

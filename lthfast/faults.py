@@ -42,7 +42,8 @@ def _kill_spec() -> dict:
 
 
 def enabled() -> bool:
-    """True when a test asked for kills or traces; the stage runner adds its step probe only then."""
+    """True when a test asked for kills or traces; the stage runner adds its step probe only
+    then."""
     return bool(os.environ.get("LTHFAST_KILL") or os.environ.get("LTHFAST_TRACE")
                 or os.environ.get("LTHFAST_PAUSE"))
 

@@ -47,7 +47,8 @@ def _writable(path: Path) -> Iterator[None]:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UserError(f"disk full while writing {path}") from exc
         if exc.errno is not None:  # unwritable, read-only, a file where a folder should be, ...
-            raise UserError(f"cannot write {path}: {exc.strerror or os.strerror(exc.errno)}") from exc
+            raise UserError(f"cannot write {path}: "
+                            f"{exc.strerror or os.strerror(exc.errno)}") from exc
         raise
 
 

@@ -5,11 +5,12 @@ predicts the final sparse accuracy better than the pre-training accuracy does. `
 that a tool: for each candidate scheme (the grid points of an ``imp`` sweep file) it measures the
 barrier of C dense children (``lthfast lmc``: no pruning, C children per replicate; appendix A's
 midpoint loss barrier of the ``--bn`` kind, averaged BatchNorm statistics by default), ranks the
-schemes by it (lower barrier, predicted better; a scheme whose children diverged ranks last), prints the ranking with the training it cost
-against running IMP for every scheme, and says plainly when the barriers of two neighbours in
-the ranking differ by less than their spread over replicates (the signature cannot separate
-them). Where IMP results of the same schemes exist, it reports the Spearman rank correlation
-between predicted and actual mean test accuracy at ``level``.
+schemes by it (lower barrier, predicted better; a scheme whose children diverged ranks last),
+prints the ranking with the training it cost against running IMP for every scheme, and says
+plainly when the barriers of two neighbours in the ranking differ by less than their spread
+over replicates (the signature cannot separate them). Where IMP results of the same schemes
+exist, it reports the Spearman rank correlation between predicted and actual mean test accuracy
+at ``level``.
 
     lthfast predict sweeps/demo_digits.toml --level 5
     # -> runs/predict_<hash>.json (ranking, barriers, cost, correlation)

@@ -7,8 +7,9 @@ inherited: ``compose`` puts together the groups a command uses (``COMMON``, ``OV
 groups bring (plain functions below), so an analysis carries no flag it must refuse. A request
 checks itself whole before any data is built or file written: types when it is made
 (``__post_init__``), each flag's bounds (``options.check_bounds_of``) and the rules between
-flags in its ``check``. ``REQUESTS`` names them by command; ``request_from`` builds one from
-plain values (a sweep file's grid point, JSON).
+flags in its ``check``. The command table (``api.COMMANDS``) names each request with the
+function that runs it; ``api.request_from`` builds one from plain values (a sweep file's grid
+point, JSON).
 
     python -c "from lthfast.requests import ImpRequest; ImpRequest(dataset='digits').check()"
 """
@@ -24,7 +25,7 @@ from typing import Any, Callable, Optional
 from .config import Overrides, Preset, pretrain_recipe, preset_for, score_recipe, train_recipe
 from .errors import UserError
 from .options import OVERRIDES as OVERRIDE_PANEL
-from .options import Opt, aliases, check_bounds_of, check_types, flag, opts
+from .options import Opt, check_bounds_of, check_types, flag
 
 # ------------------------------------------------------------------------------------------------
 # the groups: (name, type, default, Opt) — one declaration per flag, for every command using it
@@ -67,11 +68,15 @@ SUBSET = [
 RANKING = [
     ("rank_by", str, "el2n", Opt("easy/hard/ccs without --scores: a registered score (el2n, "
                                  "forgetting, lmc, grand, aum, train_loss, pred_var)")),
-    ("el2n_models", Optional[int], None,
-     Opt("networks of the ranking score (default 10; lmc: 2 replicates of the parent)", min=1)),
-    ("el2n_steps", Optional[int], None,
+    # the --rank-by score's two knobs (any score, not only EL2N): scores' --models / --steps;
+    # their old names stay accepted (hidden) from the CLI and sweep files
+    ("score_models", Optional[int], None,
+     Opt("networks of the ranking score (default 10; lmc: 2 replicates of the parent)", min=1,
+         aliases=("el2n_models",))),
+    ("score_steps", Optional[int], None,
      Opt("iterations of the ranking score (lmc: its spawn step; default per dataset; "
-         "0 only for scores taken at initialisation, e.g. grand)", min=0)),
+         "0 only for scores taken at initialisation, e.g. grand)", min=0,
+         aliases=("el2n_steps",))),
 ]
 PRETRAINING = [("steps", Optional[int], None,
                 Opt("pre-training iterations t_r (default: t* of the preset)", min=0))]
@@ -159,7 +164,7 @@ def needs_scores(req) -> bool:
 
 
 def score_request(req) -> "ScoreRequest":
-    """The scores that rank easy / hard subsets. ``el2n_models`` and ``el2n_steps`` are the
+    """The scores that rank easy / hard subsets. ``score_models`` and ``score_steps`` are the
     score's two knobs: for ``--rank-by lmc`` the parent's replicates and spawn step (and the
     parent's pre-training lr, which only lmc scores use)."""
     return ScoreRequest(dataset=req.dataset, seed=req.seed,
@@ -167,7 +172,7 @@ def score_request(req) -> "ScoreRequest":
                         noise_seed=getattr(req, "noise_seed", 0), model=getattr(req, "model", None),
                         batch_size=req.batch_size, lr=getattr(req, "lr", None),
                         kind=req.rank_by,
-                        models=req.el2n_models, steps=req.el2n_steps,
+                        models=req.score_models, steps=req.score_steps,
                         train_steps=req.train_steps,
                         pretrain_lr=getattr(req, "pretrain_lr", None) if req.rank_by == "lmc"
                         else None)
@@ -180,8 +185,8 @@ def check_subset(req) -> None:
 
     SCORES.lookup(req.rank_by)
     least = SCORES[req.rank_by].min_steps
-    if req.el2n_steps is not None and req.el2n_steps < least:
-        raise UserError(f"--el2n-steps must be >= {least}, got {req.el2n_steps}")
+    if req.score_steps is not None and req.score_steps < least:
+        raise UserError(f"--score-steps must be >= {least}, got {req.score_steps}")
     req.subset_spec().check()
     if req.subset_file is None and req.subset not in SCORED and req.scores:
         raise UserError(f"--scores ranks {'/'.join(sorted(SCORED))} subsets; --subset "
@@ -196,7 +201,7 @@ def check_subset(req) -> None:
 def check_ranking(req) -> None:
     if req.needs_scores():
         score = req.score_request()
-        score.check_spawn("--el2n-steps")  # named as this command's flag
+        score.check_spawn("--score-steps")  # named as this command's flag
         score.check()
 
 
@@ -368,8 +373,9 @@ PRETRAINED_GROUPS = [COMMON, SUBSET, PRETRAINING, PRE_NOISE, RANKING, MODEL, OVE
 def pretrained(name: str, command: str, doc: str, own: list, methods: dict,
                ignores: str = "") -> type:
     """A request of a command that starts from the pre-training imp would run: the shared
-    groups around its own flags (the one call a new analysis adds). ``ignores``: flags of the
-    shared groups it leaves out (said in its help)."""
+    groups around its own flags (a new analysis: this call, and its runner registered with
+    ``@api.command``). ``ignores``: flags of the shared groups it leaves out (said in its
+    help)."""
     groups = PRETRAINED_GROUPS[:3] + [own, REPLICATES] + PRETRAINED_GROUPS[3:]
     left_out = set(ignores.split())
     groups = [[g for g in group if g[0] not in left_out] for group in groups]
@@ -535,6 +541,7 @@ WarmupRequest = compose(
          check_length=_check_length, warmup_config=_warmup_config),
     ignores="label_noise noise_seed model pretrain_lr steps levels")
 
+
 def recast(req, cls: type, **changes: Any):
     """A request of another command with the flags the two share (and ``changes``): e.g. the
     LMC analysis of an imp request's pre-training point, or the imp run a grads request
@@ -542,47 +549,3 @@ def recast(req, cls: type, **changes: Any):
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{f.name: getattr(req, f.name) for f in dataclasses.fields(req)
                   if f.name in names} | changes)
-
-
-REQUESTS: dict[str, type] = {"imp": ImpRequest, "scores": ScoreRequest, "lmc": LmcRequest,
-                             "errors": ErrorsRequest, "grads": GradsRequest,
-                             "warmup": WarmupRequest}
-
-
-def request_from(command: str, values: dict[str, Any]):
-    """A checked request and its runtime flags from plain values (a sweep's grid point): each
-    value checked against its field's type and bounds. Runtime flags (``runtime_flags()``) are
-    returned unchecked: the caller checks them with the runtime they go into."""
-    from .runtime import sweep_flags
-
-    if command not in REQUESTS:
-        raise UserError(f"unknown command '{command}' (known: {', '.join(REQUESTS)})")
-    cls = REQUESTS[command]
-    names = {o.name for o in opts(cls)}
-    renamed = aliases(cls)
-    runtime = sweep_flags()
-    # flags of other commands, at their default: the value a request without them stands for
-    known: dict[str, list] = {}
-    for option in (o for c in REQUESTS.values() for o in opts(c)):
-        known.setdefault(option.name, []).append(option.default)
-    fields, flags = {}, {}
-    for name, value in values.items():
-        if "-" in name and name.replace("-", "_") in names | set(runtime):
-            raise UserError(f"'{name}': sweep files name flags with underscores: use "
-                            f"{name.replace('-', '_')}")
-        name = renamed.get(name, name)
-        if name in names:
-            if name in fields:
-                raise UserError(f"{flag(name)} given twice (once by an old name)")
-            fields[name] = value
-        elif name in runtime:
-            flags[name] = value
-        elif name in known and any(value == d and type(value) is type(d) for d in known[name]):
-            continue
-        elif name in known:
-            raise UserError(f"{command} does not use {flag(name)} (got {value!r}): leave it out")
-        else:
-            raise UserError(f"'{command}' has no flag {flag(name)}")
-    request = cls(**fields)
-    request.check()
-    return request, flags

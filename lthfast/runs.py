@@ -14,7 +14,8 @@ A stage is finished exactly when its ``done.json`` (a ``StageRecord``) exists; i
 last, after the stage's weights and metrics. Replicates and levels are not part of the hash, so
 asking for more of either later trains only what is missing.
 
-    python -c "from lthfast.runs import RunStore; print(RunStore('runs').run('pretrain', {'a': 1}).path)"
+    python -c "from lthfast.runs import RunStore; \\
+               print(RunStore('runs').run('pretrain', {'a': 1}).path)"
     # -> runs/pretrain_<hash>
 """
 
@@ -234,7 +235,8 @@ class Run:
         first = stages[0]
         if any(s.run.path != self.path for s in stages):
             names = "\n".join(str(s.path.relative_to(self.path.parent)) for s in stages)
-            digest = hashlib.sha256(names.encode()).hexdigest()  # the same for any spelling of --out
+            # the same for any spelling of --out
+            digest = hashlib.sha256(names.encode()).hexdigest()
             return self.path / "scratch" / f"group_{digest[:16]}"
         parts = ([f"level_{first.level}"] if first.level is not None else []) + (
             [first.branch.replace("/", "_")] if first.branch else []) + [

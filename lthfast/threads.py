@@ -24,7 +24,8 @@ means one thread: the same bytes in any process, worker or SLURM task. It costs 
 other cores, which is what ``--deterministic`` trades away anyway. CUDA runs are unaffected
 (their determinism is cuBLAS' and cuDNN's; their CPU threads only feed the device).
 
-    python -c "from lthfast.threads import allowed_cpus, worker_threads; print(allowed_cpus(), worker_threads(None, 2))"
+    python -c "from lthfast.threads import allowed_cpus, worker_threads; \\
+               print(allowed_cpus(), worker_threads(None, 2))"
 """
 
 from __future__ import annotations

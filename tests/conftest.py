@@ -47,7 +47,8 @@ def synthetic(data_root):
 
 @pytest.fixture
 def run_cli(monkeypatch, capfd):
-    """``lthfast ARGS`` in this process through the real entry point: (exit code, stdout, stderr)."""
+    """``lthfast ARGS`` in this process through the real entry point: (exit code, stdout,
+    stderr)."""
     import sys
 
     import lthfast.cli as cli_module

@@ -59,7 +59,8 @@ def _truncated_weights(sandbox):
     [weights] = (sandbox / "out").glob("pretrain_*/replicate_0/weights.pt")
     weights.write_bytes(weights.read_bytes()[:1000])
     # a different IMP config (other lr after t_r) that shares this pre-training
-    return with_flags([a for a in IMP_ARGS if a != "--deterministic"], root="root", out="out", lr="0.05")
+    return with_flags([a for a in IMP_ARGS if a != "--deterministic"], root="root", out="out",
+                      lr="0.05")
 
 
 def _evil_tar(sandbox, name):
@@ -98,14 +99,15 @@ BAD_INPUTS = [
     ("unknown-subset-kind", lambda s: with_flags(IMP_SMALL, subset="bogus"), r"bogus", True),
     ("missing-root-cifar10", lambda s: with_flags(IMP_SMALL, dataset="cifar10", root="emptyroot"),
      r"cifar10", False),
-    ("missing-root-synthetic", lambda s: with_flags(IMP_SMALL, dataset="synthetic", root="emptyroot"),
-     r"not built", False),
+    ("missing-root-synthetic",
+     lambda s: with_flags(IMP_SMALL, dataset="synthetic", root="emptyroot"), r"not built", False),
     ("corrupt-npy", _corrupt_npy, r"train_images\.npy", False),
     ("bitflip-npy", _bitflip_npy, r"train_images\.npy \(checksum mismatch\)", False),
     ("truncated-pretrain-weights", _truncated_weights, r"weights\.pt", False),
     ("size-0", lambda s: with_flags(IMP_SMALL, size="0"), r"--size", False),
     ("size-negative", lambda s: with_flags(IMP_SMALL, size="-1"), r"--size", False),
-    ("size-too-large", lambda s: with_flags(IMP_SMALL, size=str(_train_size(s) + 1)), r"--size", False),
+    ("size-too-large", lambda s: with_flags(IMP_SMALL, size=str(_train_size(s) + 1)), r"--size",
+     False),
     ("scores-wrong-length",
      lambda s: with_flags(IMP_SMALL, subset="easy", scores=_npy(s, "short.npy", np.zeros(100))),
      r"shape", False),
@@ -127,7 +129,8 @@ BAD_INPUTS = [
     ("subset-file-duplicates",
      lambda s: with_flags(IMP_FILE, subset_file=_npy(s, "dup.npy", np.array([1, 1, 2], np.int64))),
      r"duplicate", False),
-    ("label-noise-1.5", lambda s: with_flags(IMP_SMALL, label_noise="1.5"), r"--label-noise", False),
+    ("label-noise-1.5", lambda s: with_flags(IMP_SMALL, label_noise="1.5"), r"--label-noise",
+     False),
     ("label-noise-negative", lambda s: with_flags(IMP_SMALL, label_noise="-0.1"), r"--label-noise",
      False),
     ("steps-negative", lambda s: with_flags(IMP_SMALL, steps="-1"), r"--steps", False),
@@ -151,13 +154,15 @@ BAD_INPUTS = [
     ("replicates-0", lambda s: IMP_SMALL + ["--replicates", "0"], r"--replicates", False),
     ("batch-size-0", lambda s: with_flags(IMP_SMALL, batch_size="0"), r"--batch-size", False),
     ("lr-nan", lambda s: IMP_SMALL + ["--lr", "nan"], r"--lr", False),
-    ("label-noise-nan", lambda s: with_flags(IMP_SMALL, label_noise="nan"), r"--label-noise", False),
+    ("label-noise-nan", lambda s: with_flags(IMP_SMALL, label_noise="nan"), r"--label-noise",
+     False),
     ("offset-negative", lambda s: with_flags(IMP_SMALL, offset="-1"), r"--offset", False),
     ("steps-not-below-train-steps", lambda s: with_flags(IMP_SMALL, steps="60"), r"--steps", False),
     ("scores-file-missing", lambda s: with_flags(IMP_SMALL, subset="easy", scores="in/nope.npy"),
      r"nope\.npy", False),
     ("subset-file-pickled-objects",
-     lambda s: with_flags(IMP_FILE, subset_file=_npy(s, "obj.npy", np.array([1, "a", None], object))),
+     lambda s: with_flags(IMP_FILE,
+                          subset_file=_npy(s, "obj.npy", np.array([1, "a", None], object))),
      r"obj\.npy", False),
     ("subset-file-floats",
      lambda s: with_flags(IMP_FILE, subset_file=_npy(s, "float.npy", np.array([1.0, 2.5]))),

@@ -63,8 +63,8 @@ CASES = [
                                         "--out", "out", "--steps", "300", "--models", "1"],
      "--steps 300 (the lmc spawn step) must be smaller than the 200 iterations"),
     ("rank-by-lmc-spawn-past-schedule", IMP + ["--subset", "easy", "--size", "50", "--rank-by",
-                                               "lmc", "--el2n-steps", "20"],
-     "--el2n-steps 20 (the lmc spawn step) must be smaller than the 20 iterations"),
+                                               "lmc", "--score-steps", "20"],
+     "--score-steps 20 (the lmc spawn step) must be smaller than the 20 iterations"),
     # flags a command does not use: the run would be that of the command without them
     ("el2n-scores-children", ["scores", "el2n", "--dataset", "digits", "--root", "root",
                               "--out", "out", "--children", "4"],

@@ -68,7 +68,8 @@ def test_compiled_and_eager_steps_agree(fresh_dynamo, execution):
 @pytest.mark.parametrize("execution", ["grouped", "looped"])
 def test_second_level_and_new_replicate_compile_nothing(fresh_dynamo, digits, monkeypatch,
                                                         execution):
-    """After a first stage (train + evaluate), a pruned level and a new replicate reuse its graphs."""
+    """After a first stage (train + evaluate), a pruned level and a new replicate reuse its
+    graphs."""
     monkeypatch.setenv("LTHFAST_COMPILE_BACKEND", "eager")
     data = DeviceData.from_dataset(digits, "train", "cpu")
     test = DeviceData.from_dataset(digits, "test", "cpu")

@@ -23,10 +23,12 @@ def test_digits_build_matches_source_and_meta(digits, data_root):
     assert digits.train_size + digits.meta["test_size"] == 1797
     # stratified split: every class has ~20% of its examples in test
     counts = np.bincount(digits.test_labels, minlength=10) / (
-        np.bincount(digits.test_labels, minlength=10) + np.bincount(digits.train_labels, minlength=10))
+        np.bincount(digits.test_labels, minlength=10)
+        + np.bincount(digits.train_labels, minlength=10))
     assert np.all(np.abs(counts - 0.2) < 0.02)
     mean, std = channel_stats(np.asarray(digits.train_images))
-    assert np.allclose(digits.meta["mean"], np.asarray(digits.train_images, np.float64).mean((0, 1, 2)))
+    assert np.allclose(digits.meta["mean"],
+                       np.asarray(digits.train_images, np.float64).mean((0, 1, 2)))
     assert np.allclose(std, np.asarray(digits.train_images, np.float64).std((0, 1, 2)))
     assert digits.meta["augment"] == {"pad": 1, "flip": False}
     for name, sha in digits.meta["files"].items():
@@ -34,7 +36,8 @@ def test_digits_build_matches_source_and_meta(digits, data_root):
 
 
 def test_rebuild_is_noop_unless_forced(tmp_path):
-    out = build_dataset("synthetic", tmp_path, source="train=40,test=20,size=8,classes=2", betons=False)
+    out = build_dataset("synthetic", tmp_path, source="train=40,test=20,size=8,classes=2",
+                        betons=False)
     assert (out / "subsets").is_dir()  # made by the build, for index arrays
     stamp = (out / "meta.json").stat().st_mtime_ns
     build_dataset("synthetic", tmp_path, source="train=40,test=20,size=8,classes=2", betons=False)
@@ -98,7 +101,8 @@ def test_easy_and_hard_pick_the_right_ends(digits, tmp_path):
     assert scores[hard].min() > np.sort(scores)[-101]
     offset = make_subset(digits, SubsetSpec("easy", size=100, scores=str(path), offset=50))
     assert np.array_equal(np.sort(offset), np.sort(np.argsort(scores)[50:150]))
-    balanced = make_subset(digits, SubsetSpec("easy", size=100, scores=str(path), class_balanced=True))
+    balanced = make_subset(digits, SubsetSpec("easy", size=100, scores=str(path),
+                                              class_balanced=True))
     assert set(np.bincount(digits.train_labels[balanced], minlength=10)) == {10}
     for c in range(10):  # within each class, the chosen ones are that class's lowest scores
         members = np.flatnonzero(digits.train_labels == c)
@@ -175,7 +179,8 @@ def test_augmentation_matches_reference(synthetic, k):
     x = x.numpy()
     for b in range(32):
         for m in range(k):
-            ref = reference_augment(synthetic.train_images[idx[b, m]], 4, dy[b, m], dx[b, m], flip[b, m])
+            ref = reference_augment(synthetic.train_images[idx[b, m]], 4, dy[b, m], dx[b, m],
+                                    flip[b, m])
             assert np.array_equal(crops[b, :, :, 3 * m : 3 * m + 3], ref)
             got = x[b, 3 * m : 3 * m + 3].transpose(1, 2, 0) * std + mean
             assert np.allclose(got, ref, atol=1e-3)

@@ -154,7 +154,8 @@ def test_packed_training_equals_sequential(digits, execution):
         changed = 0
         for name, value in ref.items():
             assert torch.allclose(got[name], value, atol=1e-9, rtol=1e-9), name
-            changed += name.endswith("weight") and not torch.equal(value, fresh(1, [k + 1]).state_dict()[name].double())
+            changed += name.endswith("weight") and not torch.equal(
+                value, fresh(1, [k + 1]).state_dict()[name].double())
         assert changed > 10  # the models did train
 
 

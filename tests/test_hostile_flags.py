@@ -23,8 +23,9 @@ HOSTILE = {
     "--dataset": "nosuchset", "--subset": "bogus", "--size": "-3",
     "--subset-file": "missing.npy", "--subset-seed": "-1", "--offset": "-1",
     "--scores": "missing.npy", "--steps": "-1", "--levels": "-1", "--replicates": "0",
-    "--label-noise": "1.5", "--noise-seed": "-1", "--rank-by": "bogus", "--el2n-models": "0",
-    "--el2n-steps": "0", "--model": "resnet7", "--batch-size": "0", "--lr": "0",
+    "--label-noise": "1.5", "--noise-seed": "-1", "--rank-by": "bogus", "--score-models": "0",
+    "--score-steps": "0", "--el2n-models": "0", "--el2n-steps": "0",  # the last two: old names
+    "--model": "resnet7", "--batch-size": "0", "--lr": "0",
     "--pretrain-lr": "-1", "--train-steps": "0", "--loader": "bogus", "--root": "afile/sub",
     "--out": "afile/sub", "--seed": "-1", "--device": "bogus", "--checkpoint-every": "-5",
     "--level": "-1", "--children": "1", "--alphas": "0.5,x", "--coherence-every": "0",

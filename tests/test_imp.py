@@ -393,7 +393,8 @@ def test_runs_packed_across_a_sweep_equal_runs_one_by_one(data_root, tmp_path):
                    if p.is_file() and p.name not in ("env.json", ".lock"))
     assert len(files) > 30
     for rel in files:
-        assert (tmp_path / "packed" / rel).read_bytes() == (tmp_path / "alone" / rel).read_bytes(), rel
+        got, want = tmp_path / "packed" / rel, tmp_path / "alone" / rel
+        assert got.read_bytes() == want.read_bytes(), rel
     assert not list((tmp_path / "packed").rglob("scratch"))
     events = [json.loads(line) for line in trace.read_text().splitlines()]
     trained = [(e["run"], e["stage"]) for e in events if e["event"] == "train"]

@@ -177,8 +177,8 @@ def test_lmc_scores_are_the_mean_per_example_barrier_and_rank_imp_subsets(data_r
     np.testing.assert_allclose(scores, np.mean(barriers, axis=0), rtol=0, atol=1e-7)
     assert scores.std() > 0  # a ranking, not a constant
 
-    run = api.imp(api.ImpRequest(subset="easy", size=300, rank_by="lmc", el2n_models=2,
-                                 el2n_steps=10, steps=10, levels=0, **small),
+    run = api.imp(api.ImpRequest(subset="easy", size=300, rank_by="lmc", score_models=2,
+                                 score_steps=10, steps=10, levels=0, **small),
                   rt(tmp_path, data_root))
     subset = RunStore(tmp_path).run("pretrain", run.config["pretrain"]).config["subset"]
     assert subset["rank_by"] == "lmc" and subset["scores"] == file_sha256(path)[:16]

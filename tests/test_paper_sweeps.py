@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lthfast import smoke
+from lthfast.sweep import smoke
 from lthfast.sweep import load_sweep
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
@@ -22,12 +22,12 @@ def points(name: str, small: bool = False) -> list[dict]:
 
 def test_lmc_scores_spawn_where_the_paper_says_and_shrink_like_t_star():
     # Fig. 11a: LMC scores after 1,600 iterations (CIFAR-100, t* = 800); 11b: after 800 (CINIC-10)
-    assert {p["el2n_steps"] for p in points("fig11a_lmc_scores_cifar100.toml")} == {1600}
-    assert {p["el2n_steps"] for p in points("fig11b_lmc_scores_cinic10.toml")} == {800}
+    assert {p["score_steps"] for p in points("fig11a_lmc_scores_cifar100.toml")} == {1600}
+    assert {p["score_steps"] for p in points("fig11b_lmc_scores_cinic10.toml")} == {800}
     assert all(p["rank_by"] == "lmc" for p in points("fig11a_lmc_scores_cifar100.toml"))
     # at smoke scale a spawn step keeps its fraction of t* (t* -> 4), not of the EL2N steps
-    assert {p["el2n_steps"] for p in points("fig11a_lmc_scores_cifar100.toml", True)} == {8}
-    assert {p["el2n_steps"] for p in points("fig11b_lmc_scores_cinic10.toml", True)} == {4}
+    assert {p["score_steps"] for p in points("fig11a_lmc_scores_cifar100.toml", True)} == {8}
+    assert {p["score_steps"] for p in points("fig11b_lmc_scores_cinic10.toml", True)} == {4}
     assert {p["steps"] for p in points("fig10_lmc_scores.toml", True)} == {2, 4, 8}
 
 
@@ -35,7 +35,7 @@ def test_the_el2n_curves_of_fig_11_use_el2n_at_appendix_a_steps():
     """Fig. 11's easy-EL2N curve is fig2_3_*'s: EL2N at the preset's steps (8,000 for CINIC-10),
     never at the LMC spawn step."""
     for name in ("fig2_3_cinic10.toml", "fig2_3_cifar100.toml"):
-        assert all("el2n_steps" not in p for p in points(name))
+        assert all("score_steps" not in p for p in points(name))
     sizes = {p["size"] for p in points("fig2_3_cinic10.toml")}
     assert {p["size"] for p in points("fig11b_lmc_scores_cinic10.toml")} <= sizes
 

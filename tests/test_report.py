@@ -99,7 +99,8 @@ def test_report_shows_finished_levels_of_an_unfinished_run_flagged(two_runs, tmp
 
 def test_report_without_runs_is_a_user_error(tmp_path, run_cli):
     code, stdout, err = run_cli(["report", "--out", tmp_path])
-    assert code == 2 and err.startswith("error: no finished IMP, LMC, warmup or analysis runs") and stdout == ""
+    assert code == 2 and stdout == ""
+    assert err.startswith("error: no finished IMP, LMC, warmup or analysis runs")
     assert not (tmp_path / "report").exists()
 
 
@@ -195,7 +196,7 @@ def test_onset_keeps_lmc_runs_that_differ_in_any_flag_apart():
 
 
 def test_runs_ranked_by_other_scores_are_other_curves():
-    """Two easy runs whose EL2N ensembles differ (e.g. --el2n-models 2 vs 3) rank their subsets
+    """Two easy runs whose EL2N ensembles differ (e.g. --score-models 2 vs 3) rank their subsets
     by other scores: the table keeps them apart (the scores' content hash), and so do curves,
     onsets and barrier matching, which key on these columns."""
     from lthfast.results import config_columns
@@ -246,7 +247,8 @@ def test_damaged_lmc_files_are_named_with_their_repair(data_root, tmp_path, run_
     assert code == 0, err
     [warning] = err.splitlines()
     assert warning.startswith(f"warning: {npy} is damaged")
-    assert "the loss barrier histogram of replicate 1" in warning and "rerun the 'lthfast lmc'" in warning
+    assert "the loss barrier histogram of replicate 1" in warning
+    assert "rerun the 'lthfast lmc'" in warning
     import csv
 
     hist = list(csv.DictReader(open(tmp_path / "report" / "barrier_hist.csv")))

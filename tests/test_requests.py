@@ -14,7 +14,7 @@ import pytest
 
 from lthfast import api
 from lthfast.errors import UserError
-from lthfast.requests import request_from
+from lthfast.api import request_from
 
 DIGITS = dict(dataset="digits")
 WARMUP = dict(dataset="digits", subset="random", size=100, warmup=5)
@@ -178,3 +178,45 @@ def test_duplicate_grid_points_are_refused(tmp_path):
         load_sweep(path)
     path.write_text('command = "imp"\n[flags]\ndataset = "digits"\n[grid]\nseed = [1, 2]\n')
     assert load_sweep(path).size == 2
+
+
+def test_one_table_names_each_command_its_request_and_runner():
+    """Issue #20: a command is one entry of ``api.COMMANDS`` (its request and its runner); the
+    CLI and the ``REQUESTS`` / ``RUNNERS`` views read it, and a second registration is refused."""
+    import typer.main
+
+    from lthfast.cli import app
+
+    assert list(api.COMMANDS) == ["imp", "scores", "lmc", "errors", "grads", "warmup"]
+    for name, entry in api.COMMANDS.items():
+        assert entry.request.COMMAND == name and api.REQUESTS[name] is entry.request
+        assert api.RUNNERS[name] is entry
+    assert api.COMMANDS["lmc"].run is api.lmc and api.COMMANDS["imp"].run is api.imp
+    assert set(api.COMMANDS) <= set(typer.main.get_command(app).commands)
+    with pytest.raises(ValueError, match="registered twice"):
+        api.command(api.LmcRequest)(lambda req, rt: None)
+
+
+def test_a_command_registered_once_is_known_to_requests_sweeps_and_their_runs(monkeypatch,
+                                                                               tmp_path):
+    """A new command is its request and one registration: plain values, sweep files and a
+    sweep point's run find it with nothing else to edit."""
+    from lthfast.experiments.common import Runtime
+    from lthfast.requests import COMMON, check_common, compose
+    from lthfast.sweep import load_sweep
+    from lthfast.sweep.records import run_point
+
+    fake = compose("FakeRequest", "fake", "a fake analysis", [COMMON], dict(check=check_common))
+    ran = []
+    monkeypatch.setitem(api.COMMANDS, "fake", api.Command(
+        fake, lambda req, rt: ran.append(req) or tmp_path / f"seed{req.seed}"))
+    request, _ = request_from("fake", {"dataset": "digits", "seed": 3})
+    assert request == fake(dataset="digits", seed=3) and api.REQUESTS["fake"] is fake
+    path = tmp_path / "s.toml"
+    path.write_text('command = "fake"\n[flags]\ndataset = "digits"\n[grid]\nseed = [1, 2]\n')
+    assert load_sweep(path).size == 2
+    record = run_point("fake", {"dataset": "digits", "seed": 2}, Runtime(device="cpu"))
+    assert record["status"] == "ok" and record["artifact"] == str(tmp_path / "seed2")
+    assert ran == [fake(dataset="digits", seed=2)]
+    with pytest.raises(UserError, match="^fake does not use --levels"):
+        request_from("fake", {"levels": 3})

@@ -30,7 +30,8 @@ def test_imp_resumes_bit_exactly_after_kill9_at_chosen_points(cli, digits_root, 
     # (a) during pre-training, at step 13: the checkpoint of step 10 exists, nothing is done
     cli.killed(args, {"stage": "pretrain/replicate_0", "step": 13}, trace)
     [pre] = out.glob("pretrain_*")
-    assert (pre / "scratch" / "group_0" / "checkpoint.pt").exists(), "no periodic checkpoint was written"
+    assert (pre / "scratch" / "group_0" / "checkpoint.pt").exists(), \
+        "no periodic checkpoint was written"
     assert not (pre / "replicate_0" / "done.json").exists()
     assert not done_files(out)
 

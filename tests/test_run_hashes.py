@@ -59,7 +59,7 @@ CASES = [
     ("imp", dict(RANDOM, steps=200, levels=3, replicates=2, lr=0.2, pretrain_lr=0.05,
                  train_steps=9000, label_noise=0.1, noise_seed=2, batch_size=256, seed=1),
      {"pretrain": "2e5367ff2c59", "imp": "66b00635096e"}),
-    ("imp", dict(dataset="cifar10", subset="easy", size=1000, el2n_models=4, el2n_steps=300),
+    ("imp", dict(dataset="cifar10", subset="easy", size=1000, score_models=4, score_steps=300),
      {"score": "el2n_b6700ba0630b"}),
     ("scores", dict(dataset="cifar10", kind="el2n"), {"score": "el2n_aed86b1eb704"}),
     ("scores", dict(dataset="cifar10", kind="forgetting", models=4, steps=300, seed=2),

@@ -275,9 +275,9 @@ def test_imp_request_orients_the_subset_by_the_registered_score():
         "x.npy").easy_high
     by_aum.check()
     api.ImpRequest(dataset="digits", subset="easy", size=100, rank_by="grand",
-                   el2n_steps=0).check()  # GraNd at initialisation
-    with pytest.raises(UserError, match="--el2n-steps must be >= 1"):
-        api.ImpRequest(dataset="digits", subset="easy", size=100, el2n_steps=0).check()
+                   score_steps=0).check()  # GraNd at initialisation
+    with pytest.raises(UserError, match="--score-steps must be >= 1"):
+        api.ImpRequest(dataset="digits", subset="easy", size=100, score_steps=0).check()
     with pytest.raises(UserError, match="unknown score"):
         api.ImpRequest(dataset="digits", subset="easy", size=100, rank_by="bogus").check()
 

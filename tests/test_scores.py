@@ -1,13 +1,13 @@
 """Per-example scores (``lthfast.experiments.scores``): EL2N and forgetting, against references.
 
 EL2N: after a tiny ``compute_scores`` run (digits, ResNet-8, K=2 models, 40 iterations, CPU),
-``scores.npy`` must equal a computation by hand from the members' saved ``weights.pt``: each K=1 network
-rebuilt from its state dict, run in eval mode over the un-augmented train images normalised here
-with the dataset's mean/std, then ‖softmax − onehot(y)‖₂ averaged over the models. Forgetting:
-``ForgettingCounter`` is fed hand-made logits, labels and per-model index batches over eight steps
-whose correct/incorrect sequences per (model, example) are worked out by hand, including an example
-one model never gets right (it must score that model's largest count + 1 and rank hardest), and
-``forgetting_from_sequence`` is checked on the same sequences.
+``scores.npy`` must equal a computation by hand from the members' saved ``weights.pt``: each K=1
+network rebuilt from its state dict, run in eval mode over the un-augmented train images
+normalised here with the dataset's mean/std, then ‖softmax − onehot(y)‖₂ averaged over the
+models. Forgetting: ``ForgettingCounter`` is fed hand-made logits, labels and per-model index
+batches over eight steps whose correct/incorrect sequences per (model, example) are worked out by
+hand, including an example one model never gets right (it must score that model's largest count
++ 1 and rank hardest), and ``forgetting_from_sequence`` is checked on the same sequences.
 """
 
 from __future__ import annotations
@@ -150,7 +150,8 @@ def test_repeats_within_a_batch_count_their_presentations_in_order():
         idx = torch.from_numpy(rng.integers(0, n, size=(b, k)))
         right = torch.from_numpy(rng.random((b, k)) < 0.5)
         y = idx % C
-        logits = torch.zeros(b, k, C).scatter_(2, torch.where(right, y, (y + 1) % C)[..., None], 1.0)
+        logits = torch.zeros(b, k, C).scatter_(2, torch.where(right, y, (y + 1) % C)[..., None],
+                                               1.0)
         counter.on_batch(step, logits, y, idx)
         for pos in range(b):
             for m in range(k):
@@ -214,17 +215,17 @@ def test_lmc_spawn_step_is_checked_against_the_schedule_where_scores_are_derived
     from lthfast.errors import UserError
 
     small = dict(dataset="digits", subset="easy", size=100, rank_by="lmc")
-    api.ImpRequest(**small, el2n_steps=199).check()  # the last step before T: fine
-    with pytest.raises(UserError, match=r"^--el2n-steps 300 \(the lmc spawn step\) must be "
+    api.ImpRequest(**small, score_steps=199).check()  # the last step before T: fine
+    with pytest.raises(UserError, match=r"^--score-steps 300 \(the lmc spawn step\) must be "
                                         r"smaller than the 200 iterations"):
-        api.ImpRequest(**small, el2n_steps=300).check()
+        api.ImpRequest(**small, score_steps=300).check()
     # a shortened schedule: the default spawn step (digits' t* = 4) is past its end
-    with pytest.raises(UserError, match=r"lmc spawn step \(--el2n-steps, default t\* = 4\) "
+    with pytest.raises(UserError, match=r"lmc spawn step \(--score-steps, default t\* = 4\) "
                                         r"must be smaller than the 3 iterations"):
         api.ImpRequest(**small, steps=2, train_steps=3).check()
     # warmup ranks its subset by scores on the preset's schedule (T = 200 on digits)
-    with pytest.raises(UserError, match="--el2n-steps 250"):
-        api.WarmupRequest(**small, warmup=5, el2n_steps=250).check()
+    with pytest.raises(UserError, match="--score-steps 250"):
+        api.WarmupRequest(**small, warmup=5, score_steps=250).check()
     with pytest.raises(UserError, match="--steps 201"):
         api.ScoreRequest(dataset="digits", kind="lmc", steps=201).check()
     api.ScoreRequest(dataset="digits", kind="el2n", steps=300).check()  # not a spawn step

@@ -110,7 +110,8 @@ BAD_SWEEPS = [
 ]
 
 
-@pytest.mark.parametrize("text,message", [c[1:] for c in BAD_SWEEPS], ids=[c[0] for c in BAD_SWEEPS])
+@pytest.mark.parametrize("text,message", [c[1:] for c in BAD_SWEEPS],
+                         ids=[c[0] for c in BAD_SWEEPS])
 def test_malformed_sweep_fails_before_any_run(text, message, tmp_path, run_cli):
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -121,7 +122,8 @@ def test_malformed_sweep_fails_before_any_run(text, message, tmp_path, run_cli):
     assert out == "" and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("text,message", [c[1:] for c in BAD_SWEEPS], ids=[c[0] for c in BAD_SWEEPS])
+@pytest.mark.parametrize("text,message", [c[1:] for c in BAD_SWEEPS],
+                         ids=[c[0] for c in BAD_SWEEPS])
 def test_malformed_sweep_fails_its_dry_run(text, message, tmp_path, run_cli):
     path = tmp_path / "bad.toml"
     path.write_text(text)

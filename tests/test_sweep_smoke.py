@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lthfast import smoke
+from lthfast.sweep import smoke
 from lthfast.errors import UserError
 from lthfast.sweep import load_sweep
 
@@ -42,7 +42,7 @@ def test_smoke_sweep_keeps_the_grid_and_every_point_validates(name):
         assert point.get("replicates", 1) == 1 and point.get("levels", 0) <= smoke.LEVELS
         assert point.get("steps", 0) < smoke.TRAIN_STEPS
         assert point.get("size", 0) <= smoke.SIZE_MAX
-        assert point.get("el2n_models", 2) <= 2 and point.get("models", 2) <= 2
+        assert point.get("score_models", 2) <= 2 and point.get("models", 2) <= 2
         assert point.get("warmup", 0) < smoke.TRAIN_STEPS
 
 

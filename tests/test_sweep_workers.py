@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lthfast.errors import UserError
-from lthfast.workers import pinned, worker_devices
+from lthfast.sweep.workers import pinned, worker_devices
 
 
 def test_one_worker_per_visible_gpu_by_default():
@@ -204,7 +204,7 @@ def test_kill_9_of_the_sweep_takes_its_workers_with_it(data_root, tmp_path):
 def test_local_jobs_on_gpus_get_one_gpu_each(tmp_path):
     """submitit's local executor hides every GPU from a job that asks for none; lthfast's local
     launcher gives each job one (round robin), by machine index, through the job's shell."""
-    from lthfast.launch import LaunchOptions, _executor, local_gpus
+    from lthfast.sweep.launch import LaunchOptions, _executor, local_gpus
 
     assert local_gpus("cuda", 2, None) == [0, 1]
     assert local_gpus("cuda", 2, "4,6") == [4, 6]

@@ -64,8 +64,8 @@ def test_a_warmup_longer_than_the_schedule_fails_before_its_scores_are_trained(
     """Without --train-steps the schedule's length (160 epochs) needs the train set's size:
     checked once the dataset is open, before the EL2N scores that rank the subset."""
     code, out, err = run_cli(["warmup", "--dataset", "digits", "--subset", "easy", "--size",
-                              "100", "--warmup", "100000", "--el2n-models", "1",
-                              "--el2n-steps", "5", "--root", data_root, "--out",
+                              "100", "--warmup", "100000", "--score-models", "1",
+                              "--score-steps", "5", "--root", data_root, "--out",
                               tmp_path / "out", "--device", "cpu"])
     lines = [line for line in err.splitlines() if line.strip()]
     steps = warmup_recipe("digits", 1438, 0).steps

@@ -1,6 +1,7 @@
 """Read a built dataset directory: meta.json, checksum-verified, memory-mapped arrays.
 
-    python -c "from lthfast.data.arrays import open_dataset; print(open_dataset('datasets','digits'))"
+    python -c "from lthfast.data.arrays import open_dataset; \\
+               print(open_dataset('datasets', 'digits'))"
 """
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ def write_beton(path: Path, split: RawSplit) -> None:
             return split.images[i], int(split.labels[i])
 
     tmp = path.with_name(f".{path.name}.tmp")
-    # write_mode="raw": lossless, so beton and arrays hold the same pixels and loaders compare fairly
+    # write_mode="raw": lossless, so beton and arrays hold the same pixels and loaders compare
+    # fairly
     writer = DatasetWriter(str(tmp), {"image": RGBImageField(write_mode="raw"),
                                       "label": IntField()}, num_workers=1)
     threads = torch.get_num_threads()  # see ffcv_available: keep torch's threads as they were

@@ -158,8 +158,8 @@ class BatchStream:
 
     chunk_steps = 32  # steps drawn per host-to-device copy (any value gives the same batches)
 
-    def __init__(self, data: DeviceData, indices: Sequence[np.ndarray], seeds: Sequence[StreamSeeds],
-                 batch_size: int, augment: bool = True):
+    def __init__(self, data: DeviceData, indices: Sequence[np.ndarray],
+                 seeds: Sequence[StreamSeeds], batch_size: int, augment: bool = True):
         assert len(indices) == len(seeds) and len(indices) >= 1
         self.data, self.batch_size, self.do_augment = data, batch_size, augment
         self.indices = [np.asarray(ix, dtype=np.int64) for ix in indices]

@@ -24,8 +24,8 @@ from .arrays import DatasetArrays
 from .loader import BatchStream, DeviceData, StreamSeeds
 
 # (dataset, train split on the device, index array per model, seeds per model, batch size)
-StreamFactory = Callable[[DatasetArrays, DeviceData, Sequence[np.ndarray], Sequence[StreamSeeds], int],
-                         object]
+StreamFactory = Callable[
+    [DatasetArrays, DeviceData, Sequence[np.ndarray], Sequence[StreamSeeds], int], object]
 STREAMS = Registry("loader")  # name -> StreamFactory
 register_stream = STREAMS.register
 

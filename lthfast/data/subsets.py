@@ -39,7 +39,8 @@ class SubsetSpec:
     seed: int = 0
     scores: Optional[str] = None  # path of a float .npy, one score per train example
     offset: int = 0
-    class_balanced: Optional[bool] = None  # None: the rule's default (random: True, easy/hard: False)
+    # None: the rule's default (random: True, easy/hard: False)
+    class_balanced: Optional[bool] = None
     file: Optional[str] = None  # a subset .npy given by the user
     shared: bool = False  # random: one subset for every replicate (default: drawn per replicate)
     rank_by: Optional[str] = None  # what the scores are (el2n, forgetting, ...), for reports
@@ -142,7 +143,8 @@ def shares(labels: np.ndarray, size: int, offset: int, balanced: bool, num_class
     cannot be made is refused before any score is computed to rank it."""
     if not balanced:
         if offset + size > len(labels):
-            raise UserError(f"--offset {offset} + --size {size} exceeds the train size {len(labels)}")
+            raise UserError(f"--offset {offset} + --size {size} exceeds the train size "
+                            f"{len(labels)}")
         return None
     counts = np.bincount(labels, minlength=num_classes)
     # when the classes cannot all get the same share, which of them get one more is drawn

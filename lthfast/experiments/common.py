@@ -61,7 +61,7 @@ class Runtime:
     checkpoint_every: int = field(default=0, metadata=opt(  # 0: by wall time only
         "iterations between checkpoints of a training stage, besides one every 5 minutes of "
         "training (0: by time only)", env="LTHFAST_CHECKPOINT_EVERY", min=0))
-    checkpoint_seconds: float = 300.0  # a checkpoint every 5 minutes of training, whatever the speed
+    checkpoint_seconds: float = 300.0  # a checkpoint every 5 minutes of training, any speed
     log_every: int = 50
     loader: str = field(default="device", metadata=opt(  # a name in lthfast.data.streams.STREAMS
         "device (lthfast's device-resident loader) or ffcv (stock ffcv Loaders over the "

@@ -234,7 +234,7 @@ def lmc_scores(ctx: Context, cfg: ScoreConfig, run: Run) -> np.ndarray:
 
 # EL2N is read early in training (appendix A); forgetting looks at the whole course of it; LMC
 # scores are taken before the onset of linear mode connectivity (appendix D.2; default t*, what
-# Fig. 11b uses for CINIC-10; Fig. 11a spawns CIFAR-100's at 1,600: its sweep sets --el2n-steps).
+# Fig. 11b uses for CINIC-10; Fig. 11a spawns CIFAR-100's at 1,600: its sweep sets --score-steps).
 SCORES.register("el2n")(ScoreKind(default_steps=lambda p: p.el2n_steps, per_model=el2n_per_model,
                                   reference="Paul et al. 2021"))
 SCORES.register("forgetting")(ScoreKind(
@@ -268,7 +268,8 @@ def train_members(ctx: Context, cfg: ScoreConfig, run: Run, members: Sequence[in
     stages = [run.stage(m) for m in members]
     train_stage(ctx, stages, prepare, cfg.recipe, data, label=f"{cfg.score} K={len(stages)}",
                 hooks=lambda k: kind.hooks(ctx, cfg, data, k),
-                artifacts=lambda model, hooks, _: {cfg.score: kind.per_model(ctx, model, hooks, data)})
+                artifacts=lambda model, hooks, _: {
+                    cfg.score: kind.per_model(ctx, model, hooks, data)})
 
 
 def easy_is_high(name: str) -> bool:

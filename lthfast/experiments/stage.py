@@ -124,7 +124,8 @@ def _train_group(ctx: Context, stages: list[Stage], recipes: list[Recipe],
                               [i.seeds for i in inputs], recipes, start, checkpoint, label,
                               masks=masks, hooks=hooks, early=early)
     test = ctx.test_split()
-    metrics = summary(predict(model, test, amp=ctx.rt.use_amp, compile=ctx.rt.use_compile), test.labels)
+    metrics = summary(predict(model, test, amp=ctx.rt.use_amp, compile=ctx.rt.use_compile),
+                      test.labels)
     extra = artifacts(model, hooks, stages) if artifacts is not None else {}
     for i, (stage, state) in enumerate(zip(stages, unpack_state(model))):
         ckpt.save(stage.file("weights.pt"), state)

@@ -17,7 +17,8 @@ register_model = MODELS.register
 
 
 for _depth in (8, 14, 20, 32, 44, 56, 110):
-    register_model(f"resnet{_depth}")(lambda num_classes, k=1, _d=_depth: PackedResNet(_d, num_classes, k))
+    register_model(f"resnet{_depth}")(
+        lambda num_classes, k=1, _d=_depth: PackedResNet(_d, num_classes, k))
 
 
 def resolve(name: str) -> Callable[..., PackedResNet]:

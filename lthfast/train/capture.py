@@ -203,7 +203,8 @@ class EmulatedGraph:
             result = func(*args, **kwargs)
             recorded, new = tree_leaves(out), tree_leaves(result)
             if len(recorded) != len(new):
-                raise RuntimeError(f"replaying {func}: {len(new)} outputs, recorded {len(recorded)}")
+                raise RuntimeError(f"replaying {func}: {len(new)} outputs, recorded "
+                                   f"{len(recorded)}")
             for old, now in zip(recorded, new):
                 if isinstance(old, torch.Tensor) and now is not old:
                     if now.shape != old.shape or now.dtype != old.dtype:
@@ -227,7 +228,8 @@ def _no_recompile():
     return _dynamo.config.patch(error_on_recompile=True)
 
 
-def capture_graph(device: torch.device, hooks: Sequence[object] = ()) -> Optional[Callable[[], object]]:
+def capture_graph(device: torch.device, hooks: Sequence[object] = ()
+                  ) -> Optional[Callable[[], object]]:
     """The graph kind for a stage that asked for capture on ``device``, or None (run eagerly):
     None with a one-line notice when hooks need the host in every step; a ``CaptureError``
     when an earlier capture failure turned graphs off in this process."""

@@ -4,7 +4,8 @@ The sidecar (``<file>.sha256``) is written after the checkpoint itself, so a che
 matching sidecar is either half-written or tampered with: ``load`` refuses it; ``load_resumable``
 (periodic training checkpoints) drops it and the stage starts over.
 
-    python -c "from lthfast.train.checkpoint import save, load; save('/tmp/c.pt', {'a': 1}); print(load('/tmp/c.pt'))"
+    python -c "from lthfast.train.checkpoint import save, load; \\
+               save('/tmp/c.pt', {'a': 1}); print(load('/tmp/c.pt'))"
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ def backend() -> str:
     return os.environ.get("LTHFAST_COMPILE_BACKEND", "inductor")
 
 
-def compiled_forward(model: torch.nn.Module, purpose: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def compiled_forward(model: torch.nn.Module, purpose: str
+                     ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x -> model(x)`` through this process's compiled ``purpose`` ("train" or "eval")."""
     key = (purpose, backend())
     if key not in _COMPILED:

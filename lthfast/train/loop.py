@@ -88,7 +88,8 @@ class LoopConfig:
 class LoopResult:
     step: int
     mean_losses: list[float]  # per model, mean finite loss over the last logging window
-    diverged: list[Optional[dict]] = field(default_factory=list)  # per model: None or {step, last_finite_loss}
+    # per model: None or {step, last_finite_loss}
+    diverged: list[Optional[dict]] = field(default_factory=list)
     log: list[dict] = field(default_factory=list)
     optimizer_state: Optional[dict] = None  # momentum buffers at ``step``, to continue from
     captured: bool = False  # whether the steps were replayed from a CUDA graph (or its stand-in)

@@ -77,8 +77,9 @@ class FusedSGD:
         self.views = unflatten(self.flat, self.params)
         self.mask: Optional[torch.Tensor] = None
         if masks is not None and any(m is not None for m in masks):
-            self.mask = torch.cat([memory_order(m.to(self.flat.device, self.flat.dtype), p) if m is not None
-                                   else self.flat.new_ones(p.numel()) for m, p in zip(masks, self.params)])
+            self.mask = torch.cat([
+                memory_order(m.to(self.flat.device, self.flat.dtype), p) if m is not None
+                else self.flat.new_ones(p.numel()) for m, p in zip(masks, self.params)])
             self.flat.mul_(self.mask)
             self._write_back()
         # momentum, allocated here at its fixed address and zero: the first step's μ·0 + d is

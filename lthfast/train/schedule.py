@@ -4,7 +4,8 @@ The paper counts iterations, not epochs (Table 1): e.g. CIFAR-10 lr 0.1, ×0.1 a
 46,800 of 62,400. ``lr_table`` gives a stage's learning rates for all its steps at once, as one
 device tensor the training step indexes (no host value enters the step, so it can be captured).
 
-    python -c "from lthfast.train.schedule import Schedule; print(Schedule(0.1, (31200, 46800)).lr_at(40000))"
+    python -c "from lthfast.train.schedule import Schedule; \\
+               print(Schedule(0.1, (31200, 46800)).lr_at(40000))"
     # -> 0.010000000000000002
 """
 

@@ -19,7 +19,8 @@ import torch
 class LossTracker:
     def __init__(self, k: int, window: int, device: torch.device, start_step: int):
         self.k = k
-        self.rows = torch.empty(window, k, dtype=torch.float64, device=device)  # exact for fp32 and fp64 losses
+        # float64: exact for fp32 and fp64 losses
+        self.rows = torch.empty(window, k, dtype=torch.float64, device=device)
         self.filled = 0  # rows written since the last read
         self.first_step = start_step  # the step of row 0
         self.diverged: list[Optional[dict]] = [None] * k

@@ -23,7 +23,8 @@ from ...registry import Registry
 
 @dataclass(frozen=True)
 class AugmentSpec:
-    """Train-time augmentation: pad by ``pad`` pixels, random crop back, optional left-right flip."""
+    """Train-time augmentation: pad by ``pad`` pixels, random crop back, optional left-right
+    flip."""
 
     pad: int = 4
     flip: bool = True

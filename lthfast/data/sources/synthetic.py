@@ -9,7 +9,8 @@ so its runs never mix with another variant's; built on first use like digits, an
 schedule scaled to its size, see ``lthfast.config``), or as ``build-beton synthetic --source
 ...`` (one variant under the plain name ``synthetic`` per data root).
 
-    lthfast build-beton synthetic:train=2000,test=500,size=32   # -> datasets/synthetic:size=32,test=500,train=2000
+    lthfast build-beton synthetic:train=2000,test=500,size=32
+    # -> datasets/synthetic:size=32,test=500,train=2000
     lthfast imp --dataset synthetic:size=8,noise=120 --levels 3
 """
 
@@ -60,7 +61,8 @@ def variant_name(options: Optional[str]) -> str:
     ``synthetic:`` and the options that differ from the default, sorted, numbers as parsed
     (``noise=120`` and ``noise=120.0`` are one variant)."""
     spec, default = SyntheticSpec.parse(options), SyntheticSpec()
-    changed = sorted(k for k in spec.__dataclass_fields__ if getattr(spec, k) != getattr(default, k))
+    changed = sorted(k for k in spec.__dataclass_fields__
+                     if getattr(spec, k) != getattr(default, k))
     return "synthetic" + (":" + ",".join(f"{k}={getattr(spec, k):g}" for k in changed)
                           if changed else "")
 

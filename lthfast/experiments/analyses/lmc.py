@@ -43,7 +43,8 @@ A child that diverged (non-finite weights or logits) has no barrier: its pairs' 
 
 Files (``<parent stage>`` is ``pretrain_<h>/replicate_<r>`` or ``imp_<h>/replicate_<r>/level_<k>``):
 
-- ``<parent stage>/lmc_<hash>/child_<c>/``: each child's stage (weights.pt, metrics.jsonl, done.json)
+- ``<parent stage>/lmc_<hash>/child_<c>/``: each child's stage (weights.pt, metrics.jsonl,
+  done.json)
 - ``<parent stage>/lmc_<hash>/loss_barrier.npy``, ``error_barrier.npy``: float32, shape (N,)
   (N training examples, dataset order): the chosen kind's midpoint barrier per example, mean over
   the replicate's pairs whose children are finite (all NaN if none) — Fig. 5's histograms, the
@@ -87,7 +88,8 @@ from .. import common
 from ..stage import StageInputs, train_stage
 from . import ANALYSES, finished
 
-CONNECTIVITY_THRESHOLD = CONNECTED_BELOW = 0.02  # Frankle error barrier under 2%: linearly mode connected
+# Frankle et al.: an error barrier under 2% is linearly mode connected
+CONNECTIVITY_THRESHOLD = CONNECTED_BELOW = 0.02
 TRAINED_OVER_CHANCE = 2.0  # a child trained: train accuracy >= 2 x chance (1 / classes)
 MIDPOINT = 0.5  # appendix A: the barrier at α = ½
 LMC_SEEDS = 2  # seed domain of children (IMP replicates use 0, score ensembles 1)

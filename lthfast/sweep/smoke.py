@@ -23,7 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import UserError
+from ..errors import UserError
 
 DATASET = "digits"
 TRAIN_STEPS = 40  # T: 1/5 of the digits preset's 200, so a level trains in about a second
@@ -35,7 +35,7 @@ SIZE_MIN, SIZE_MAX, SIZE_STEP = 40, 1000, 10  # subsets of digits' 10 classes (~
 # Train-set sizes of the full-scale datasets (sizes keep their fraction of it); digits: its split.
 TRAIN_SIZE = {"cifar10": 50_000, "cifar100": 50_000, "cinic10": 180_000, "digits": 1_438,
               "synthetic": 1_438}
-CAPS = {"replicates": 1, "models": 2, "el2n_models": 2, "children": 2, "coherence_batches": 4,
+CAPS = {"replicates": 1, "models": 2, "score_models": 2, "children": 2, "coherence_batches": 4,
         "batch_size": 64}
 
 
@@ -55,7 +55,7 @@ class Scale:
 
     @classmethod
     def of(cls, command: str, dataset: str) -> "Scale":
-        from .config import WARMUP_DESIGNS, preset_for, warmup_recipe
+        from ..config import WARMUP_DESIGNS, preset_for, warmup_recipe
 
         if dataset not in TRAIN_SIZE:
             raise UserError(f"no smoke scale for dataset '{dataset}' (known: "
@@ -105,7 +105,7 @@ RULES: dict[str, tuple[Callable[[Any, Scale], Any], int]] = {
     "batch_size": (capped("batch_size"), 1),
     # t_r (imp-like commands) or a score ensemble's iterations (scores)
     "steps": (lambda v, s: scaled(v, s.score if s.command == "scores" else s.pretrain), 1),
-    "el2n_steps": (lambda v, s: scaled(v, s.score), 1),
+    "score_steps": (lambda v, s: scaled(v, s.score), 1),
     "train_steps": (lambda v, s: scaled(v, s.train, floor=TRAIN_STEPS // 4), 1),
     "warmup": (lambda v, s: scaled(v, s.train, floor=2), 1),  # a 1-step warmup is none
     "eval_every": (lambda v, s: scaled(v, s.train), 1),
@@ -126,8 +126,8 @@ RULES: dict[str, tuple[Callable[[Any, Scale], Any], int]] = {
 }
 # Flags whose default stands for an expensive full-scale value (None: the preset's): set at
 # smoke scale when a file leaves them out. Defaults that are numbers go through their rule.
-IMPLICIT = {"steps": T_STAR, "train_steps": TRAIN_STEPS, "el2n_models": CAPS["el2n_models"],
-            "el2n_steps": SCORE_STEPS, "models": CAPS["models"]}
+IMPLICIT = {"steps": T_STAR, "train_steps": TRAIN_STEPS, "score_models": CAPS["score_models"],
+            "score_steps": SCORE_STEPS, "models": CAPS["models"]}
 IMPLICIT_FOR = {"scores": IMPLICIT | {"steps": SCORE_STEPS}}  # scores' steps: the ensemble's
 ABSENT = {"warmup": {"steps"}}  # None there means "no such phase", not the preset's value
 
@@ -147,9 +147,9 @@ def smoke_axis(name: str, values: list, scale: Scale) -> list:
 
 def smoke_sweep(spec):
     """The same grid at smoke scale (see the module docstring), every point checked."""
-    from .api import REQUESTS
-    from .data.subsets import SCORED  # subsets ranked by a score: only they need el2n_* flags
-    from .sweep import check_points
+    from ..api import REQUESTS
+    from ..data.subsets import SCORED  # subsets ranked by a score: only they need score_* flags
+    from .spec import check_points
 
     for name in list(spec.flags) + list(spec.grid):
         if name not in RULES:
@@ -165,14 +165,14 @@ def smoke_sweep(spec):
     subsets = [spec.flags.get("subset", "all"), *spec.grid.get("subset", [])]
     implicit = IMPLICIT_FOR.get(spec.command, IMPLICIT)
     if lmc_scores:  # the default spawn step is t*
-        implicit = implicit | {"steps" if spec.command == "scores" else "el2n_steps": T_STAR}
+        implicit = implicit | {"steps" if spec.command == "scores" else "score_steps": T_STAR}
     cls = REQUESTS[spec.command]
     # fields the command does not use are refused when set (e.g. children for el2n scores)
     unused = set(cls(**({"kind": spec.argument} if spec.argument else {})).unused())
     for f in dataclasses.fields(cls):
         if f.name in spec.flags or f.name in spec.grid or f.name not in RULES or f.name in unused:
             continue
-        if f.name.startswith("el2n_") and not set(subsets) & set(SCORED):
+        if f.name.startswith("score_") and not set(subsets) & set(SCORED):
             continue  # no point ranks a subset: the flags would only clutter its commands
         if f.default is None and f.name in implicit and f.name not in ABSENT.get(spec.command, ()):
             flags[f.name] = implicit[f.name]

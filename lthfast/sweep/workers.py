@@ -27,8 +27,8 @@ import queue
 import signal
 from typing import Iterator, Optional, Sequence
 
-from .errors import Interrupted, UserError
-from .threads import worker_threads
+from ..errors import Interrupted, UserError
+from ..threads import worker_threads
 
 POLL_S = 1.0  # how often the parent looks for a worker that died without a word
 STOP_S = 60.0  # how long a stopped worker may take to leave its stage cleanly
@@ -58,7 +58,8 @@ def pinned(device: str, visible: Optional[str], cpu_share: int = 1) -> tuple[dic
     k = int(device.split(":", 1)[1])
     ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else None
     if ids is not None and k >= len(ids):
-        raise UserError(f"{device}: only {len(ids)} GPU(s) visible (CUDA_VISIBLE_DEVICES={visible})")
+        raise UserError(f"{device}: only {len(ids)} GPU(s) visible "
+                        f"(CUDA_VISIBLE_DEVICES={visible})")
     return {"CUDA_VISIBLE_DEVICES": ids[k] if ids is not None else str(k)}, "cuda"
 
 
@@ -88,15 +89,15 @@ def _stop(signum, _frame):
 def work(worker: int, command: str, points: list, runtime: dict, tasks, results,
          parent: int = 0) -> None:
     """A worker process: run points until the queue says stop (None) or a signal arrives, or
-    its ``parent`` (pid) dies (``lthfast.lifeline``)."""
+    its ``parent`` (pid) dies (``lthfast.sweep.lifeline``)."""
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
         if parent:  # a SIGTERM when the sweep dies, even by kill -9
             from .lifeline import die_with_parent
             die_with_parent(parent)
-        from .experiments.common import Runtime
-        from .progress import PlainProgress
+        from ..experiments.common import Runtime
+        from ..progress import PlainProgress
         from .records import run_point
 
         rt = Runtime(**runtime, progress=PlainProgress())  # plain lines: workers interleave
@@ -114,7 +115,7 @@ def fan_out(command: str, points: list, rt, devices: Sequence[str]) -> Iterator[
     """Run the points on one worker per device: ("start", i, device), ("done", i, record)."""
     import multiprocessing
 
-    from .api import built_on_first_use, open_data
+    from ..api import built_on_first_use, open_data
 
     # embedded datasets are built on first use, with ffcv's writer processes, which a daemonic
     # worker may not start: build them here, once, before any worker needs them

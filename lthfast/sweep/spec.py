@@ -17,13 +17,12 @@ starts (lazily, up to ``MAX_RUNS`` points), so a typo or a value of the wrong ty
 not after a day of training; so are its runtime flags (``loader``, ``checkpoint_every``, ...), on
 the sweep's device once the command names it, and a flag the command does not use is refused
 (its points would be one run). ``--dry-run`` prints the commands in the CLI's own words, from
-the flags' metadata (``lthfast.options``). Runs call the Python API in this process one after
-another, each from a clean torch global state; a run that fails with a user error is reported
-and the sweep goes on; a diverged run is a result, not a failure; Ctrl-C stops the sweep and
-records the run as interrupted. Finished stages are skipped, so rerunning a sweep trains only what is missing.
-``--root``, ``--out`` and ``--device`` belong to the sweep command, not to the file. With several
-devices the points go to one worker process each (``lthfast.workers``); ``--smoke`` runs the
-same grid at CPU scale (``lthfast.smoke``). Each run's wall time goes into the sweep's record.
+the flags' metadata (``lthfast.options``). A flag's old name (``Opt.aliases``, e.g.
+``el2n_models``) is read as its name, so old files keep meaning what they meant.
+``--root``, ``--out`` and ``--device`` belong to the sweep command, not to the file. How the
+points run: ``lthfast.sweep.runner`` (in this process), ``lthfast.sweep.workers`` (one process
+per device), ``lthfast.sweep.launch`` (submitit jobs); ``--smoke`` runs the same grid at CPU
+scale (``lthfast.sweep.smoke``).
 
     lthfast sweep sweeps/fig2_3_cifar10.toml --dry-run          # prints the 24 commands
     lthfast sweep sweeps/fig2_3_cifar10.toml --smoke --dry-run  # the same 24, at smoke scale
@@ -35,14 +34,12 @@ import itertools
 import json
 import math
 import shlex
-import sys
-import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional
 
-from .errors import Interrupted, UserError
+from ..errors import UserError
 
 MAX_RUNS = 100_000  # more grid points than this is a mistake, not a sweep
 PER_SWEEP = ("root", "out", "device")  # flags of the sweep command itself
@@ -55,7 +52,7 @@ class Sweep:
     argument: Optional[str]  # the positional argument, e.g. "el2n" for scores
     flags: dict[str, Any]
     grid: dict[str, list]
-    scale: str = "full"  # or "smoke" (lthfast.smoke.smoke_sweep)
+    scale: str = "full"  # or "smoke" (lthfast.sweep.smoke.smoke_sweep)
 
     @property
     def size(self) -> int:
@@ -71,7 +68,7 @@ class Sweep:
     def command_lines(self, root: Path, out: Path, device: Optional[str]) -> list[str]:
         """The runs as ``lthfast`` command lines, in the words of the real CLI; every point's
         runtime flags are first checked on the device the commands would run on."""
-        from .experiments.common import Runtime, default_device
+        from ..experiments.common import Runtime, default_device
 
         check_runtimes(self, Runtime(root=Path(root), out=Path(out),
                                      device=device or default_device()))
@@ -82,9 +79,9 @@ class Sweep:
 def command_line(command: str, values: dict[str, Any]) -> str:
     """A point as an ``lthfast`` command line, in the CLI's words (from the same flag metadata
     the CLI is built from: ``lthfast.options``); ``kind`` is scores' positional argument."""
-    from .options import aliases, argv, opts
-    from .requests import REQUESTS
-    from .runtime import options as runtime_options
+    from ..options import aliases, argv, opts
+    from ..api import REQUESTS
+    from ..runtime import options as runtime_options
 
     cls = REQUESTS[command]
     by_name = {o.name: o for o in opts(cls) + runtime_options()}
@@ -100,7 +97,8 @@ def command_line(command: str, values: dict[str, Any]) -> str:
 
 def load_sweep(path: Path) -> Sweep:
     """Parse a sweep file and check every one of its runs; nothing runs or is written."""
-    from .api import REQUESTS
+    from ..api import REQUESTS
+    from ..options import aliases
 
     try:
         raw = tomllib.loads(Path(path).read_text())
@@ -119,7 +117,7 @@ def load_sweep(path: Path) -> Sweep:
         raise UserError(f"{path}: 'command' must be one of {', '.join(REQUESTS)}, got {command!r}")
     argument = raw.get("argument")
     if command == "scores" and not isinstance(argument, str):
-        from .experiments.scores import SCORES
+        from ..experiments.scores import SCORES
 
         kinds = " or ".join(f'"{k}"' for k in SCORES)
         raise UserError(f"{path}: command 'scores' needs argument = {kinds}")
@@ -128,6 +126,8 @@ def load_sweep(path: Path) -> Sweep:
     flags, grid = raw.get("flags", {}), raw.get("grid", {})
     if not isinstance(flags, dict) or not isinstance(grid, dict):
         raise UserError(f"{path}: [flags] and [grid] must be tables")
+    renamed = aliases(REQUESTS[command])
+    flags, grid = new_names(path, flags, renamed), new_names(path, grid, renamed)
     for name in list(flags) + list(grid):
         if name in PER_SWEEP:
             raise UserError(f"{path}: '{name}' belongs to the sweep command "
@@ -158,11 +158,23 @@ def load_sweep(path: Path) -> Sweep:
     return check_points(spec)
 
 
+def new_names(path: Path, table: dict[str, Any], renamed: dict[str, str]) -> dict[str, Any]:
+    """A table with every flag's old name (``Opt.aliases``, e.g. ``el2n_models``) replaced by
+    its name, in place: an old file means what it meant, and its points, command lines and
+    summary say each flag one way (the summary's hash does not depend on the spelling)."""
+    for name in dict.fromkeys(renamed.values()):
+        spelled = [key for key in table if renamed.get(key, key) == name]
+        if len(spelled) > 1:
+            raise UserError(f"{path}: {' and '.join(spelled)} are one flag ({name}, the "
+                            "others its old names): give it once")
+    return {renamed.get(key, key): value for key, value in table.items()}
+
+
 def check_points(spec: Sweep) -> Sweep:
     """Every point turned into its typed request and checked; the first bad one is the error.
     Runtime flags are checked too, those that depend on the device once it is known
     (``check_runtimes``)."""
-    from .api import request_from
+    from ..api import request_from
 
     for i, point in enumerate(spec.points(), 1):
         try:
@@ -176,7 +188,7 @@ def check_runtimes(spec: Sweep, rt) -> None:
     """Every point's runtime flags with the sweep's runtime ``rt`` (its device), as each run
     will take them (``api.with_flags``): e.g. ``cuda_graph = true`` on a CPU sweep fails here,
     before the first run, not at its point."""
-    from .runtime import checked, sweep_flags, with_flags
+    from ..runtime import checked, sweep_flags, with_flags
 
     runtime = sweep_flags()
     seen: set[str] = set()  # grid points mostly share their runtime flags
@@ -198,105 +210,3 @@ def point_error(spec: Sweep, i: int, point: dict[str, Any], exc: UserError) -> U
 
 def describe(point: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in point.items())
-
-
-def in_this_process(command: str, points: list[dict], rt, devices) -> Iterator[tuple]:
-    """The points one after another here: ("start", i, device), then ("done", i, record)."""
-    from .records import run_point
-
-    for i, point in enumerate(points):
-        yield "start", i, rt.device
-        yield "done", i, run_point(command, point, rt)
-
-
-def packed_in_this_process(command: str, points: list[dict], rt, devices) -> Iterator[tuple]:
-    """``--pack``: the imp points here, packed across runs (``api.run_prepared_imps``). Each
-    point is checked and prepared alone (a bad point fails alone, as without ``--pack``); the
-    good ones that share their runtime flags then train together, every compatible
-    pre-training and level as one model (at most ``imp.MAX_PACKED`` models at once). Their records
-    carry the group's wall time and size; an error while a group trains (rare: a refused
-    checkpoint, a full disk) is the result of every point of the group."""
-    from .api import prepare_imp, request_from, run_prepared_imps, with_flags
-
-    groups: dict[str, list[tuple[int, tuple]]] = {}
-    for i, point in enumerate(points):
-        yield "start", i, rt.device
-        start = time.monotonic()
-        try:
-            request, flags = request_from(command, point, rt)
-            key = json.dumps(flags, sort_keys=True)
-            prepared = prepare_imp(request, with_flags(rt, flags))
-        except UserError as exc:
-            yield "done", i, {"flags": point, "status": "error", "error": str(exc),
-                              "seconds": round(time.monotonic() - start, 3)}
-            continue
-        groups.setdefault(key, []).append((i, prepared))
-    for members in groups.values():
-        start = time.monotonic()
-        try:
-            runs = run_prepared_imps([p for _, p in members])
-            results = [{"status": "ok", "artifact": str(run.path)} for run in runs]
-        except UserError as exc:
-            results = [{"status": "error", "error": str(exc)}] * len(members)
-        seconds = round(time.monotonic() - start, 3)
-        for (i, _), result in zip(members, results):
-            yield "done", i, {"flags": points[i]} | result | {"seconds": seconds,
-                                                                "packed": len(members)}
-
-
-def run_sweep(spec: Sweep, rt, devices: Sequence[str] = (), pack: bool = False) -> Path:
-    """Run every point (here, or with two or more ``devices`` one worker process per device,
-    see ``lthfast.workers``); print each artifact, progress with elapsed time and ETA on
-    stderr and, last, the summary ``<out>/sweep_<hash>.json`` (every run's record, its wall
-    time included), which is returned (UserError if a run failed)."""
-    from .progress import SweepClock
-    from .records import check_failed, summary_path, write_summary
-    from .workers import fan_out
-
-    check_runtimes(spec, rt)  # the device is known now: a grid that cannot run here fails first
-    points = list(spec.points())
-    summary = summary_path(spec, rt.out, points)
-    records: dict[int, dict] = {}
-    started: dict[int, float] = {}  # points in flight: when they started
-    clock = SweepClock(len(points))
-    if pack and (spec.command != "imp" or len(devices) > 1):
-        raise UserError("--pack packs imp runs in one process: not for "
-                        + (f"{spec.command} sweeps" if spec.command != "imp" else "workers"))
-    execute = (packed_in_this_process if pack else
-               fan_out if len(devices) > 1 else in_this_process)
-
-    def write() -> None:
-        write_summary(summary, spec, [records[i] for i in sorted(records)],
-                      workers=list(devices) or [rt.device], seconds=round(clock.elapsed(), 3))
-
-    events = execute(spec.command, points, rt, devices)
-    try:
-        for kind, i, payload in events:
-            n = f"[sweep {i + 1}/{len(points)}]"
-            if kind == "start":
-                started[i] = time.monotonic()
-                on = f" on {payload}" if len(devices) > 1 else ""
-                print(f"{n} {spec.command} {describe(points[i])}{on}", file=sys.stderr,
-                      flush=True)
-                continue
-            started.pop(i, None)
-            records[i] = payload
-            if payload["status"] == "ok":
-                print(payload["artifact"], flush=True)
-            else:
-                print(f"error: run {i + 1}: {payload['error']}", file=sys.stderr)
-            print(f"{n} {payload['status']} in {clock.format(payload['seconds'])}; "
-                  f"{clock.done()}", file=sys.stderr, flush=True)
-            write()
-    except Interrupted:
-        for i, since in started.items():  # the runs Ctrl-C stopped; later ones never started
-            records[i] = {"flags": points[i], "status": "interrupted",
-                          "seconds": round(time.monotonic() - since, 3)}
-        write()
-        raise
-    finally:
-        getattr(events, "close", lambda: None)()  # stops the workers, whatever happened
-    write()
-    print(summary)
-    check_failed([records[i] for i in sorted(records)], summary)
-    return summary

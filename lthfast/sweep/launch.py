@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import UserError
+from ..errors import UserError
 from .jobs import LaunchOptions, RunPoint, _executor  # noqa: F401  (the launchers' job parts)
-from .registry import Registry
+from ..registry import Registry
 
 LAUNCHERS = Registry("launcher")  # name -> fn(sweep, runtime, options) -> summary path
 
@@ -46,9 +46,9 @@ def local_gpus(device: str, cuda_count: int, visible: Optional[str]) -> list[int
 def _submit(cluster: str) -> Callable:
     def launch(spec, rt, options: LaunchOptions) -> Path:
         from .records import check_failed, summary_path, write_summary
-        from .sweep import check_runtimes
+        from .spec import check_runtimes
 
-        if cluster == "slurm":  # scheduler check, job states, collecting: lthfast.slurm
+        if cluster == "slurm":  # scheduler check, job states, collecting: lthfast.sweep.slurm
             from .slurm import submit_array
             return submit_array(spec, rt, options)
 
@@ -107,7 +107,7 @@ def _cuda_count() -> int:
 @LAUNCHERS.register("inprocess")
 def inprocess(spec, rt, options: LaunchOptions) -> Path:
     """Here; with several GPUs (or ``--workers N``) one worker process per device."""
-    from .sweep import run_sweep
+    from .runner import run_sweep
     from .workers import worker_devices
 
     devices = () if options.pack else worker_devices(rt.device, options.workers, _cuda_count())

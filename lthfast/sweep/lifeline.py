@@ -1,5 +1,5 @@
-"""A child process that dies with its parent: sweep workers (``lthfast.workers``) must not go on
-training queued points, adopted by init, after ``kill -9`` of the sweep that started them.
+"""A child process that dies with its parent: sweep workers (``lthfast.sweep.workers``) must not
+go on training queued points, adopted by init, after ``kill -9`` of the sweep that started them.
 
 Two mechanisms, because neither covers every case alone: on Linux the kernel sends the child a
 signal when its parent dies (``prctl(PR_SET_PDEATHSIG)``); everywhere, a daemon thread polls
@@ -7,7 +7,7 @@ the parent's pid once a second (the fallback where prctl is missing, e.g. macOS)
 SIGTERM, which a worker turns into a clean stop (its stage's lock released, checkpoints kept);
 a worker that has not left ``STOP_S`` seconds later is killed.
 
-    python -c "import lthfast.lifeline as l, os; l.die_with_parent(os.getppid())"
+    python -c "import lthfast.sweep.lifeline as l, os; l.die_with_parent(os.getppid())"
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import UserError
+from ..errors import UserError
 
 PING_S = 10.0  # how long the controller may take to answer before it counts as unreachable
 POLL_S = 2.0  # how often a waiting sweep asks the scheduler about its tasks
@@ -156,9 +156,9 @@ def previous(summary: Path, points: list) -> dict[int, dict]:
 def submit_array(spec, rt, options) -> Path:
     """``sweep --launcher slurm``: submit (or collect) the grid as one array; the summary path
     is returned (UserError when a point failed)."""
-    from .files import atomic_write_json, config_hash
+    from ..files import atomic_write_json, config_hash
     from .jobs import RunPoint, _executor
-    from .sweep import check_runtimes
+    from .spec import check_runtimes
 
     check_scheduler()  # before any file is written
     check_runtimes(spec, rt)  # with the sweep's device: a bad grid fails before submitting

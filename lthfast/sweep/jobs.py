@@ -1,9 +1,9 @@
 """Submitit jobs of a sweep: how they are submitted (``LaunchOptions``), what each runs
 (``RunPoint``, re-queued as is on pre-emption or time-out) and the executor that submits them.
-Shared by the launchers (``lthfast.launch``) and the SLURM array follower (``lthfast.slurm``),
-which import it and not each other.
+Shared by the launchers (``lthfast.sweep.launch``) and the SLURM array follower
+(``lthfast.sweep.slurm``), which import it and not each other.
 
-    python -c "from lthfast.jobs import LaunchOptions; LaunchOptions(time_min=30).check()"
+    python -c "from lthfast.sweep.jobs import LaunchOptions; LaunchOptions(time_min=30).check()"
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import UserError
+from ..errors import UserError
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,8 @@ class RunPoint:
     its record. Re-queued (same arguments) when SLURM pre-empts it or its time runs out."""
 
     def __call__(self, command: str, point: dict, runtime: dict) -> dict:
-        from .experiments.common import Runtime
-        from .progress import PlainProgress
+        from ..experiments.common import Runtime
+        from ..progress import PlainProgress
         from .records import run_point
 
         # plain progress lines in the job's log; the record carries the point's wall time
