@@ -109,17 +109,17 @@ def trace_events(path: Path, event: str) -> list[dict]:
     return [e for e in map(json.loads, path.read_text().splitlines()) if e["event"] == event]
 
 
-def task_of(pid_file: Path, conf: str) -> str:
-    """submitit's job id (<array>_<task>) of the SLURM job whose process ``pid_file`` names."""
+def task_of(pid_file: Path) -> str:
+    """submitit's job id (<array>_<task>) of the SLURM job whose process ``pid_file`` names.
+    From the process's own environment: ``scontrol show job <SLURM_JOB_ID>`` is no way to find
+    it, since an array's last task has the array's id as its job id, and that id shows every
+    task of the array."""
     pid = pid_file.read_text().strip()
     env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0")
                if "=" in kv)
-    shown = subprocess.run(["scontrol", "show", "job", "-o", env["SLURM_JOB_ID"]], check=True,
-                           capture_output=True, text=True, env=_env(SLURM_CONF=conf)).stdout
-    fields = dict(f.split("=", 1) for f in shown.split() if "=" in f)
-    if "ArrayJobId" not in fields:  # submitit submits a one-point array as a plain job
-        return fields["JobId"]
-    return f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}"
+    if "SLURM_ARRAY_JOB_ID" not in env:  # submitit submits a one-point array as a plain job
+        return env["SLURM_JOB_ID"]
+    return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
 
 
 def same_task(a: str, b: str) -> bool:
@@ -170,6 +170,37 @@ def test_unreachable_controller_is_one_line_and_writes_nothing(slurm_conf, data_
     assert err.strip().count("\n") == 0 and "Traceback" not in err
     assert "no SLURM controller answers" in err and "DOWN" in err
     assert not out.exists()
+
+
+def test_array_tasks_are_told_apart_where_the_last_task_has_the_arrays_job_id(
+        tmp_path, monkeypatch):
+    # scontrol's real lines for array 127 after ``scancel 127_1`` (trimmed), and a pending
+    # block: task 1's JobId is the array's id, so the array's id shows every task; a follower
+    # that read them as one record would give task 0 task 1's state (or the reverse)
+    lines = ["JobId=127 ArrayJobId=127 ArrayTaskId=1 JobName=lthfast JobState=CANCELLED "
+             "Restarts=0 ExitCode=0:15",
+             "JobId=128 ArrayJobId=127 ArrayTaskId=0 JobName=lthfast JobState=COMPLETED "
+             "Restarts=0 ExitCode=0:0",
+             "JobId=129 ArrayJobId=127 ArrayTaskId=2-3%2 JobName=lthfast JobState=PENDING "
+             "Restarts=1 ExitCode=0:0"]
+    fake = tmp_path / "bin" / "scontrol"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n[ \"$4\" = 127 ] && printf '%s\\n' " +
+                    " ".join(f"'{ln}'" for ln in lines) + "\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    from lthfast.slurm import finished, task_states
+
+    states = task_states(["127_0", "127_1", "127_3"])
+    assert {k: v["state"] for k, v in states.items() if "_" in k} == {
+        "127_0": "COMPLETED", "127_1": "CANCELLED", "127_2": "PENDING", "127_3": "PENDING"}
+    assert states["127_3"]["restarts"] == 1
+    # the cancelled task left no result: failed, the error says cancelled and where its log is
+    record = finished(tmp_path / "logs", {"size": 48}, "127_1", states["127_1"], 0.0)
+    assert (record["state"], record["status"]) == ("failed", "error")
+    assert "cancelled" in record["error"] and record["log"] in record["error"]
+    assert record["log"].startswith(str(tmp_path / "logs"))
+    assert finished(tmp_path / "logs", {"size": 32}, "127_2", states["127_2"], None) is None
 
 
 # --- on the local cluster ------------------------------------------------------------------
@@ -229,7 +260,7 @@ def _paused_run(slurm_conf, data_root, tmp_path, sizes, *more):
     proc = sweep(grid_file(tmp_path, sizes), *slurm_args(data_root, out, "--wait", *more),
                  env=env, wait=False)
     until(lambda: marker.exists() and marker.read_text().strip(), 120, "the pause")
-    return proc, out, trace, task_of(marker, slurm_conf)
+    return proc, out, trace, task_of(marker)
 
 
 def release_requeued(task: str, conf: str) -> None:
@@ -311,9 +342,6 @@ def test_time_limit_signal_requeues_through_the_checkpoint_hook_bit_identical(
 
 
 @pytest.mark.slurm
-@pytest.mark.skip(reason="open (#24): on the local SLURM (proctrack/linuxproc) scancel of a "
-                  "paused array task did not stop its process in the last runs; it slept out "
-                  "its pause and finished ok")
 def test_a_cancelled_task_is_named_failed_and_a_rerun_trains_only_it(
         slurm_conf, data_root, tmp_path, reference):
     proc, out, trace, task = _paused_run(slurm_conf, data_root, tmp_path, [32, 48])
