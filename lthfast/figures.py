@@ -309,7 +309,7 @@ def curves(rows: list[dict]) -> dict[str, dict[str, np.ndarray]]:
     return {names[run]: c for run, c in curves_by_run(rows).items()}
 
 
-def _percent_axis(ax, weights: Iterable[float]) -> None:
+def percent_axis(ax, weights: Iterable[float]) -> None:
     """Weights remaining on a log axis, falling left to right, ticked at the levels drawn with
     plain labels (100%, 51%, 26%, ...)."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
@@ -352,7 +352,7 @@ def _draw_runs(ax, rows: list[dict], names: dict[str, str],
                         **STYLE.get(subsets[run], dict(marker="s")))
         ax.fill_between(x, c["mean"] - c["std"], c["mean"] + c["std"], alpha=0.15,
                         color=line.get_color(), linewidth=0)
-    _percent_axis(ax, [w * 100 for r in rows for w in [r["weights_remaining"]] if w])
+    percent_axis(ax, [w * 100 for r in rows for w in [r["weights_remaining"]] if w])
     ax.set(xlabel="weights remaining", ylabel="test accuracy (mean ± std)")
 
 
