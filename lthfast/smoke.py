@@ -234,7 +234,10 @@ def smoke_sweep(spec):
     if lmc_scores:  # an LMC score's "steps" is its spawn step: it shrinks like t*, not like EL2N's
         scale = dataclasses.replace(scale, score=scale.pretrain)
     flags = {name: smoke_axis(name, [value], scale)[0] for name, value in spec.flags.items()}
-    subsets = [spec.flags.get("subset", "all"), *spec.grid.get("subset", [])]
+    # the pre-training subset and an accuracy's eval subset (Fig. 7a's easy examples: the same
+    # smoke-scale EL2N ensemble must rank both, or "easy" is two different subsets)
+    subsets = [spec.flags.get("subset", "all"), *spec.grid.get("subset", []),
+               spec.flags.get("eval_subset"), *spec.grid.get("eval_subset", [])]
     defaults = implicit(spec.command, scale)
     if lmc_scores:  # the default spawn step is t*
         defaults |= {"steps" if spec.command == "scores" else "el2n_steps": scale.t_star}
