@@ -37,7 +37,7 @@ Where the paper is silent, and where we differ (the paper's numbers need its sca
   the authors do (a diverged replicate without a recorded accuracy counts as 0). Fig. 9 draws
   one network (the lowest replicate), as the paper's caption says.
 
-    lthfast report && lthfast plot fig2     # -> runs/report/fig_best_<comparison>.png/.pdf
+    lthfast report && lthfast plot fig2     # -> runs/report/fig2_best_<comparison>.png/.pdf
 """
 
 from __future__ import annotations
@@ -504,7 +504,9 @@ def best(report: Path, select=None) -> list[Drawing]:
     for mine, (title, stem) in _imp_comparisons(report, select):
         mine = _best_sizes(mine)
         fig, axes = _figure(width=5.2, height=3.8)
-        _draw_runs(axes[0, 0], mine, labels(mine))
+        names = labels(mine)
+        order = sorted(names, key=lambda run: legend_order(names[run]))
+        _draw_runs(axes[0, 0], mine, names, {run: f"C{order.index(run) % 10}" for run in names})
         axes[0, 0].set_title(f"IMP with rewinding, best subset size: {title}")
         _legend(fig, axes)
         out.append(Drawing(f"best_{stem}", fig, "imp.csv"))
@@ -792,7 +794,12 @@ def warmup(report: Path) -> list[Drawing]:
             by[key][r["warmup"]].append(0.0 if math.isnan(r["test_acc"]) else r["test_acc"])
             diverged[key] += r["diverged"] == "True"
         configs = {k: dict(zip(keys, k)) for k in by}
-        names = describe(configs, [k for k in keys if k not in ("dataset", "model", "subset_size")])
+        # a scheme once in the legend, in one colour (the panel says the size)
+        names = describe({k: {f: v for f, v in c.items() if f != "subset_size"}
+                          for k, c in configs.items()},
+                         [k for k in keys if k not in ("dataset", "model", "subset_size")],
+                         unique=False)
+        order = sorted(set(names.values()), key=legend_order)
         sizes = sorted({c.get("subset_size", "") for c in configs.values()} - {""}, key=int)
         fig, axes = _figure(1, max(1, len(sizes)), width=4.0, height=3.4, sharey=True)
         for ax, size in zip(axes[0], sizes or [""]):
@@ -804,6 +811,7 @@ def warmup(report: Path) -> list[Drawing]:
                 ax.errorbar(xs, [np.mean(ts[x]) for x in xs],
                             yerr=[np.std(ts[x], ddof=1) if len(ts[x]) > 1 else 0 for x in xs],
                             marker=STYLE.get(configs[key].get("subset"), {}).get("marker") or "s",
+                            color=f"C{order.index(names[key]) % 10}",
                             markersize=3, capsize=2, label=names[key] + n_div,
                             linestyle="--" if configs[key].get("subset") == "all" else "-")
             _symlog_steps(ax, [x for ts in by.values() for x in ts], "warmup iterations t")
@@ -882,6 +890,10 @@ def dynamics(report: Path) -> list[Drawing]:
                        title="(a) learning speed")
         axes[0, 1].set(xlabel="pre-training step", ylabel="cosine to the mean gradient",
                        title="(b) gradient coherence")
+        from matplotlib.ticker import MaxNLocator
+
+        for ax in axes[0]:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps: no 0.25 ticks
         fig.suptitle(f"Training dynamics: {title}")
         _legend(fig, axes)
         out.append(Drawing(f"dynamics_{stem}", fig, "grads_steps.csv"))

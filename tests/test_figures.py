@@ -580,3 +580,7 @@ def test_the_eval_subset_accuracy_is_drawn_in_fig7a(tmp_path, drawn):
     styles = {line.get_linestyle() for line in out.figure.axes[0].get_lines()
               if not line.get_label().startswith("train") and line.get_label() != "test"}
     assert "-." in styles  # the easy-subset accuracy curves are drawn, not only named
+    out.figure.canvas.draw()
+    for ax in out.figure.axes:  # steps are whole numbers
+        assert all(float(t.get_text().replace("\u2212", "-")).is_integer()
+                   for t in ax.get_xticklabels() if t.get_text())
