@@ -40,7 +40,7 @@ from . import api
 from .config import PRESETS
 from .experiments.common import Runtime
 from .files import atomic_write_bytes, atomic_write_json
-from .figures import curves_by_run
+from .figures import curves_by_run, percent_axis
 from .results import imp_rows, read_csv, write_csv
 
 REWIND_TO_INIT = "all data, t_r = 0 (rewind to init)"
@@ -264,9 +264,9 @@ def figure(summary: dict):
         a3.plot(x, m, marker="o", markersize=3, label=name, gid=name, color=f"C{i}",
                 linestyle="--" if name in ("all data", REWIND_TO_INIT) else "-")
         a3.fill_between(x, m - sd, m + sd, alpha=0.2, color=f"C{i}")
-    a3.set_xscale("log")
-    a3.invert_xaxis()
-    a3.set_xlabel("weights remaining (%)")
+    # plain percentages (100%, 80%, 64%) on the log axis, dense on the left, as lthfast plot
+    percent_axis(a3, [100 * w for s in imp["schemes"].values() for w in s["weights_remaining"]])
+    a3.set_xlabel("weights remaining")
     a3.set_ylabel("test accuracy")
     a3.set_title(f"3. IMP after pre-training (t_r = {imp['t_r']}) on {imp['size']} examples")
     a3.legend(fontsize=7)
@@ -281,11 +281,13 @@ def words(summary: dict) -> str:
     t0, t10 = ins["compared"]
     lines = ["1. Instability at initialisation (train error barrier between two children, "
              f"{ins['model']} on digits, mean ± std over {ins['replicates']} replicates):",
-             "   " + ", ".join(f"step {t}: {v['mean']:.1f} ± {v['std']:.1f}%" for t, v in b.items())]
+             "   " + ", ".join(f"step {t}: {v['mean']:.1f} ± {v['std']:.1f}%"
+                           for t, v in b.items())]
     if ins["falls"]:
         lines.append(f"   Children spawned at initialisation end in different basins; spawned "
                      f"after {t10} steps they are linearly connected: the barrier falls by "
-                     f"{ins['drop_pct']:.1f} points, more than the spread ({ins['spread_pct']:.1f}). "
+                     f"{ins['drop_pct']:.1f} points, more than the spread "
+                     f"({ins['spread_pct']:.1f}). "
                      "This early instability is what rewinding to t_r > 0 skips (§2).")
     else:
         lines.append(f"   The barrier did not fall by more than the spread between step {t0} and "
@@ -337,7 +339,8 @@ def draw(summary: dict, path: Path) -> Path:
 
 
 def cpu_seconds() -> float:
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 

@@ -5,12 +5,17 @@ PNG and PDF in one style; each file's metadata names the table it was drawn from
 ``lthfast plot --list`` prints the map). A kind draws one figure per comparison the paper makes
 (a comparison: runs that share everything but what the paper varies in that figure); a curve is
 one configuration (every flag; replicates are averaged, mean ± std), and a legend names, in
-words, only the flags that differ between the curves drawn. Kinds:
+words, only the flags that differ between the curves drawn (a flag at its default for the
+subset's kind, e.g. random's class balance, is not named), all-data baselines first. Subsets
+pre-trained for different t_r are a figure each (Fig. 14a, 14b). A paper name draws only the
+runs its caption names (``SELECT``: Fig. 12 its forgetting and EL2N subsets, Fig. 2 not them)
+into ``figN_<kind>_<comparison>.png``; a kind draws every run into ``fig_<kind>_...``. Kinds:
 
-- ``best``: accuracy vs weights remaining, the best easy/random/hard subset size (Fig. 2);
-- ``sparsity``: the same, one panel per subset size (Figs. 4, 11-15);
+- ``best``: accuracy vs weights remaining, the best easy/random/hard subset size (Figs. 2, 4);
+- ``sparsity``: the same, one panel per subset size, a colour per scheme (Figs. 11-15);
 - ``size``: accuracy vs subset size at levels 8, 10, 12, all-data baselines as lines (Fig. 3);
-- ``barrier_hist``: distributions of per-example train loss barriers (Fig. 5 left, centre);
+- ``barrier_hist``: distributions of per-example train loss barriers, a panel per subset size
+  (Fig. 5 left, centre);
 - ``barriers``: final sparse accuracy vs pre-training accuracy and vs mean train loss barrier,
   a point per replicate, a panel per dataset (Fig. 5 right);
 - ``warmup``: final accuracy vs warmup length, a panel per subset size (Fig. 6);
@@ -32,7 +37,7 @@ Where the paper is silent, and where we differ (the paper's numbers need its sca
   the authors do (a diverged replicate without a recorded accuracy counts as 0). Fig. 9 draws
   one network (the lowest replicate), as the paper's caption says.
 
-    lthfast report && lthfast plot fig2     # -> runs/report/fig_best_<comparison>.png/.pdf
+    lthfast report && lthfast plot fig2     # -> runs/report/fig2_best_<comparison>.png/.pdf
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, NamedTuple, Optional
@@ -67,7 +73,8 @@ PAPER = {
     "fig2": (("best",), "accuracy vs sparsity: best easy / random / hard size vs all-data "
                         "baselines"),
     "fig3": (("size",), "accuracy vs subset size at 16.8%, 10.7%, 6.9% weights (levels 8/10/12)"),
-    "fig4": (("sparsity",), "label noise during pre-training (a figure per noise level)"),
+    "fig4": (("best",), "label noise during pre-training: best easy / random size vs noisy "
+                        "all data (a figure per noise level)"),
     "fig5": (("barrier_hist", "barriers"), "per-example train loss barrier histograms; final "
                                            "accuracy vs pre-train accuracy and mean barrier"),
     "fig6": (("warmup",), "final accuracy vs learning-rate warmup length per subset"),
@@ -78,7 +85,8 @@ PAPER = {
     "fig11": (("sparsity",), "pre-training on lowest LMC scores (legend: ranked by lmc)"),
     "fig12": (("sparsity",), "pre-training on lowest forgetting vs EL2N scores"),
     "fig13": (("sparsity",), "Fig. 2 across subset sizes: a panel per size"),
-    "fig14": (("sparsity",), "Fig. 2 across subset sizes on CINIC-10: a panel per size"),
+    "fig14": (("sparsity",), "Fig. 2 across subset sizes on CINIC-10: a panel per size (a "
+                             "figure per t_r of the subsets: 14a, 14b)"),
     "fig15": (("sparsity",), "label noise across subset sizes: a panel per size"),
 }
 
@@ -110,18 +118,87 @@ def _figure(rows: int = 1, cols: int = 1, width: float = 4.2, height: float = 3.
     return fig, axes
 
 
+MAX_COLUMNS = 4  # panels per row: more would shrink each below reading size
+
+
+def _panels(n: int, width: float, height: float, **kw):
+    """A figure of ``n`` panels in rows of at most ``MAX_COLUMNS``; the panels in order (the
+    unused ones of the last row hidden)."""
+    cols = max(1, min(MAX_COLUMNS, n))
+    fig, axes = _figure(-(-max(1, n) // cols), cols, width=width, height=height, **kw)
+    flat = list(np.ravel(axes))
+    for ax in flat[max(1, n):]:
+        ax.set_visible(False)
+    return fig, axes, flat[:max(1, n)]
+
+
+def _wrap(text: str, chars: int) -> str:
+    """``text`` broken into lines of at most ``chars`` characters: at a space where there is
+    one, else after a comma (a synthetic dataset's options)."""
+    out = []
+    for line in text.split("\n"):
+        while len(line) > chars:
+            cut = line.rfind(" ", 0, chars + 1)
+            if cut > 0:
+                out.append(line[:cut])
+                line = line[cut + 1:]
+                continue
+            cut = line.rfind(",", 0, chars)
+            if cut <= 0:
+                break
+            out.append(line[:cut + 1])
+            line = line[cut + 1:]
+        out.append(line)
+    return "\n".join(out)
+
+
+CHAR_WIDTH = 0.6  # of the font size: DejaVu Sans' mean advance, a little generous
+
+
+def _fit_titles(fig) -> None:
+    """Wrap the figure's and every panel's title to the width it has (a long dataset name
+    would run off the figure or over the next panel's title)."""
+    width_pt = fig.get_figwidth() * 72
+    sup = fig._suptitle
+    if sup is not None and sup.get_text():
+        sup.set_text(_wrap(sup.get_text(), int(width_pt / (sup.get_fontsize() * CHAR_WIDTH))))
+    for ax in fig.axes:
+        title = ax.title
+        if not (ax.get_visible() and title.get_text()):
+            continue
+        spec = ax.get_subplotspec()
+        cols = spec.get_gridspec().ncols if spec is not None else 1
+        chars = int(0.95 * width_pt / cols / (title.get_fontsize() * CHAR_WIDTH))
+        title.set_text(_wrap(title.get_text(), chars))
+
+
+SCHEME_ORDER = ("all data", "random", "easiest", "hardest")
+
+
+def legend_order(label: str) -> tuple:
+    """All-data baselines first, then random, easiest, hardest; numbers in numeric order
+    (t_r = 2 before t_r = 10, 45 examples before 101)."""
+    first = next((i for i, w in enumerate(SCHEME_ORDER) if label.startswith(w)),
+                 len(SCHEME_ORDER))
+    chunks = re.split(r"(\d+(?:\.\d+)?)", label)
+    return (first, [(0, float(c), "") if i % 2 else (1, 0.0, c) for i, c in enumerate(chunks)])
+
+
 def _legend(fig, axes) -> None:
-    """One legend for the figure, under the panels, each label once."""
+    """One legend for the figure, under the panels, each label once, in ``legend_order``; the
+    titles wrapped to their width."""
+    _fit_titles(fig)
     seen = {}
     for ax in np.ravel(axes):
         for handle, label in zip(*ax.get_legend_handles_labels()):
             if not label.startswith("_"):
                 seen.setdefault(label, handle)
     if seen:
+        seen = dict(sorted(seen.items(), key=lambda kv: legend_order(kv[0])))
         # as many columns as fit the figure's width (a clipped legend names nothing)
         width_pt = fig.get_figwidth() * 72
         longest = max(len(label) for label in seen) * 4.3 + 28  # 7 pt text, marker and gap
-        ncols = max(1, min(3, len(seen), int(width_pt // longest)))
+        ncols = max(1, min(4, len(seen), int(width_pt // longest)))
         fig.legend(seen.values(), seen.keys(), loc="outside lower center", ncols=ncols,
                    frameon=False)
 
@@ -199,7 +276,8 @@ def _word(field: str, value, letters: dict) -> str:
         "t_r": lambda: f"t_r = {v}", "spawn_step": lambda: f"spawned at {v}",
         "pretrain_lr": lambda: f"pre-training lr {v}", "lr": lambda: f"lr {v}",
         "train_steps": lambda: f"{v} training steps", "batch_size": lambda: f"batch {v}",
-        "label_noise": lambda: f"{float(v):.0%} label noise", "noise_seed": lambda: f"noise seed {v}",
+        "label_noise": lambda: f"{float(v):.0%} label noise",
+        "noise_seed": lambda: f"noise seed {v}",
         "seed": lambda: f"seed {v}", "children": lambda: f"{v} children",
         "alphas": lambda: f"α = {v}", "bn": lambda: f"BN {v}", "level": lambda: f"level {v}",
         "warmup": lambda: f"warmup {v}",
@@ -208,13 +286,28 @@ def _word(field: str, value, letters: dict) -> str:
 
 
 SCHEME_WORDS = {"all": "all data", "random": "random", "easy": "easiest", "hard": "hardest"}
+# A subset flag's value when the command line leaves it out (by the subset's kind): a legend
+# names the flag only where some curve sets it otherwise (Fig. 12's forgetting, Fig. 6's
+# class-balanced easy subset), never to say that random is class-balanced and easy is not.
+DEFAULTS = {"rank_by": lambda kind: "el2n" if kind in ("easy", "hard") else "",
+            "class_balanced": lambda kind: str(kind == "random") if kind in (
+                "random", "easy", "hard") else ""}
 
 
-def describe(configs: dict, fields: Iterable[str], always: Iterable[str] = ()) -> dict:
+def is_default(field: str, config: dict) -> bool:
+    if field not in DEFAULTS:
+        return False
+    value = config.get(field)
+    return str("" if value is None else value) == DEFAULTS[field](config.get("subset"))
+
+
+def describe(configs: dict, fields: Iterable[str], always: Iterable[str] = (),
+             unique: bool = True) -> dict:
     """key -> a legend: the subset in words (with its size), then every field of ``fields``
     whose value differs between ``configs`` (key -> columns), and the ``always`` fields. A
     field only some configs set (the subset seed of an all-data run) is named only where
-    nothing else tells them apart. Never a hash: ranking scores that differ are 'scores A/B'."""
+    nothing else tells them apart. Never a hash: ranking scores that differ are 'scores A/B'.
+    ``unique=False``: keys may share a legend (a scheme drawn at several sizes, one per panel)."""
     unset = (None, "")
     fields, always = list(fields), list(always)
     letters: dict = {}
@@ -223,6 +316,14 @@ def describe(configs: dict, fields: Iterable[str], always: Iterable[str] = ()) -
         def differs(f):
             vals = {str(c.get(f)) for c in configs.values()
                     if with_unset or c.get(f) not in unset}
+            if f in DEFAULTS and all(is_default(f, c) for c in configs.values()):
+                return False
+            if f == "scores" and not with_unset:  # ranking scores that only follow the
+                by: dict = defaultdict(set)  # ranking (or the noise they were scored on)
+                for c in configs.values():
+                    if c.get(f) not in unset:
+                        by[(str(c.get("rank_by")), str(c.get("label_noise")))].add(str(c[f]))
+                return any(len(v) > 1 for v in by.values())
             return len(vals) > 1
 
         varying = [f for f in fields if f in always or differs(f)]
@@ -238,7 +339,9 @@ def describe(configs: dict, fields: Iterable[str], always: Iterable[str] = ()) -
         return out
 
     out = legends(with_unset=False)
-    return out if len(set(out.values())) == len(out) else legends(with_unset=True)
+    if not unique or len(set(out.values())) == len(out):
+        return out
+    return legends(with_unset=True)
 
 
 # What a legend may name about an IMP run (every config column), and what a comparison fixes.
@@ -275,7 +378,8 @@ def _title(rows: list[dict], fields: Iterable[str], all_rows: list[dict]) -> tup
     fields = [f for f in fields if f in ("dataset", "model")
               or len({str(r.get(f, "")) for r in all_rows}) > 1]
     first, letters = rows[0], {}
-    words = [_word(f, first.get(f, ""), letters) for f in fields if first.get(f, "") not in ("", None)]
+    words = [_word(f, first.get(f, ""), letters) for f in fields
+             if first.get(f, "") not in ("", None)]
     stem = "_".join(str(first.get(f, "")) for f in fields if first.get(f, "") not in ("", None))
     return ", ".join(words), "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in stem)
 
@@ -309,7 +413,7 @@ def curves(rows: list[dict]) -> dict[str, dict[str, np.ndarray]]:
     return {names[run]: c for run, c in curves_by_run(rows).items()}
 
 
-def _percent_axis(ax, weights: Iterable[float]) -> None:
+def percent_axis(ax, weights: Iterable[float]) -> None:
     """Weights remaining on a log axis, falling left to right, ticked at the levels drawn with
     plain labels (100%, 51%, 26%, ...)."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
@@ -352,7 +456,7 @@ def _draw_runs(ax, rows: list[dict], names: dict[str, str],
                         **STYLE.get(subsets[run], dict(marker="s")))
         ax.fill_between(x, c["mean"] - c["std"], c["mean"] + c["std"], alpha=0.15,
                         color=line.get_color(), linewidth=0)
-    _percent_axis(ax, [w * 100 for r in rows for w in [r["weights_remaining"]] if w])
+    percent_axis(ax, [w * 100 for r in rows for w in [r["weights_remaining"]] if w])
     ax.set(xlabel="weights remaining", ylabel="test accuracy (mean ± std)")
 
 
@@ -365,7 +469,8 @@ def _best_sizes(rows: list[dict]) -> list[dict]:
         if run not in curves_:
             continue
         first = next(r for r in rows if r["run"] == run)
-        by_scheme[tuple(str(first.get(c)) for c in CONFIG_COLUMNS if c != "subset_size")].append(run)
+        scheme = tuple(str(first.get(c)) for c in CONFIG_COLUMNS if c != "subset_size")
+        by_scheme[scheme].append(run)
     keep = {r["run"] for r in rows if r["subset_size"] is None}
     for runs in by_scheme.values():
         depth = min(len(curves_[run]["mean"]) for run in runs)
@@ -373,37 +478,65 @@ def _best_sizes(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["run"] in keep]
 
 
-def _imp_comparisons(report: Path):
+def _imp_comparisons(report: Path, select=None):
+    """(rows, (title, stem)) per comparison of imp.csv (``select``: the rows a paper figure
+    draws). Subsets pre-trained for different t_r are a figure each (Fig. 14a: t_r = 200, 14b:
+    400), every all-data baseline in each."""
     rows = _imp(report)
+    if select is not None:
+        rows = select(rows)
+        if not rows:
+            raise UserError(f"{Path(report) / 'imp.csv'} has none of the runs this figure "
+                            "draws (docs/FIGURES.md names its sweep files)")
     if not any(r["test_acc"] is not None and not r["diverged"] for r in rows):
         raise UserError(f"{Path(report) / 'imp.csv'} has no finite IMP result: nothing to draw")
     for key, mine in _groups(rows, COMPARISON).items():
-        yield mine, _title(mine, COMPARISON, rows)
+        title, stem = _title(mine, COMPARISON, rows)
+        pretrain = sorted({r["t_r"] for r in mine if r["subset_size"] is not None})
+        if len(pretrain) <= 1:
+            yield mine, (title, stem)
+            continue
+        for t in pretrain:
+            yield ([r for r in mine if r["subset_size"] is None or r["t_r"] == t],
+                   (f"{title}, subsets pre-trained for t_r = {t}", f"{stem}_tr{t}"))
 
 
 @FIGURES.register("best")
-def best(report: Path) -> list[Drawing]:
+def best(report: Path, select=None) -> list[Drawing]:
     out = []
-    for mine, (title, stem) in _imp_comparisons(report):
+    for mine, (title, stem) in _imp_comparisons(report, select):
         mine = _best_sizes(mine)
         fig, axes = _figure(width=5.2, height=3.8)
-        _draw_runs(axes[0, 0], mine, labels(mine))
+        names = labels(mine)
+        order = sorted(names, key=lambda run: legend_order(names[run]))
+        _draw_runs(axes[0, 0], mine, names, {run: f"C{order.index(run) % 10}" for run in names})
         axes[0, 0].set_title(f"IMP with rewinding, best subset size: {title}")
         _legend(fig, axes)
         out.append(Drawing(f"best_{stem}", fig, "imp.csv"))
     return out
 
 
+def _scheme_names(rows: list[dict]) -> dict[str, str]:
+    """run -> its legend without the subset size (a panel's title says it): one name, one
+    colour per scheme across the panels of a figure."""
+    first = {}
+    for r in rows:
+        first.setdefault(r["run"], {k: v for k, v in r.items() if k != "subset_size"})
+    return describe(first, LEGEND_FIELDS, always=("t_r",), unique=False)
+
+
 @FIGURES.register("sparsity")
-def sparsity(report: Path) -> list[Drawing]:
-    """A figure per comparison, a panel per subset size (all-data runs in every panel)."""
+def sparsity(report: Path, select=None) -> list[Drawing]:
+    """A figure per comparison, a panel per subset size (all-data runs in every panel), a
+    colour per scheme."""
     out = []
-    for mine, (title, stem) in _imp_comparisons(report):
+    for mine, (title, stem) in _imp_comparisons(report, select):
         sizes = sorted({r["subset_size"] for r in mine if r["subset_size"] is not None})
-        fig, axes = _figure(1, max(1, len(sizes)), width=4.0, height=3.4, sharey=True)
-        names = labels(mine)
-        colours = {run: f"C{i % 10}" for i, run in enumerate(sorted(names, key=names.get))}
-        for ax, size in zip(axes[0], sizes or [None]):
+        fig, axes, flat = _panels(len(sizes), width=3.8, height=3.2, sharey=True)
+        names = _scheme_names(mine)
+        order = sorted(set(names.values()), key=legend_order)
+        colours = {run: f"C{order.index(name) % 10}" for run, name in names.items()}
+        for ax, size in zip(flat, sizes or [None]):
             panel = [r for r in mine if r["subset_size"] in (size, None)]
             _draw_runs(ax, panel, names, colours)
             ax.set_title(f"subsets of {size} examples" if size else "all data")
@@ -430,9 +563,9 @@ def size_curves(rows: list[dict]) -> dict[str, dict[int, dict[int, list[float]]]
 
 
 @FIGURES.register("size")
-def size(report: Path) -> list[Drawing]:
+def size(report: Path, select=None) -> list[Drawing]:
     out = []
-    for mine, (title, stem) in _imp_comparisons(report):
+    for mine, (title, stem) in _imp_comparisons(report, select):
         curves_ = size_curves(mine)
         if not curves_:
             continue
@@ -498,6 +631,11 @@ def onset(report: Path) -> list[Drawing]:
         by = defaultdict(lambda: defaultdict(list))
         for r in mine:
             by[tuple(r.get(k, "") for k in keys)][r["spawn_step"]].append(r)
+        # an onset is where a curve over spawn steps falls under the threshold: a scheme
+        # spawned at one step only (Fig. 5's subsets) has none
+        by = {k: v for k, v in by.items() if len(v) > 1}
+        if not by:
+            continue
         names = describe({k: dict(zip(keys, k)) for k in by},
                          [k for k in keys if k not in ("dataset", "model")])
         panels = [("error_barrier", "train error barrier"), ("loss_barrier", "train loss barrier")]
@@ -513,14 +651,21 @@ def onset(report: Path) -> list[Drawing]:
                             yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals],
                             marker="o", markersize=3, capsize=2, label=names[key])
             if col != "loss_barrier":
+                from matplotlib.ticker import PercentFormatter
+
                 ax.axhline(threshold, color="k", linestyle=":", linewidth=1,
                            label=f"{threshold:.0%}: connected below")
+                ax.yaxis.set_major_formatter(PercentFormatter(1.0))
             _symlog_steps(ax, [x for s in by.values() for x in s], "spawn step t")
             ax.set(ylabel=f"{what} (mean ± std)", title=what)
         title, stem = _title(mine, ("dataset", "model"), rows)
         fig.suptitle(f"Onset of linear mode connectivity: {title}")
         _legend(fig, axes)
         out.append(Drawing(f"onset_{stem}", fig, "lmc.csv"))
+    if not out:
+        raise UserError("lmc.csv has no dense parent spawned at two or more steps: run 'lthfast "
+                        "lmc' at a few --steps (sweeps/onset_lmc_cifar10.toml), then 'lthfast "
+                        "report'")
     return out
 
 
@@ -531,39 +676,52 @@ def _threshold() -> float:
 
 
 @FIGURES.register("barrier_hist")
-def barrier_hist(report: Path) -> list[Drawing]:
+def barrier_hist(report: Path, select=None) -> list[Drawing]:
+    """Fig. 5 left, centre: a figure per comparison (children measured alike: dataset, model,
+    children, BN kind, ...), a panel per subset size with the all-data curves in each."""
     columns = _columns(report, "barrier_hist.csv") if (
         Path(report) / "barrier_hist.csv").exists() else []
     rows = _table(report, "barrier_hist.csv", numeric=("bin_left", "bin_right", "fraction",
                                                        "mean"), required=("barrier", "replicate"))
     rows = [r for r in rows if r["barrier"] == "loss_barrier" and r.get("level", "") == ""]
+    if select is not None:
+        rows = select(rows)
     if not rows:
         raise UserError("barrier_hist.csv has no per-example loss barriers of dense children: "
                         "nothing to draw")
     # a dense parent's spawn step is its t_r: the legend says it once
     keys = [k for k in key_columns(columns) if k not in ("barrier", "spawn_step")]
+    fixed = [k for k in keys if k not in SCHEME_FIELDS]
     out = []
-    for _, mine in _groups(rows, [k for k in keys if k in COMPARISON]).items():
+    for _, mine in _groups(rows, fixed).items():
         by = defaultdict(lambda: defaultdict(list))
         for r in mine:
             by[tuple(r.get(k, "") for k in keys)][(r["bin_left"], r["bin_right"])].append(
                 r["fraction"])
-        names = describe({k: dict(zip(keys, k)) for k in by},
-                         [k for k in keys if k not in ("dataset", "model")], always=("t_r",))
-        fig, axes = _figure(width=5.4, height=3.6)
-        ax = axes[0, 0]
-        for key, bins in sorted(by.items(), key=lambda kv: names[kv[0]]):
-            edges = sorted(bins)
-            x = [lo for lo, _ in edges] + [edges[-1][1]]
-            y = [float(np.mean(bins[e])) for e in edges]
-            subset = dict(zip(keys, key)).get("subset", "")
-            ax.stairs(y, x, label=names[key], linewidth=1.4,
-                      linestyle="--" if subset == "all" else "-")
-        ax.axvline(0, color="k", linewidth=0.6)
-        ax.set(xlabel="per-example train loss barrier", ylabel="fraction of training examples",
-               title="Per-example train loss barriers of dense children")
-        title, stem = _title(mine, [k for k in keys if k in COMPARISON], rows)
-        fig.suptitle(title)
+        configs = {k: dict(zip(keys, k)) for k in by}
+        names = describe({k: {f: v for f, v in c.items() if f != "subset_size"}
+                          for k, c in configs.items()},
+                         [k for k in keys if k not in fixed], always=("t_r",), unique=False)
+        order = sorted(set(names.values()), key=legend_order)
+        sizes = sorted({c.get("subset_size", "") for c in configs.values()} - {""}, key=int)
+        fig, axes, flat = _panels(len(sizes), width=3.6, height=3.0, sharex=True, sharey=True)
+        for ax, size in zip(flat, sizes or [""]):
+            for key, bins in sorted(by.items(), key=lambda kv: legend_order(names[kv[0]])):
+                if configs[key].get("subset_size", "") not in (size, ""):
+                    continue
+                edges = sorted(bins)
+                x = [lo for lo, _ in edges] + [edges[-1][1]]
+                y = [float(np.mean(bins[e])) for e in edges]
+                subset = configs[key].get("subset", "")
+                ax.stairs(y, x, label=names[key], linewidth=1.4,
+                          color=f"C{order.index(names[key]) % 10}",
+                          linestyle="--" if subset == "all" else "-")
+            ax.axvline(0, color="k", linewidth=0.6)
+            ax.set(xlabel="per-example train loss barrier",
+                   ylabel="fraction of training examples",
+                   title=f"subsets of {size} examples" if size else "all data")
+        title, stem = _title(mine, fixed, rows)
+        fig.suptitle(f"Per-example train loss barriers of dense children: {title}")
         _legend(fig, axes)
         out.append(Drawing(f"barrier_hist_{stem}", fig, "barrier_hist.csv"))
     return out
@@ -593,27 +751,31 @@ def barriers(report: Path) -> list[Drawing]:
         reached = sorted({int(r["level"]) for r in rows if r["dataset"] == d})
         level_of[d] = FIG5_LEVEL[d] if FIG5_LEVEL.get(d) in reached else reached[-1]
     rows = [r for r in rows if int(r["level"]) == level_of[r["dataset"]]]
-    keys = [c for c in key_columns(columns) if c not in ("dataset", "lmc", "level")]
-    names = describe({tuple(r.get(k, "") for k in keys): dict(zip(keys, (r.get(k, "") for k in keys)))
-                      for r in rows}, [k for k in keys if k not in ("model",)], always=("t_r",))
+    # a legend per scheme (all data at each t_r, random, easiest, ...): sizes are its points
+    keys = [c for c in key_columns(columns) if c not in (
+        "dataset", "lmc", "level", "model", "subset_size", "scores")]
+    values = [tuple(r.get(k, "") for k in keys) for r in rows]
+    names = describe({v: dict(zip(keys, v)) for v in values}, keys, always=("t_r",))
     fig, axes = _figure(2, len(datasets), width=4.0, height=3.0)
-    colours: dict = {}
+    order = sorted(set(names.values()), key=legend_order)
     for col, d in enumerate(datasets):
         mine = [r for r in rows if r["dataset"] == d]
         for r in mine:
             name = names[tuple(r.get(k, "") for k in keys)]
-            c = colours.setdefault(name, f"C{len(colours) % 10}")
+            c = f"C{order.index(name) % 10}"
             marker = STYLE.get(r["subset"], {}).get("marker") or "s"
             for ax, x in ((axes[0, col], r["pretrain_acc"]), (axes[1, col], r[barrier])):
                 ax.scatter(x, r["test_acc"], color=c, marker=marker, s=22, label=name)
         w = mine[0].get("weights_remaining", "")
-        what = f"{100 * float(w):.3g}% weights, level {level_of[d]}" if w else f"level {level_of[d]}"
-        axes[0, col].set(title=f"{d}: {what}", xlabel="pre-train test accuracy of w_{t_r}",
+        what = (f"{100 * float(w):.3g}% weights, level {level_of[d]}" if w
+                else f"level {level_of[d]}")
+        axes[0, col].set(title=f"{d}:\n{what}", xlabel="pre-train test accuracy of $w_{t_r}$",
                          ylabel="final test accuracy")
-        axes[1, col].set(xlabel="mean train loss barrier at w_{t_r}" + (
+        axes[1, col].set(xlabel="mean train loss barrier at $w_{t_r}$" + (
                              "" if barrier == "loss_barrier" else " (midpoint)"),
                          ylabel="final test accuracy")
-    fig.suptitle("Final sparse accuracy vs the dense\ninitialisation (a point per replicate)")
+    fig.suptitle("Final sparse accuracy vs the dense initialisation (a point per replicate "
+                 "and subset size)")
     _legend(fig, axes)
     return [Drawing("barriers", fig, "schemes.csv")]
 
@@ -636,7 +798,12 @@ def warmup(report: Path) -> list[Drawing]:
             by[key][r["warmup"]].append(0.0 if math.isnan(r["test_acc"]) else r["test_acc"])
             diverged[key] += r["diverged"] == "True"
         configs = {k: dict(zip(keys, k)) for k in by}
-        names = describe(configs, [k for k in keys if k not in ("dataset", "model", "subset_size")])
+        # a scheme once in the legend, in one colour (the panel says the size)
+        names = describe({k: {f: v for f, v in c.items() if f != "subset_size"}
+                          for k, c in configs.items()},
+                         [k for k in keys if k not in ("dataset", "model", "subset_size")],
+                         unique=False)
+        order = sorted(set(names.values()), key=legend_order)
         sizes = sorted({c.get("subset_size", "") for c in configs.values()} - {""}, key=int)
         fig, axes = _figure(1, max(1, len(sizes)), width=4.0, height=3.4, sharey=True)
         for ax, size in zip(axes[0], sizes or [""]):
@@ -648,6 +815,7 @@ def warmup(report: Path) -> list[Drawing]:
                 ax.errorbar(xs, [np.mean(ts[x]) for x in xs],
                             yerr=[np.std(ts[x], ddof=1) if len(ts[x]) > 1 else 0 for x in xs],
                             marker=STYLE.get(configs[key].get("subset"), {}).get("marker") or "s",
+                            color=f"C{order.index(names[key]) % 10}",
                             markersize=3, capsize=2, label=names[key] + n_div,
                             linestyle="--" if configs[key].get("subset") == "all" else "-")
             _symlog_steps(ax, [x for ts in by.values() for x in ts], "warmup iterations t")
@@ -686,7 +854,9 @@ def _grads(report: Path, series: Iterable[str]):
 
 SPEED = {"test_acc": ("test", "-"), "train_acc": ("train, all data", "--"),
          "subset_acc": ("train, the pre-training subset", ":"),
-         "easy_acc": ("train, the easy subset", "-.")}
+         "easy_acc": ("train, the easy subset", "-."),  # --eval-subset easy (Fig. 7a)
+         "hard_acc": ("train, the hard eval subset", (0, (1, 3))),
+         "random_acc": ("train, the random eval subset", (0, (5, 3)))}
 
 
 def _band(ax, steps: dict, **kw):
@@ -724,6 +894,10 @@ def dynamics(report: Path) -> list[Drawing]:
                        title="(a) learning speed")
         axes[0, 1].set(xlabel="pre-training step", ylabel="cosine to the mean gradient",
                        title="(b) gradient coherence")
+        from matplotlib.ticker import MaxNLocator
+
+        for ax in axes[0]:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps: no 0.25 ticks
         fig.suptitle(f"Training dynamics: {title}")
         _legend(fig, axes)
         out.append(Drawing(f"dynamics_{stem}", fig, "grads_steps.csv"))
@@ -802,7 +976,7 @@ def errors(report: Path) -> list[Drawing]:
         axes[1, 1].set(title="sparse projection", xlabel="per-example error ‖p − y‖",
                        ylabel="fraction of examples")
         title, stem = _title(mine, [k for k in keys if k in COMPARISON], rows)
-        fig.suptitle(f"Per-example errors at w_{{t_r}}, one network: {title}")
+        fig.suptitle(f"Per-example errors at $w_{{t_r}}$, one network: {title}")
         _legend(fig, axes)
         out.append(Drawing(f"errors_{stem}", fig, "errors_hist.csv"))
     return out
@@ -821,23 +995,27 @@ def scores(report: Path) -> list[Drawing]:
         for r in mine:
             runs[r["run"]][int(r["example"])] = r["value"]
         el2n_run = max(el2n, key=lambda run: el2n[run]["steps"]) if el2n else None
-        lmc = sorted({(r["steps"], r["run"]) for r in mine if r["score"] == "lmc"})
+        lmc = sorted({(r["steps"], str(r.get("children", "")), r["run"]) for r in mine
+                      if r["score"] == "lmc"})
         if el2n_run is None or not lmc:
             continue
         fig, axes = _figure(1, len(lmc), width=3.4, height=3.2, sharex=True)
         x_all = runs[el2n_run]
         rng = np.random.default_rng(0)  # a fixed sample: the same points on every redraw
-        for ax, (steps, run) in zip(axes[0], lmc):
+        repeated = {steps for steps, _, _ in lmc if sum(s == steps for s, _, _ in lmc) > 1}
+        for ax, (steps, children, run) in zip(axes[0], lmc):
             common = sorted(set(x_all) & set(runs[run]))
             pick = sorted(rng.choice(common, min(len(common), 4000), replace=False))
             ax.scatter([x_all[i] for i in pick], [runs[run][i] for i in pick], s=3, alpha=0.4,
                        color="C0", label="a training example")
             ax.axhline(0, color="k", linewidth=0.6)
             ax.set(xlabel=f"EL2N score ({int(el2n[el2n_run]['steps'])} iterations)",
-                   ylabel="LMC score (train loss barrier)", title=f"LMC score at {int(steps)}")
+                   ylabel="LMC score (train loss barrier)", title=f"LMC score at {int(steps)}" + (
+                       f", {children} children" if steps in repeated and children else ""))
         fig.suptitle(f"EL2N vs LMC scores: {dataset}")
         _legend(fig, axes)
-        out.append(Drawing(f"scores_{dataset}", fig, "scores.csv"))
+        stem = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in dataset)
+        out.append(Drawing(f"scores_{stem}", fig, "scores.csv"))
     if not out:
         raise UserError("scores.csv has no dataset with both EL2N and LMC scores: run 'lthfast "
                         "scores el2n' and 'lthfast scores lmc', then 'lthfast report'")
@@ -862,8 +1040,10 @@ def _write(figure, path: Path, formats: Iterable[str], source: str) -> list[Path
 
 
 def save(drawing: Drawing, report: Path) -> list[Path]:
-    return _write(drawing.figure, Path(report) / f"fig_{drawing.stem}.png", ("png", "pdf"),
-                  drawing.source)
+    """fig_<kind>_<comparison>.png / .pdf, or figN_<kind>_<comparison> for a paper figure's
+    runs (``draw``)."""
+    name = drawing.stem if re.match(r"fig\d+_", drawing.stem) else f"fig_{drawing.stem}"
+    return _write(drawing.figure, Path(report) / f"{name}.png", ("png", "pdf"), drawing.source)
 
 
 def imp_figure(rows: list[dict], title: str):
@@ -880,13 +1060,101 @@ def save_png(figure, path: Path, source: str) -> Path:
     return _write(figure, Path(path), ("png",), source)[0]
 
 
+# --- the runs each paper figure draws -------------------------------------------------------
+# A kind draws every comparison of its table; a paper figure draws the runs its caption names
+# (the same tables hold Fig. 2's grid, Fig. 12's forgetting subsets, Fig. 11's LMC-ranked ones,
+# Fig. 5's LMC-score children, ...). Its files are named figN_<kind>_<comparison>.
+
+def _noise(row: dict) -> float:
+    return float(row.get("label_noise") or 0)
+
+
+def _plain(row: dict) -> bool:
+    """All data, or a random / easiest / hardest subset as Fig. 2 makes it (EL2N ranking,
+    random class-balanced, easy and hard not)."""
+    return row["subset"] == "all" or (
+        row["subset"] in ("random", "easy", "hard")
+        and all(is_default(f, row) for f in DEFAULTS))
+
+
+def diet(rows: list[dict]) -> list[dict]:
+    """Figs. 2, 3, 13, 14: all data and Fig. 2's subsets, clean labels."""
+    return [r for r in rows if _noise(r) == 0 and _plain(r)]
+
+
+def noisy(rows: list[dict]) -> list[dict]:
+    """Figs. 4, 15: pre-training with label noise (all data, random and easiest subsets), and
+    rewinding to initialisation (t_r = 0: nothing was pre-trained, so the same run for every
+    noise level) in each."""
+    out = [r for r in rows if _noise(r) > 0 and _plain(r) and r["subset"] != "hard"]
+    init = [r for r in rows if r["subset"] == "all" and r["t_r"] == 0 and _noise(r) == 0]
+    for dataset, level in sorted({(r["dataset"], r["label_noise"]) for r in out}):
+        out += [r | {"label_noise": level, "run": f"{r['run']} (noise {level})"} for r in init
+                if r["dataset"] == dataset]
+    return out
+
+
+def _ranked_by(score: str):
+    """Figs. 11 (lmc) and 12 (forgetting): subsets ranked by ``score`` against the EL2N-ranked
+    and random subsets of the same sizes, t_r and class balance, with the all-data baselines."""
+    def select(rows: list[dict]) -> list[dict]:
+        mine = [r for r in rows if r.get("rank_by") == score and _noise(r) == 0]
+        datasets = {r["dataset"] for r in mine}
+        sizes = {r["subset_size"] for r in mine}
+        t_rs = {r["t_r"] for r in mine}
+        balanced = {str(r["class_balanced"]) for r in mine}
+        others = [r for r in rows if r["dataset"] in datasets and _noise(r) == 0 and (
+            r["subset"] == "all" or (
+                r["subset_size"] in sizes and r["t_r"] in t_rs and (
+                    (r["subset"] == "easy" and r.get("rank_by") == "el2n"
+                     and str(r["class_balanced"]) in balanced)
+                    or (r["subset"] == "random" and score == "lmc" and _plain(r)))))]
+        return mine + others
+    return select
+
+
+HIST_IGNORE = {*SCHEME_FIELDS, "spawn_step", "run", "parent", "replicate", "bin_left",
+               "bin_right", "fraction", "mean", "barrier", "level"}
+
+
+def fig5_barriers(rows: list[dict]) -> list[dict]:
+    """Fig. 5 left, centre: the subsets' children (t*/2) with the all-data children at t*/2 and
+    t* measured the same way (children, alphas, BN kind); not the onset's or LMC scores'."""
+    def how(r):
+        return tuple(sorted((k, str(v)) for k, v in r.items() if k not in HIST_IGNORE))
+
+    subsets = [r for r in rows if r["subset"] != "all"]
+    pretrain = defaultdict(set)
+    for r in subsets:
+        pretrain[how(r)] |= {int(float(r["t_r"])), 2 * int(float(r["t_r"]))}
+    return subsets + [r for r in rows if r["subset"] == "all"
+                      and int(float(r["t_r"])) in pretrain.get(how(r), ())]
+
+
+SELECT = {  # paper figure -> kind -> the rows of its table that figure draws
+    **{name: {"best": diet, "size": diet, "sparsity": diet}
+       for name in ("fig2", "fig3", "fig13", "fig14")},
+    "fig4": {"best": noisy}, "fig15": {"sparsity": noisy},
+    "fig11": {"sparsity": _ranked_by("lmc")}, "fig12": {"sparsity": _ranked_by("forgetting")},
+    "fig5": {"barrier_hist": fig5_barriers},
+}
+
+
 def draw(name: str, report: Path) -> list[Drawing]:
     """The figures of ``name`` (a kind or the paper's ``figN``), unsaved."""
     if name not in PAPER and name not in FIGURES:
         raise UserError(f"unknown figure '{name}' (known: {', '.join(FIGURES)}, "
                         f"{', '.join(PAPER)}; 'lthfast plot --list' shows the map)")
     kinds = PAPER[name][0] if name in PAPER else (name,)
-    return [d for kind in kinds for d in FIGURES[kind](Path(report))]
+    out = []
+    for kind in kinds:
+        select = SELECT.get(name, {}).get(kind)
+        if select is None:
+            out += FIGURES[kind](Path(report))
+        else:
+            out += [d._replace(stem=f"{name}_{d.stem}")
+                    for d in FIGURES[kind](Path(report), select=select)]
+    return out
 
 
 def plot(name: str, report: Path) -> list[Path]:

@@ -331,8 +331,9 @@ GRADS_SERIES = {  # series -> (values array, steps array or None: every step fro
     "grad_norm": ("grad_norms", None), "coherence": ("coherence", "coherence_steps"),
     "train_acc": ("train_acc", "speed_steps"), "subset_acc": ("subset_acc", "speed_steps"),
     "test_acc": ("test_acc", "speed_steps"),
-    # the all-data network's accuracy on the easy subset (Fig. 7a), where grads records it
-    "easy_acc": ("easy_acc", "speed_steps")}
+    # accuracy on --eval-subset (Fig. 7a: the all-data network's on the easy subset): the
+    # series is named after the subset's kind (easy_acc), and left out where none was given
+    "eval_subset_acc": ("eval_subset_acc", "speed_steps")}
 GRADS_STEP_COLUMNS = ("summary", *CONFIG_COLUMNS, "replicate", "series", "step", "value")
 
 
@@ -358,8 +359,15 @@ def grads_step_rows(out: Path, damaged: Optional[Damaged] = None) -> list[dict]:
                                     f"delete {stage.done_file} and rerun the 'lthfast grads' "
                                     "command that made it")
                     continue
+                name = series
+                if series == "eval_subset_acc":
+                    if not np.isfinite(v).any():
+                        continue  # no --eval-subset: NaN throughout
+                    kind = (summary.get("config") or {}).get("eval_subset")
+                    kind = kind.get("kind") if isinstance(kind, dict) else kind  # its spec
+                    name = f"{kind}_acc" if kind else series
                 rows += [{"summary": f"{run.name}/{path.name}", **identity, "replicate": r,
-                          "series": series, "step": int(t), "value": float(x)}
+                          "series": name, "step": int(t), "value": float(x)}
                          for t, x in zip(s, v)]
     return rows
 
@@ -387,7 +395,7 @@ def errors_hist_rows(out: Path, damaged: Optional[Damaged] = None) -> list[dict]
 
 # Per-example scores of the train set (Fig. 10: EL2N vs LMC scores), one row per example and
 # score run; only for datasets with both an EL2N and an LMC score run.
-SCORE_COLUMNS = ("run", "score", "dataset", "steps", "models", "example", "value")
+SCORE_COLUMNS = ("run", "score", "dataset", "steps", "models", "children", "example", "value")
 
 
 def score_rows(out: Path, damaged: Optional[Damaged] = None) -> list[dict]:
@@ -402,7 +410,7 @@ def score_rows(out: Path, damaged: Optional[Damaged] = None) -> list[dict]:
                 steps = (cfg.get("parent") or {}).get("steps") if kind == "lmc" else None
                 found.append((run, kind, cfg["dataset"],
                               steps if steps is not None else cfg["recipe"]["steps"],
-                              cfg.get("models", ""), values))
+                              cfg.get("models", ""), cfg.get("children", ""), values))
             except (OSError, ValueError, EOFError, KeyError, TypeError) as exc:
                 if damaged is not None:
                     damaged.add(run.scores_file, f"{type(exc).__name__}: {exc}",
@@ -411,8 +419,8 @@ def score_rows(out: Path, damaged: Optional[Damaged] = None) -> list[dict]:
     datasets = {d for _, k, d, *_ in found if k == "el2n"} & {d for _, k, d, *_ in found
                                                              if k == "lmc"}
     return [{"run": run.name, "score": kind, "dataset": d, "steps": steps, "models": models,
-             "example": i, "value": float(v)}
-            for run, kind, d, steps, models, values in found if d in datasets
+             "children": children, "example": i, "value": float(v)}
+            for run, kind, d, steps, models, children, values in found if d in datasets
             for i, v in enumerate(values)]
 
 

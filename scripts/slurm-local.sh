@@ -12,7 +12,7 @@
 #
 # Accounting is off (accounting_storage/none, jobacct_gather/none): sacct needs slurmdbd and a
 # MySQL server. lthfast never calls sacct: it follows its jobs with squeue and scontrol
-# (lthfast/slurm.py), which work without accounting, so submitit's sacct warnings never appear.
+# (lthfast/sweep/slurm.py), which work without accounting, so submitit's sacct warnings never appear.
 set -euo pipefail
 dir="${LTHFAST_SLURM_DIR:-/tmp/lthfast-slurm}"
 conf="$dir/slurm.conf"

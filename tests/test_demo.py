@@ -72,6 +72,11 @@ def test_the_figure_draws_the_summary(tiny_demo):
         line = next(line for line in a3.lines if line.get_gid() == name)
         assert list(line.get_ydata()) == pytest.approx(s["mean"])
         assert list(line.get_xdata()) == pytest.approx([100 * w for w in s["weights_remaining"]])
+    # weights remaining: a log axis, dense on the left, ticked in plain percentages (no 10^k)
+    assert a3.get_xscale() == "log" and a3.get_xlim()[0] > a3.get_xlim()[1]
+    fig.canvas.draw()
+    ticks = [t.get_text() for t in a3.get_xticklabels()]
+    assert ticks == ["100%", "80%"] and not any("10^" in t or "$" in t for t in ticks)
 
 
 def test_the_words_say_the_summary_numbers(tiny_demo):

@@ -108,6 +108,11 @@ def legends(fig) -> list[str]:
     return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
 
 
+def title(ax) -> str:
+    """A panel's title as one line (titles are wrapped to the panel's width)."""
+    return ax.get_title().replace("\n", " ")
+
+
 @pytest.mark.parametrize("name", sorted(FIGURES))
 def test_every_figure_renders(name, report, run_cli):
     code, out, err = run_cli(["plot", name, "--out", report.parent])
@@ -128,7 +133,8 @@ def test_the_paper_names_draw_their_kinds_and_list_prints_the_map(report, run_cl
     code, out, err = run_cli(["plot", "fig5", "--out", report.parent])
     assert code == 0, err
     names = {p.rsplit("/", 1)[1] for p in out.split()}
-    assert {"fig_barriers.png", "fig_barrier_hist_digits_resnet8.png"} <= names
+    # a paper figure's files say which (its runs are a selection of the kind's)
+    assert {"fig_barriers.png", "fig5_barrier_hist_digits_resnet8.png"} <= names
     code, out, err = run_cli(["plot", "fig99", "--out", report.parent])
     assert code == 2 and "unknown figure" in err and "--list" in err
 
@@ -206,7 +212,7 @@ def test_runs_differing_only_in_train_steps_are_two_curves_named_in_words(tmp_pa
     d = tmp_path / "report"
     write_csv(rows, d / "imp.csv")
     out = draw("best", d, drawn)  # other training: another comparison, never one curve
-    found = {o.figure.axes[0].get_title().rsplit(", ", 1)[1]:
+    found = {title(o.figure.axes[0]).rsplit(", ", 1)[1]:
              [line.get_ydata()[0] for line in o.figure.axes[0].get_lines()] for o in out}
     assert found == {"40 training steps": pytest.approx([0.905]),
                      "80 training steps": pytest.approx([0.505])}
@@ -220,7 +226,7 @@ def test_one_figure_per_comparison_not_per_dataset(tmp_path, drawn):
     write_csv(rows, d / "imp.csv")
     out = draw("best", d, drawn)
     assert len(out) == 2
-    assert {o.figure.axes[0].get_title().rsplit(": ", 1)[1] for o in out} == {
+    assert {title(o.figure.axes[0]).rsplit(": ", 1)[1] for o in out} == {
         "digits, resnet8, 0% label noise", "digits, resnet8, 10% label noise"}
 
 
@@ -292,7 +298,7 @@ def test_fig5_right_is_a_point_per_replicate_at_the_papers_level_per_dataset(tmp
     write_csv(rows, d / "schemes.csv", SCHEME_COLUMNS)
     [out] = draw("barriers", d, drawn)
     top = out.figure.axes[:2]
-    assert [ax.get_title() for ax in top] == ["cifar100: 8.59% weights, level 11",
+    assert [title(ax) for ax in top] == ["cifar100: 8.59% weights, level 11",
                                              "cinic10: 21% weights, level 7"]
     for ax, level in zip(out.figure.axes, (11, 7, 11, 7)):
         points = np.concatenate([c.get_offsets() for c in ax.collections])
@@ -386,3 +392,196 @@ def test_barriers_without_a_scheme_is_one_clear_error(tmp_path, run_cli):
     assert code == 2 and out == "" and len(err.splitlines()) == 1
     assert err.startswith("error: ")
     assert not list(report.glob("fig_*"))
+
+
+# --- what the smoke-scale paper run showed unreadable (issue 21's acceptance) ----------------
+
+def diet_rows(**extra):
+    """Fig. 2's grid (random / easiest / hardest at 8 sizes, t_r = 2), Fig. 12's class-balanced
+    easy subsets ranked by forgetting and EL2N, and the all-data baselines at 0, 2, 4."""
+    schemes = [(f"imp_all{t}", "all", "", t, 0.8) for t in (0, 2, 4)]
+    rows = imp_rows(schemes, levels=range(3), replicates=(0,), **extra)
+    for size in (45, 55, 65, 79, 101, 163, 286, 532):
+        for subset, rank, balanced in (("random", "", True), ("easy", "el2n", False),
+                                       ("hard", "el2n", False)):
+            rows += imp_rows([(f"imp_{subset}{size}", subset, size, 2, 0.7)], levels=range(3),
+                             replicates=(0,), rank_by=rank, class_balanced=balanced,
+                             scores="5eb3f7" if rank else "", **extra)
+    for size in (60, 79, 101):
+        for rank, scores in (("forgetting", "2d4a6d"), ("el2n", "5eb3f7")):
+            rows += imp_rows([(f"imp_{rank}{size}", "easy", size, 2, 0.75)], levels=range(3),
+                             replicates=(0,), rank_by=rank, class_balanced=True, scores=scores,
+                             **extra)
+    return rows
+
+
+def test_sparsity_wraps_panels_and_names_each_scheme_once_in_one_colour(tmp_path, drawn):
+    from lthfast.figures import draw as draw_paper
+
+    d = tmp_path / "report"
+    write_csv(diet_rows(), d / "imp.csv")
+    [out] = draw_paper("fig13", d)
+    drawn.append(out)
+    panels = [ax for ax in out.figure.axes if ax.get_visible()]
+    assert len(panels) == 8 and len({round(ax.get_position().y0, 3) for ax in panels}) == 2
+    # the legend: a scheme once (the panel says the size), baselines first, t_r in order, no
+    # default flag (random is class-balanced, easy ranked by EL2N), no hash, no score letter
+    assert legends(out.figure) == ["all data, t_r = 0", "all data, t_r = 2", "all data, t_r = 4",
+                                   "random, t_r = 2", "easiest, t_r = 2", "hardest, t_r = 2"]
+    colours = {}
+    for ax in panels:
+        for line in ax.get_lines():
+            colours.setdefault(line.get_label(), set()).add(line.get_color())
+    assert all(len(c) == 1 for c in colours.values())  # a scheme keeps its colour
+    assert len({c.pop() for c in colours.values()}) == 6  # and no two share one
+    assert out.stem == "fig13_sparsity_digits_resnet8"
+
+
+def test_each_paper_figure_draws_the_runs_its_caption_names(tmp_path, drawn, run_cli):
+    from lthfast.figures import draw as draw_paper
+
+    d = tmp_path / "report"
+    write_csv(diet_rows(), d / "imp.csv")
+    [fig12] = draw_paper("fig12", d)
+    [fig2] = draw_paper("fig2", d)
+    drawn += [fig12, fig2]
+    assert [ax.get_title() for ax in fig12.figure.axes] == [
+        f"subsets of {n} examples" for n in (60, 79, 101)]
+    assert legends(fig12.figure) == [
+        "all data, t_r = 0", "all data, t_r = 2", "all data, t_r = 4",
+        "easiest, ranked by el2n, t_r = 2", "easiest, ranked by forgetting, t_r = 2"]
+    names = {line.get_label() for line in fig2.figure.axes[0].get_lines()}
+    assert not any("forgetting" in n or "class-balanced" in n for n in names)
+    assert {n.split()[0] for n in names} == {"all", "random", "easiest", "hardest"}
+    code, out, err = run_cli(["plot", "fig12", "--out", tmp_path])
+    assert code == 0, err
+    assert {p.rsplit("/", 1)[1] for p in out.split()} == {
+        "fig12_sparsity_digits_resnet8.png", "fig12_sparsity_digits_resnet8.pdf"}
+
+
+def test_subsets_pre_trained_for_two_t_r_are_two_figures_each_with_every_baseline(tmp_path,
+                                                                                drawn):
+    """Fig. 14a (t_r = 200) and 14b (t_r = 400) share CINIC-10's baselines."""
+    rows = imp_rows([("imp_all0", "all", "", 0, 0.5), ("imp_all1", "all", "", 1, 0.6),
+                     ("imp_all2", "all", "", 2, 0.7), ("imp_e1", "easy", 108, 1, 0.8),
+                     ("imp_e2", "easy", 108, 2, 0.9)], levels=range(3))
+    d = tmp_path / "report"
+    write_csv(rows, d / "imp.csv")
+    out = draw("sparsity", d, drawn)
+    assert [o.stem for o in out] == ["sparsity_digits_resnet8_tr1", "sparsity_digits_resnet8_tr2"]
+    for o, t in zip(out, (1, 2)):
+        assert o.figure.get_suptitle().replace("\n", " ").endswith(f"pre-trained for t_r = {t}")
+        assert legends(o.figure) == ["all data, t_r = 0", "all data, t_r = 1",
+                                     "all data, t_r = 2", f"easiest, t_r = {t}"]
+
+
+def test_noisy_figures_have_the_rewind_to_init_baseline(tmp_path, drawn):
+    """Fig. 4: t_r = 0 pre-trains nothing, so the clean rewind-to-init run is each noise
+    level's baseline."""
+    from lthfast.figures import draw as draw_paper
+
+    rows = imp_rows([("imp_0", "all", "", 0, 0.5)], levels=range(3))
+    for noise in (0.1, 0.5):
+        rows += imp_rows([(f"imp_a{noise}", "all", "", 2, 0.6),
+                          (f"imp_e{noise}", "easy", 79, 2, 0.9)], levels=range(3),
+                         label_noise=noise, rank_by="el2n", class_balanced=False)
+    d = tmp_path / "report"
+    write_csv(rows, d / "imp.csv")
+    out = draw_paper("fig4", d)
+    drawn += out
+    assert [o.stem for o in out] == ["fig4_best_digits_resnet8_0.1", "fig4_best_digits_resnet8_0.5"]
+    for o in out:
+        assert legends(o.figure) == ["all data, t_r = 0", "all data, t_r = 2",
+                                     "easiest 79, t_r = 2"]
+
+
+def test_long_titles_are_wrapped_to_their_panel(tmp_path, drawn):
+    """A synthetic stand-in's name would run over the next panel's title (smoke figures)."""
+    from lthfast.figures import CHAR_WIDTH
+
+    name = "synthetic:classes=20,noise=25,size=8,test=360,train=1440"
+    rows = [r | {"dataset": name} for r in diet_rows()]
+    d = tmp_path / "report"
+    write_csv(rows, d / "imp.csv")
+    [best] = draw("best", d, drawn)
+    text = best.figure.axes[0].get_title()
+    width = best.figure.get_figwidth() * 72 * 0.95
+    size = best.figure.axes[0].title.get_fontsize()
+    assert "\n" in text and all(len(line) * size * CHAR_WIDTH <= width
+                                for line in text.split("\n"))
+    assert text.replace("\n", "").replace(" ", "") == (
+        f"IMP with rewinding, best subset size: {name}, resnet8").replace(" ", "")
+
+
+def test_fig5_histograms_are_a_panel_per_size_with_the_all_data_children(tmp_path, drawn):
+    """The subsets' children (t*/2) beside the all-data children at t*/2 and t*, measured
+    alike; the onset's all-data children at other spawn steps are not Fig. 5's."""
+    from lthfast.figures import SELECT
+
+    hist = [{"run": "lmc_x", **BASE, "subset": s, "subset_size": n, "t_r": t, "spawn_step": t,
+             "level": "", "children": 2, "replicate": 0, "barrier": "loss_barrier",
+             "bin_left": i / 10, "bin_right": (i + 1) / 10, "fraction": f, "mean": 0.1}
+            for s, n, t in (("all", "", 0), ("all", "", 2), ("all", "", 4), ("all", "", 16),
+                            ("easy", 45, 2), ("random", 45, 2), ("easy", 79, 2))
+            for i, f in enumerate((0.5, 0.5))]
+    d = tmp_path / "report"
+    write_csv(hist, d / "barrier_hist.csv",
+              (*LMC_COLUMNS[:LMC_COLUMNS.index("replicate") + 1], "barrier", "bin_left",
+               "bin_right", "fraction", "mean"))
+    [out] = FIGURES["barrier_hist"](d, select=SELECT["fig5"]["barrier_hist"])
+    drawn.append(out)
+    panels = [ax for ax in out.figure.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["subsets of 45 examples", "subsets of 79 examples"]
+    assert [p.get_label() for p in panels[0].patches] == [
+        "all data, t_r = 2", "all data, t_r = 4", "random, t_r = 2", "easiest, t_r = 2"]
+    assert [p.get_label() for p in panels[1].patches] == [
+        "all data, t_r = 2", "all data, t_r = 4", "easiest, t_r = 2"]
+    [every] = draw("barrier_hist", d, drawn)  # the kind: every all-data child too
+    assert "all data, t_r = 16" in legends(every.figure)
+
+
+def test_onset_draws_curves_over_spawn_steps_with_percent_barriers(tmp_path, drawn):
+    rows = [{"run": f"lmc_{s}_{t}", **BASE, "subset": s, "subset_size": n, "spawn_step": t,
+             "t_r": t, "level": "", "children": 2, "replicate": 0, "loss_barrier": 0.1,
+             "error_barrier": 0.05 / (t + 1)}
+            for s, n, ts in (("all", "", (0, 2, 4)), ("easy", 45, (2,))) for t in ts]
+    d = tmp_path / "report"
+    write_csv(rows, d / "lmc.csv", LMC_COLUMNS)
+    [out] = draw("onset", d, drawn)
+    ax = out.figure.axes[0]
+    assert [c.get_label() for c in ax.containers] == ["all data"]  # a single step: no curve
+    out.figure.canvas.draw()
+    assert [t.get_text() for t in ax.get_yticklabels()][-1].endswith("%")
+
+
+def test_scores_panels_of_one_spawn_step_say_what_differs(tmp_path, drawn):
+    name = "synthetic:classes=20,noise=25,size=8"
+    rows = [{"run": run, "score": kind, "dataset": name, "steps": steps, "models": 2,
+             "children": children, "example": i, "value": v}
+            for run, kind, steps, children in (("el2n_a", "el2n", 12, ""), ("lmc_a", "lmc", 8, 2),
+                                               ("lmc_b", "lmc", 8, 3))
+            for i, v in enumerate(np.linspace(0, 1, 20))]
+    d = tmp_path / "report"
+    write_csv(rows, d / "scores.csv", SCORE_COLUMNS)
+    [out] = draw("scores", d, drawn)
+    assert [ax.get_title() for ax in out.figure.axes] == ["LMC score at 8, 2 children",
+                                                         "LMC score at 8, 3 children"]
+    assert ":" not in out.stem and "=" not in out.stem
+
+
+def test_the_eval_subset_accuracy_is_drawn_in_fig7a(tmp_path, drawn):
+    steps = [{"summary": f"pre_{s}/grads_x.json", **BASE, "subset": s, "subset_size": 79,
+              "t_r": 8, "replicate": 0, "series": series, "step": t, "value": 0.5}
+             for s in ("easy", "all") for series in ("test_acc", "easy_acc", "coherence")
+             for t in (0, 4)]
+    d = tmp_path / "report"
+    write_csv(steps, d / "grads_steps.csv", GRADS_STEP_COLUMNS)
+    [out] = draw("dynamics", d, drawn)
+    assert "train, the easy subset" in legends(out.figure)
+    styles = {line.get_linestyle() for line in out.figure.axes[0].get_lines()
+              if not line.get_label().startswith("train") and line.get_label() != "test"}
+    assert "-." in styles  # the easy-subset accuracy curves are drawn, not only named
+    out.figure.canvas.draw()
+    for ax in out.figure.axes:  # steps are whole numbers
+        assert all(float(t.get_text().replace("\u2212", "-")).is_integer()
+                   for t in ax.get_xticklabels() if t.get_text())

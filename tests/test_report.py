@@ -154,6 +154,32 @@ def test_report_has_a_table_per_analysis(data_root, tmp_path, run_cli):
     assert all(float(r["mean_grad_norm"]) > 0 for r in rows if r["analysis"] == "grads")
 
 
+def test_grads_steps_has_the_eval_subset_accuracy_named_by_its_kind(data_root, tmp_path,
+                                                                   run_cli):
+    """Fig. 7a's third curve: the accuracy on --eval-subset easy (eval_subset_acc.npy) is the
+    series easy_acc; a network without --eval-subset has no such series (its array is NaN)."""
+    common = ["--dataset", "digits", "--train-steps", "20", "--batch-size", "32", "--steps", "4",
+              "--eval-every", "2", "--coherence-every", "2", "--coherence-batches", "2",
+              "--el2n-models", "2", "--el2n-steps", "3", "--root", data_root, "--out", tmp_path]
+    for extra in (["--eval-subset", "easy", "--eval-size", "50"], []):
+        code, _, err = run_cli(["grads", *extra, *common])
+        assert code == 0, err
+    code, out, err = run_cli(["report", "--out", tmp_path, "--no-plots"])
+    assert code == 0, err
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "report" / "grads_steps.csv")))
+    series = {}
+    for r in rows:
+        series.setdefault(r["summary"], set()).add(r["series"])
+    assert sorted(sorted(s - {"grad_norm", "coherence"}) for s in series.values()) == [
+        ["easy_acc", "subset_acc", "test_acc", "train_acc"],
+        ["subset_acc", "test_acc", "train_acc"]]
+    easy = [float(r["value"]) for r in rows if r["series"] == "easy_acc"]
+    assert [int(r["step"]) for r in rows if r["series"] == "easy_acc"] == [0, 2, 4]
+    assert all(0 <= v <= 1 for v in easy)
+
+
 def test_onset_is_the_first_spawn_step_after_which_the_barrier_stays_under_two_percent():
     from lthfast.results import onset_rows
 

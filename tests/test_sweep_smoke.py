@@ -30,14 +30,14 @@ def test_smoke_sweep_keeps_the_grid_and_every_point_validates(name):
     assert list(small.grid) == list(full.grid), "an axis was dropped or reordered"
     for axis, values in full.grid.items():
         assert len(small.grid[axis]) == len(values), axis
-        if axis != "dataset":  # distinct values stay distinct (only datasets collapse)
-            assert len(set(small.grid[axis])) == len(set(values)), (axis, small.grid[axis])
+        # distinct values stay distinct (a dataset axis too: each dataset has its stand-in)
+        assert len(set(small.grid[axis])) == len(set(values)), (axis, small.grid[axis])
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             order = sorted(range(len(values)), key=values.__getitem__)
             assert [small.grid[axis][i] for i in order] == sorted(small.grid[axis]), axis
     assert small.size == full.size
-    for point in small.points():  # tiny: digits, a 40-iteration schedule, 1 replicate, ...
-        assert point["dataset"] == "digits"
+    for point, big in zip(small.points(), full.points()):  # tiny: 40 iterations, 1 replicate
+        assert point["dataset"] == smoke.stand_in(big.get("dataset", "cifar10"))
         assert point["train_steps"] == smoke.TRAIN_STEPS
         assert point.get("replicates", 1) == 1 and point.get("levels", 0) <= smoke.LEVELS
         assert point.get("steps", 0) < smoke.TRAIN_STEPS
@@ -75,6 +75,77 @@ def test_smoke_commands_are_valid_command_lines(tmp_path, run_cli):
             words = shlex.split(line)
             assert words[0] == "lthfast" and "--dataset" in words
             commands[words[1]].make_context(words[1], words[2:])  # raises on a bad flag
+
+
+def test_each_dataset_has_its_own_small_stand_in_on_digits_schedule():
+    """CIFAR-10, CIFAR-100 and CINIC-10 map to three different 8x8 sets of about digits' size
+    (so a point costs what a digits point costs) whose presets give the one smoke schedule."""
+    from lthfast.config import preset_for
+    from lthfast.data.sources.synthetic import SyntheticSpec, variant_name
+
+    assert len(set(smoke.STAND_INS.values())) == len(smoke.STAND_INS) == 3
+    assert smoke.STAND_INS["cifar10"] == "digits"
+    specs = {d: SyntheticSpec.parse(s.split(":", 1)[1]) for d, s in smoke.STAND_INS.items()
+             if d != "cifar10"}
+    assert specs["cifar100"].classes > 10 == specs["cinic10"].classes  # more classes, as C100
+    for dataset, spec in specs.items():
+        name = smoke.STAND_INS[dataset]
+        assert name == variant_name(name.split(":", 1)[1])  # canonical: the run's own name
+        assert spec.size == 8 and 1_300 <= spec.train <= 1_600 and spec.train > smoke.SIZE_MAX
+        assert preset_for(name).model == "resnet8"
+    for dataset in smoke.STAND_INS:
+        scale = smoke.Scale.of("imp", dataset)
+        assert scale.dataset == smoke.STAND_INS[dataset]
+        assert scale.schedule == ("resnet8", smoke.TRAIN_STEPS, smoke.T_STAR, smoke.SCORE_STEPS)
+    # a dataset axis maps value by value; every value shares the one smoke schedule
+    small = smoke.smoke_sweep(load_sweep(SWEEPS / "el2n_scores.toml"))
+    assert small.grid["dataset"] == [smoke.STAND_INS[d] for d in ("cifar10", "cifar100",
+                                                                  "cinic10")]
+
+
+def test_two_files_of_two_datasets_stay_two_comparisons_at_smoke_scale(tmp_path):
+    """Fig. 2's CIFAR-10 and CINIC-10 baselines run on different stand-ins, so their figure is
+    two comparisons (one per source dataset), each with only its own runs."""
+    import matplotlib.pyplot as plt
+
+    from lthfast.figures import FIGURES
+    from lthfast.results import write_csv
+
+    rows = []
+    for name in ("fig2_baselines_cifar10.toml", "fig2_baselines_cinic10.toml"):
+        small = smoke.smoke_sweep(load_sweep(SWEEPS / name))
+        for i, p in enumerate(small.points()):  # a report row per point and level
+            rows += [{"run": f"imp_{name}_{i}", "dataset": p["dataset"], "model": "resnet8",
+                      "subset": "all", "t_r": p["steps"], "train_steps": p["train_steps"],
+                      "replicate": 0, "level": level, "weights_remaining": 0.8 ** level,
+                      "test_acc": 0.9 - 0.01 * level, "diverged": False, "finished": True}
+                     for level in range(p["levels"] + 1)]
+    write_csv(rows, tmp_path / "imp.csv")
+    drawings = FIGURES["best"](tmp_path)
+    try:
+        # titles are wrapped to the panel: compare without line breaks and spaces
+        titles = [d.figure.axes[0].get_title().replace("\n", "").replace(" ", "")
+                  for d in drawings]
+        assert len(drawings) == 2, titles
+        assert [[d for d in ("cifar10", "cinic10") if f":{smoke.STAND_INS[d]},resnet8" in t]
+                for t in titles] == [["cifar10"], ["cinic10"]]
+        # CIFAR-10's baselines: t_r = 0, t*/2, t*; CINIC-10's also t* = 400 of Fig. 14a
+        counts = sorted(len(d.figure.axes[0].get_lines()) for d in drawings)
+        assert counts == sorted(len(list(load_sweep(SWEEPS / n).points())) for n in (
+            "fig2_baselines_cifar10.toml", "fig2_baselines_cinic10.toml"))
+    finally:
+        for d in drawings:
+            plt.close(d.figure)
+
+
+def test_an_eval_subset_is_ranked_by_the_same_smoke_ensemble_as_the_pre_training_subset():
+    """Fig. 7a: the all-data network's accuracy on the easy subset is on the easy network's
+    subset, so both rank by one smoke-scale EL2N ensemble (not the preset's 10 networks)."""
+    easy, every = (list(smoke.smoke_sweep(load_sweep(SWEEPS / f"fig7_grads_{n}_cifar100.toml"))
+                        .points()) for n in ("easy", "all"))
+    for p in easy + every:
+        assert (p["el2n_models"], p["el2n_steps"]) == (2, smoke.SCORE_STEPS), p
+    assert {p["eval_size"] for p in every} == {p["size"] for p in easy}
 
 
 def test_values_collide_upwards_and_map_alike_across_files():

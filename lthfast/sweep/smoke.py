@@ -1,20 +1,30 @@
-"""Smoke scale: any sweep file's grid, on the embedded digits set, small enough for a CPU.
+"""Smoke scale: any sweep file's grid, on small stand-in datasets, small enough for a CPU.
 
 ``smoke_sweep`` is a plain function from a loaded sweep to another sweep with the same command,
 the same grid axes and the same number of values on every axis (so the same number of runs),
-but every value moved to a tiny scale: the dataset becomes ``digits``; iteration counts keep
-their fraction of the quantity they count (t_r of t*, a warmup of the whole schedule, score
-steps of the score's default) on a 40-iteration schedule; subset sizes are mapped in order onto
-40 to 1,000 examples (an affine map: the same size gives the same smoke size in every file);
-levels keep their fraction of 12 (2 for the paper's 12); replicates,
-score ensembles and children shrink to 1-2. Values of one axis that were distinct stay distinct
-(a collision is moved up by one step), so every axis still varies; only a ``dataset`` axis
-collapses to digits (its points are then the same run, trained once). Cost flags that a file
-leaves at their full-scale default (t_r = t*, 10 EL2N networks, 12 levels, ...) are set too.
-The result is checked point by point like any sweep file.
+but every value moved to a tiny scale. Each full-scale dataset has its own stand-in, so the
+figures of one dataset never merge with another's (a ``dataset`` axis maps value by value):
+
+| full scale | stand-in (8x8 images, ~1,440 train examples, resnet8) | at smoke scale, test acc. |
+|---|---|---|
+| cifar10  | ``digits`` (10 classes, real handwritten digits) | ~90% |
+| cifar100 | ``synthetic:classes=20,noise=25,size=8,test=360,train=1440`` (more classes) | ~50% |
+| cinic10  | ``synthetic:size=8,test=360,train=1440`` (10 classes, noise 40) | ~80% |
+
+(test accuracy after the 40-iteration schedule, 2 IMP levels; digits and synthetic sets stay as
+they are.) Every stand-in is about digits' size, so a point costs what a digits point costs, and
+its preset (``lthfast.config``) sets the smoke schedule: T / 5 iterations (40), its t* (4), its
+EL2N steps / 5 (12). Iteration counts keep their fraction of the quantity they count (t_r of
+t*, a warmup of the whole schedule, score steps of the score's default); subset sizes are
+mapped in order onto 40 to 1,000 examples (an affine map: the same size gives the same smoke
+size in every file); levels keep their fraction of 12 (2 for the paper's 12); replicates, score
+ensembles and children shrink to 1-2. Values of one axis that were distinct stay distinct (a
+collision is moved up by one step), so every axis still varies. Cost flags that a file leaves
+at their full-scale default (t_r = t*, 10 EL2N networks, 12 levels, ...) are set too. The
+result is checked point by point like any sweep file.
 
     lthfast sweep sweeps/fig2_baselines_cifar10.toml --smoke   # 3 runs, ~20 s on 2 CPU cores
-    lthfast sweep sweeps/fig2_3_cifar10.toml --smoke --dry-run # the 24 smoke commands
+    lthfast sweep sweeps/fig2_3_cifar100.toml --smoke --dry-run # the 18 smoke commands
 """
 
 from __future__ import annotations
@@ -25,53 +35,102 @@ from typing import Any, Callable
 
 from ..errors import UserError
 
-DATASET = "digits"
+DATASET = "digits"  # cifar10's stand-in, and the default
+# Each full-scale dataset's stand-in (see the module docstring): 8x8, about digits' size.
+STAND_INS = {"cifar10": DATASET,
+             "cifar100": "synthetic:classes=20,noise=25,size=8,test=360,train=1440",
+             "cinic10": "synthetic:size=8,test=360,train=1440"}
+SHRINK = 5  # the smoke schedule: the stand-in's T and EL2N steps / SHRINK
+# digits' smoke schedule (every stand-in's: a test checks it)
 TRAIN_STEPS = 40  # T: 1/5 of the digits preset's 200, so a level trains in about a second
-T_STAR = 4  # t* on that schedule (digits' t* = 20 is 10% of T)
+T_STAR = 4  # t* on that schedule (the preset's t*: 2% of its T)
 SCORE_STEPS = 12  # iterations of a score ensemble (digits' default 60, / 5)
 LEVELS = 2  # IMP levels, for the paper's 12
 FULL_LEVELS = 12
 SIZE_MIN, SIZE_MAX, SIZE_STEP = 40, 1000, 10  # subsets of digits' 10 classes (~144 each)
 # Train-set sizes of the full-scale datasets (sizes keep their fraction of it); digits: its split.
-TRAIN_SIZE = {"cifar10": 50_000, "cifar100": 50_000, "cinic10": 180_000, "digits": 1_438,
-              "synthetic": 1_438}
+TRAIN_SIZE = {"cifar10": 50_000, "cifar100": 50_000, "cinic10": 180_000}
 CAPS = {"replicates": 1, "models": 2, "score_models": 2, "children": 2, "coherence_batches": 4,
         "batch_size": 64}
 
 
+def small(dataset: str) -> bool:
+    """A CPU-sized set (digits, a synthetic variant): it is its own stand-in."""
+    from ..data.sources import split_name
+
+    return split_name(dataset)[0] in ("digits", "synthetic")
+
+
+def stand_in(dataset: str) -> str:
+    """The small dataset a full-scale one runs on at smoke scale."""
+    if small(dataset):
+        return dataset
+    if dataset not in STAND_INS:
+        raise UserError(f"no smoke scale for dataset '{dataset}' (known: "
+                        f"{', '.join(STAND_INS)}, digits, synthetic)")
+    return STAND_INS[dataset]
+
+
+def train_size(dataset: str) -> int:
+    from ..data.sources import split_name
+    from ..data.sources.synthetic import SyntheticSpec
+
+    if dataset in TRAIN_SIZE:
+        return TRAIN_SIZE[dataset]
+    kind, options = split_name(dataset)
+    return SyntheticSpec.parse(options).train if kind == "synthetic" else 1_438  # digits
+
+
 @dataclass(frozen=True)
 class Scale:
-    """Full scale -> smoke scale factors of one sweep, from its (first) dataset's preset."""
+    """Full scale -> smoke scale factors of one sweep, from its (first) dataset's preset, and
+    the smoke schedule from its stand-in's preset."""
 
     command: str
-    pretrain: float  # t_r and spawn steps: T_STAR / t*
-    train: float  # whole-schedule iterations: TRAIN_STEPS / T
-    score: float  # score ensemble iterations: SCORE_STEPS / the preset's EL2N steps
+    pretrain: float  # t_r and spawn steps: t_star / t*
+    train: float  # whole-schedule iterations: train_steps / T
+    score: float  # score ensemble iterations: score_steps / the preset's EL2N steps
     size: float  # examples: smoke examples per full-scale example
-    size_base: int  # examples added to every non-zero size (0 where the dataset is digits)
+    size_base: int  # examples added to every non-zero size (0 where the dataset is small)
+    dataset: str = DATASET  # the stand-in
+    model: str = "resnet8"  # the stand-in's network
+    train_steps: int = TRAIN_STEPS  # the smoke schedule: the stand-in's T / SHRINK
+    t_star: int = T_STAR  # the stand-in's t*
+    score_steps: int = SCORE_STEPS  # the stand-in's EL2N steps / SHRINK
 
     def examples(self, value: int) -> int:
         return 0 if value == 0 else min(SIZE_MAX, self.size_base + round(value * self.size))
 
+    @property
+    def schedule(self) -> tuple:
+        return (self.model, self.train_steps, self.t_star, self.score_steps)
+
     @classmethod
     def of(cls, command: str, dataset: str) -> "Scale":
         from ..config import WARMUP_DESIGNS, preset_for, warmup_recipe
+        from ..data.sources import split_name
 
-        if dataset not in TRAIN_SIZE:
-            raise UserError(f"no smoke scale for dataset '{dataset}' (known: "
-                            f"{', '.join(TRAIN_SIZE)})")
+        target = stand_in(dataset)
+        mine = preset_for(target)
+        steps, t_star = round(mine.train_steps / SHRINK), mine.t_star
+        score_steps = round(mine.el2n_steps / SHRINK)
+        if not small(dataset) and train_size(target) <= SIZE_MAX:
+            raise UserError(f"the smoke stand-in {target} has {train_size(target)} training "
+                            f"examples: too few for subsets of up to {SIZE_MAX}")
         preset = preset_for(dataset)
         # warmup trains appendix A's design (160 epochs), not the preset's schedule
-        total = (warmup_recipe(dataset, TRAIN_SIZE[dataset], 0).steps
-                 if command == "warmup" and dataset in WARMUP_DESIGNS else preset.train_steps)
+        warmup = command == "warmup" and split_name(dataset)[0] in WARMUP_DESIGNS
+        total = (warmup_recipe(dataset, train_size(dataset), 0).steps if warmup
+                 else preset.train_steps)
         # Sizes: an affine map SIZE_MIN + v * (SIZE_MAX - SIZE_MIN) / N, so that the paper's
         # sizes (256 apart at least) stay distinct and in order, and the same size maps to the
-        # same smoke size in every file (fig9's subsets are fig2_3's); digits stays as it is.
-        small = dataset == DATASET
-        return cls(command, T_STAR / preset.t_star, TRAIN_STEPS / total,
-                   SCORE_STEPS / preset.el2n_steps,
-                   1.0 if small else (SIZE_MAX - SIZE_MIN) / TRAIN_SIZE[dataset],
-                   0 if small else SIZE_MIN)
+        # same smoke size in every file (fig9's subsets are fig2_3's); a small set stays as it is.
+        keep_sizes = small(dataset)
+        return cls(command, t_star / preset.t_star, steps / total,
+                   score_steps / preset.el2n_steps,
+                   1.0 if keep_sizes else (SIZE_MAX - SIZE_MIN) / train_size(dataset),
+                   0 if keep_sizes else SIZE_MIN, target, mine.model, steps, t_star,
+                   score_steps)
 
 
 def scaled(value: int, factor: float, floor: int = 1, cap: int | None = None) -> int:
@@ -100,13 +159,13 @@ def capped(name: str) -> Callable:
 # Every field of every request and every runtime flag a sweep may set has a rule (a test checks
 # it), so a new flag must say how it shrinks. Rules map one value; (rule, step of a collision).
 RULES: dict[str, tuple[Callable[[Any, Scale], Any], int]] = {
-    "dataset": (lambda v, s: DATASET, 0),
-    "model": (lambda v, s: "resnet8", 0),  # the digits preset's network: 8x8 images
+    "dataset": (lambda v, s: stand_in(v), 0),  # value by value: each its own stand-in
+    "model": (lambda v, s: s.model, 0),  # the stand-in preset's network (8x8 images)
     "batch_size": (capped("batch_size"), 1),
     # t_r (imp-like commands) or a score ensemble's iterations (scores)
     "steps": (lambda v, s: scaled(v, s.score if s.command == "scores" else s.pretrain), 1),
     "score_steps": (lambda v, s: scaled(v, s.score), 1),
-    "train_steps": (lambda v, s: scaled(v, s.train, floor=TRAIN_STEPS // 4), 1),
+    "train_steps": (lambda v, s: scaled(v, s.train, floor=s.train_steps // 4), 1),
     "warmup": (lambda v, s: scaled(v, s.train, floor=2), 1),  # a 1-step warmup is none
     "eval_every": (lambda v, s: scaled(v, s.train), 1),
     "coherence_every": (lambda v, s: scaled(v, s.train), 1),
@@ -126,9 +185,17 @@ RULES: dict[str, tuple[Callable[[Any, Scale], Any], int]] = {
 }
 # Flags whose default stands for an expensive full-scale value (None: the preset's): set at
 # smoke scale when a file leaves them out. Defaults that are numbers go through their rule.
-IMPLICIT = {"steps": T_STAR, "train_steps": TRAIN_STEPS, "score_models": CAPS["score_models"],
-            "score_steps": SCORE_STEPS, "models": CAPS["models"]}
-IMPLICIT_FOR = {"scores": IMPLICIT | {"steps": SCORE_STEPS}}  # scores' steps: the ensemble's
+
+
+def implicit(command: str, scale: Scale) -> dict:
+    base = {"steps": scale.t_star, "train_steps": scale.train_steps,
+            "score_models": CAPS["score_models"], "score_steps": scale.score_steps,
+            "models": CAPS["models"]}
+    if command == "scores":  # scores' steps: the ensemble's
+        base["steps"] = scale.score_steps
+    return base
+
+
 ABSENT = {"warmup": {"steps"}}  # None there means "no such phase", not the preset's value
 
 
@@ -156,16 +223,24 @@ def smoke_sweep(spec):
             raise UserError(f"{spec.path}: flag '{name}' has no smoke scale")
     default = next(f.default for f in dataclasses.fields(REQUESTS[spec.command])
                    if f.name == "dataset")
-    dataset = spec.flags.get("dataset", spec.grid.get("dataset", [default])[0])
-    scale = Scale.of(spec.command, dataset)
+    datasets = ([spec.flags["dataset"]] if "dataset" in spec.flags
+                else spec.grid.get("dataset", [default]))
+    scale = Scale.of(spec.command, datasets[0])
+    for other in datasets[1:]:  # a dataset axis shares one smoke schedule (its values' scale)
+        if Scale.of(spec.command, other).schedule != scale.schedule:
+            raise UserError(f"{spec.path}: the smoke stand-ins of {datasets[0]} and {other} "
+                            "train on different schedules; give each dataset its own file")
     lmc_scores = spec.argument == "lmc" or spec.flags.get("rank_by") == "lmc"
     if lmc_scores:  # an LMC score's "steps" is its spawn step: it shrinks like t*, not like EL2N's
         scale = dataclasses.replace(scale, score=scale.pretrain)
     flags = {name: smoke_axis(name, [value], scale)[0] for name, value in spec.flags.items()}
-    subsets = [spec.flags.get("subset", "all"), *spec.grid.get("subset", [])]
-    implicit = IMPLICIT_FOR.get(spec.command, IMPLICIT)
+    # the pre-training subset and an accuracy's eval subset (Fig. 7a's easy examples: the same
+    # smoke-scale EL2N ensemble must rank both, or "easy" is two different subsets)
+    subsets = [spec.flags.get("subset", "all"), *spec.grid.get("subset", []),
+               spec.flags.get("eval_subset"), *spec.grid.get("eval_subset", [])]
+    defaults = implicit(spec.command, scale)
     if lmc_scores:  # the default spawn step is t*
-        implicit = implicit | {"steps" if spec.command == "scores" else "score_steps": T_STAR}
+        defaults |= {"steps" if spec.command == "scores" else "score_steps": scale.t_star}
     cls = REQUESTS[spec.command]
     # fields the command does not use are refused when set (e.g. children for el2n scores)
     unused = set(cls(**({"kind": spec.argument} if spec.argument else {})).unused())
@@ -174,12 +249,12 @@ def smoke_sweep(spec):
             continue
         if f.name.startswith("score_") and not set(subsets) & set(SCORED):
             continue  # no point ranks a subset: the flags would only clutter its commands
-        if f.default is None and f.name in implicit and f.name not in ABSENT.get(spec.command, ()):
-            flags[f.name] = implicit[f.name]
+        if f.default is None and f.name in defaults and f.name not in ABSENT.get(spec.command, ()):
+            flags[f.name] = defaults[f.name]
         elif f.default is not None and RULES[f.name][0](f.default, scale) != f.default:
             flags[f.name] = RULES[f.name][0](f.default, scale)
     if "dataset" not in spec.grid:
-        flags["dataset"] = DATASET
+        flags["dataset"] = scale.dataset
     grid = {name: smoke_axis(name, values, scale) for name, values in spec.grid.items()}
     smoke = dataclasses.replace(spec, flags=flags, grid=grid, scale="smoke")
     check_points(smoke)
