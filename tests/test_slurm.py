@@ -189,7 +189,7 @@ def test_array_tasks_are_told_apart_where_the_last_task_has_the_arrays_job_id(
                     " ".join(f"'{ln}'" for ln in lines) + "\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
-    from lthfast.slurm import finished, task_states
+    from lthfast.sweep.slurm import finished, task_states
 
     states = task_states(["127_0", "127_1", "127_3"])
     assert {k: v["state"] for k, v in states.items() if "_" in k} == {
