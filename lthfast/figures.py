@@ -203,6 +203,14 @@ def _legend(fig, axes) -> None:
                    frameon=False)
 
 
+def _finished(fig, axes, name: str, table: str, title: str) -> Drawing:
+    """The tail of every figure: its title, one legend under the panels, named for the table it
+    was drawn from."""
+    fig.suptitle(title)
+    _legend(fig, axes)
+    return Drawing(name, fig, table)
+
+
 # --- tables ---------------------------------------------------------------------------------
 
 def _remake(path: Path) -> str:
@@ -540,9 +548,8 @@ def sparsity(report: Path, select=None) -> list[Drawing]:
             panel = [r for r in mine if r["subset_size"] in (size, None)]
             _draw_runs(ax, panel, names, colours)
             ax.set_title(f"subsets of {size} examples" if size else "all data")
-        fig.suptitle(f"IMP with rewinding: {title}")
-        _legend(fig, axes)
-        out.append(Drawing(f"sparsity_{stem}", fig, "imp.csv"))
+        out.append(_finished(fig, axes, f"sparsity_{stem}", "imp.csv",
+                             f"IMP with rewinding: {title}"))
     return out
 
 
@@ -592,9 +599,8 @@ def size(report: Path, select=None) -> list[Drawing]:
             _plain_log(ax, [x for c in curves_.values() for x in c.get(level, {})])
             ax.set(xlabel="subset size (examples)", ylabel="test accuracy (mean ± std)",
                    title=f"{100 * weights.get(level, 0.8 ** level):.3g}% weights (level {level})")
-        fig.suptitle(f"Accuracy vs pre-training subset size: {title}")
-        _legend(fig, axes)
-        out.append(Drawing(f"size_{stem}", fig, "imp.csv"))
+        out.append(_finished(fig, axes, f"size_{stem}", "imp.csv",
+                             f"Accuracy vs pre-training subset size: {title}"))
     if not out:
         raise UserError("imp.csv has no IMP runs on subsets of a given size: nothing to draw")
     return out
@@ -659,9 +665,8 @@ def onset(report: Path) -> list[Drawing]:
             _symlog_steps(ax, [x for s in by.values() for x in s], "spawn step t")
             ax.set(ylabel=f"{what} (mean ± std)", title=what)
         title, stem = _title(mine, ("dataset", "model"), rows)
-        fig.suptitle(f"Onset of linear mode connectivity: {title}")
-        _legend(fig, axes)
-        out.append(Drawing(f"onset_{stem}", fig, "lmc.csv"))
+        out.append(_finished(fig, axes, f"onset_{stem}", "lmc.csv",
+                             f"Onset of linear mode connectivity: {title}"))
     if not out:
         raise UserError("lmc.csv has no dense parent spawned at two or more steps: run 'lthfast "
                         "lmc' at a few --steps (sweeps/onset_lmc_cifar10.toml), then 'lthfast "
@@ -721,9 +726,8 @@ def barrier_hist(report: Path, select=None) -> list[Drawing]:
                    ylabel="fraction of training examples",
                    title=f"subsets of {size} examples" if size else "all data")
         title, stem = _title(mine, fixed, rows)
-        fig.suptitle(f"Per-example train loss barriers of dense children: {title}")
-        _legend(fig, axes)
-        out.append(Drawing(f"barrier_hist_{stem}", fig, "barrier_hist.csv"))
+        out.append(_finished(fig, axes, f"barrier_hist_{stem}", "barrier_hist.csv",
+                             f"Per-example train loss barriers of dense children: {title}"))
     return out
 
 
@@ -822,10 +826,9 @@ def warmup(report: Path) -> list[Drawing]:
             ax.set(ylabel="final test accuracy (mean ± std)",
                    title=f"warmup on {size} examples" if size else "warmup on all data")
         title, stem = _title(mine, ("dataset", "model"), rows)
-        fig.suptitle(f"Learning-rate warmup on data subsets: {title}\n(mean of every "
-                     "replicate's final accuracy, diverged ones included)")
-        _legend(fig, axes)
-        out.append(Drawing(f"warmup_{stem}", fig, "warmup.csv"))
+        out.append(_finished(fig, axes, f"warmup_{stem}", "warmup.csv",
+                             f"Learning-rate warmup on data subsets: {title}\n(mean of every "
+                             "replicate's final accuracy, diverged ones included)"))
     return out
 
 
@@ -898,9 +901,8 @@ def dynamics(report: Path) -> list[Drawing]:
 
         for ax in axes[0]:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps: no 0.25 ticks
-        fig.suptitle(f"Training dynamics: {title}")
-        _legend(fig, axes)
-        out.append(Drawing(f"dynamics_{stem}", fig, "grads_steps.csv"))
+        out.append(_finished(fig, axes, f"dynamics_{stem}", "grads_steps.csv",
+                             f"Training dynamics: {title}"))
     return out
 
 
@@ -976,9 +978,8 @@ def errors(report: Path) -> list[Drawing]:
         axes[1, 1].set(title="sparse projection", xlabel="per-example error ‖p − y‖",
                        ylabel="fraction of examples")
         title, stem = _title(mine, [k for k in keys if k in COMPARISON], rows)
-        fig.suptitle(f"Per-example errors at $w_{{t_r}}$, one network: {title}")
-        _legend(fig, axes)
-        out.append(Drawing(f"errors_{stem}", fig, "errors_hist.csv"))
+        out.append(_finished(fig, axes, f"errors_{stem}", "errors_hist.csv",
+                             f"Per-example errors at $w_{{t_r}}$, one network: {title}"))
     return out
 
 
