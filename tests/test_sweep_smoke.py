@@ -144,7 +144,7 @@ def test_an_eval_subset_is_ranked_by_the_same_smoke_ensemble_as_the_pre_training
     easy, every = (list(smoke.smoke_sweep(load_sweep(SWEEPS / f"fig7_grads_{n}_cifar100.toml"))
                         .points()) for n in ("easy", "all"))
     for p in easy + every:
-        assert (p["el2n_models"], p["el2n_steps"]) == (2, smoke.SCORE_STEPS), p
+        assert (p["score_models"], p["score_steps"]) == (2, smoke.SCORE_STEPS), p
     assert {p["eval_size"] for p in every} == {p["size"] for p in easy}
 
 
