@@ -116,14 +116,15 @@ def checked(req, rt: Runtime):
 
 
 def open_data(root: str | Path, dataset: str):
-    """A built dataset; the embedded ones are built on first use."""
+    """A built dataset; the embedded ones are built on first use (arrays only: the betons,
+    which only ``--loader ffcv`` reads, are written when it first does)."""
     from .data.arrays import open_dataset
     from .data.build import build_dataset
     from .data.sources import get_source
 
     get_source(dataset)
     if built_on_first_use(dataset) and not (Path(root) / dataset / "meta.json").exists():
-        build_dataset(dataset, Path(root))
+        build_dataset(dataset, Path(root), betons=False)
     return open_dataset(root, dataset)
 
 

@@ -237,6 +237,7 @@ def figure(summary: dict):
         a1.scatter([s["spawn_step"]] * len(s["error_barrier_pct"]["values"]),
                    s["error_barrier_pct"]["values"], s=10, color="grey", alpha=0.6, zorder=3)
     a1.axhline(2.0, color="k", lw=0.8, ls=":", label="2%: linearly connected below")
+    a1.set_xticks(steps)  # the spawn steps measured, not 2.5-step ticks between them
     a1.set_xlabel("spawn step t (dense parent trained t steps)")
     a1.set_ylabel("train error barrier between children (%)")
     a1.set_title(f"1. Instability at initialisation: {ins['model']}, digits")

@@ -63,6 +63,7 @@ def test_the_figure_draws_the_summary(tiny_demo):
     a1, a2, a3 = fig.axes
     barrier = next(line for line in a1.lines if line.get_gid() == "barrier")
     assert list(barrier.get_xdata()) == [0, 2]
+    assert list(a1.get_xticks()) == [0, 2]  # ticked at the spawn steps measured
     assert list(barrier.get_ydata()) == pytest.approx(
         [s["error_barrier_pct"]["mean"] for s in summary["instability"]["by_step"]])
     for name in ("clean", "corrupted"):

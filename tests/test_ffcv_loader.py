@@ -7,6 +7,8 @@ One Loader only (each compiles its pipeline with numba, ~5-15 s on a CPU).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -116,12 +118,44 @@ def test_ffcv_loader_refuses_what_it_cannot_do(tiny, run_cli, tmp_path, flags, m
     assert not out.exists()  # nothing written
 
 
-def test_ffcv_loader_needs_the_beton(tmp_path, run_cli):
-    from lthfast.data.build import build_dataset
+def test_missing_betons_are_written_from_the_arrays(tmp_path):
+    from lthfast.data.arrays import open_dataset
+    from lthfast.data.build import build_dataset, ensure_betons
+    from lthfast.files import file_sha256
 
-    path = build_dataset("synthetic", tmp_path, source="train=64,test=16,size=8,classes=2")
-    (path / "train.beton").unlink()
-    code, _, stderr = run_cli(["scores", "el2n", "--dataset", "synthetic", "--loader", "ffcv",
-                               "--root", tmp_path, "--out", tmp_path / "runs"])
-    assert code == 2 and "train.beton is missing" in stderr
-    assert not (tmp_path / "runs").exists()
+    source = "train=64,test=16,size=8,classes=2"
+    lazy = build_dataset("synthetic", tmp_path / "lazy", source=source, betons=False)
+    full = build_dataset("synthetic", tmp_path / "full", source=source)
+    assert not list(lazy.glob("*.beton"))
+    ensure_betons(lazy)
+    files = open_dataset(lazy.parent, "synthetic").meta["files"]  # checksums verified on open
+    for part in ("train", "test"):
+        beton = f"{part}.beton"
+        assert file_sha256(lazy / beton) == file_sha256(full / beton) == files[beton]
+
+
+def test_ffcv_loader_writes_a_missing_beton_when_first_read(tmp_path, monkeypatch):
+    from lthfast.data import ffcv_loader
+    from lthfast.data.arrays import open_dataset
+    from lthfast.data.build import build_dataset
+    from lthfast.data.streams import check_loader, make_stream
+
+    path = build_dataset("synthetic", tmp_path, source="train=64,test=16,size=8,classes=2",
+                         betons=False)
+    ds = open_dataset(tmp_path, "synthetic")
+    check_loader("ffcv", ds)  # a missing beton is no reason to refuse
+    made = []
+    monkeypatch.setattr(ffcv_loader, "FFCVStream", lambda *a, **k: made.append(a) or "stream")
+    data = SimpleNamespace(device="cpu")  # the device-resident split: only its device is read
+    assert make_stream("ffcv", ds, data, [np.arange(8)], [1], 4) == "stream"
+    assert (path / "train.beton").exists() and (path / "test.beton").exists()
+    assert made and made[0][0] == path
+
+
+def test_build_beton_adds_the_betons_to_a_dataset_built_on_first_use(tmp_path, run_cli):
+    from lthfast.api import open_data
+
+    ds = open_data(tmp_path, "digits")
+    assert not list(ds.path.glob("*.beton"))  # first use: arrays only
+    code, _, _ = run_cli(["build-beton", "digits", "--root", tmp_path])
+    assert code == 0 and (ds.path / "train.beton").exists() and (ds.path / "test.beton").exists()

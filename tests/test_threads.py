@@ -90,6 +90,22 @@ def test_a_run_without_compile_or_determinism_imports_no_dynamo(data_root, tmp_p
     assert "torch._inductor" in proc.stdout.splitlines()[-1]
 
 
+def test_a_first_run_on_a_fresh_root_builds_arrays_only_and_imports_no_ffcv(tmp_path):
+    """digits is built on first use; its betons (ffcv's import alone compiles numba for ~5 s)
+    wait until --loader ffcv reads them."""
+    code = ("import sys; from lthfast.cli import app; "
+            "app(sys.argv[1:], standalone_mode=False); "
+            "print('LOADED', sorted(m for m in ('ffcv', 'numba') if m in sys.modules))")
+    root = tmp_path / "fresh"
+    args = [*TINY_IMP, "--root", str(root), "--out", str(tmp_path / "out")]
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=clean_env(OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "LOADED []"
+    assert (root / "digits" / "train_images.npy").exists()
+    assert not list((root / "digits").glob("*.beton"))
+
+
 def weight_hashes(out: Path) -> dict[str, str]:
     """Content hash of every weights file under a run root, by path inside it."""
     return {str(p.relative_to(out)): p.read_text() for p in sorted(out.rglob("weights.pt.sha256"))}

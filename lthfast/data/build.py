@@ -2,7 +2,9 @@
 
 Output in ``<root>/<name>/``: ``{train,test}_{images,labels}.npy`` (memory-mappable; the fast
 loader reads these), ``{train,test}.beton`` (raw RGB + int label, readable by a stock ffcv
-``Loader``; written when ffcv is installed), ``subsets/`` and ``meta.json``. meta.json holds the
+``Loader``; written by ``build-beton`` when ffcv is installed, and for a dataset built on first
+use only when ``--loader ffcv`` first reads them: see ``ensure_betons``), ``subsets/`` and
+``meta.json``. meta.json holds the
 classes, sizes, image shape, per-channel train mean/std (the paper normalises by train-set
 statistics), the augmentation spec, and a sha256 of every file, so corruption is caught at load.
 meta.json is written last: a dataset directory without it is unfinished and is rebuilt.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +25,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..files import atomic_save_npy, atomic_write_json, file_sha256, locked, read_json
-from .sources import RawDataset, RawSplit, get_source, split_name
+from .sources import RawDataset, get_source, split_name
 
 META_VERSION = 1
 
@@ -57,17 +60,32 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
-def write_beton(path: Path, split: RawSplit) -> None:
+class _SplitOnDisk:
+    """A split's saved arrays as ffcv's writer reads them: by index, memory-mapped on first use.
+    Module-level and holding only paths, so it pickles cheaply into the writer's worker under
+    any start method (a spawned process, e.g. a benchmark's, spawns its children too)."""
+
+    def __init__(self, images: Path, labels: Path):
+        self.paths = (images, labels)
+        self.arrays = None
+
+    def __len__(self):
+        return len(np.load(self.paths[1], mmap_mode="r"))
+
+    def __getitem__(self, i):
+        if self.arrays is None:
+            self.arrays = [np.load(p, mmap_mode="r") for p in self.paths]
+        return np.asarray(self.arrays[0][i]), int(self.arrays[1][i])
+
+    def __getstate__(self):
+        return {"paths": self.paths, "arrays": None}
+
+
+def write_beton(path: Path, images: Path, labels: Path) -> None:
+    """``path`` from a split's saved ``images``/``labels`` arrays."""
     import torch
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
-
-    class _Indexed:
-        def __len__(self):
-            return len(split.labels)
-
-        def __getitem__(self, i):
-            return split.images[i], int(split.labels[i])
 
     tmp = path.with_name(f".{path.name}.tmp")
     # write_mode="raw": lossless, so beton and arrays hold the same pixels and loaders compare
@@ -76,7 +94,7 @@ def write_beton(path: Path, split: RawSplit) -> None:
                                       "label": IntField()}, num_workers=1)
     threads = torch.get_num_threads()  # see ffcv_available: keep torch's threads as they were
     try:
-        writer.from_indexed_dataset(_Indexed())
+        writer.from_indexed_dataset(_SplitOnDisk(images, labels))
     finally:
         torch.set_num_threads(threads)
     os.replace(tmp, path)
@@ -114,6 +132,8 @@ def build_dataset(name: str, root: Path, source: Optional[str] = None, force: bo
         if source is not None and source != built_from:  # it would be ignored: say so
             raise UserError(f"{name} is already built in {out} from {built_from or 'its default'}"
                             f"; add --force to rebuild it from {source}")
+        if betons and ffcv_available():  # built on first use, arrays only: add what was asked
+            ensure_betons(out)
         return out
     created = not out.exists()
     try:
@@ -129,6 +149,30 @@ def build_dataset(name: str, root: Path, source: Optional[str] = None, force: bo
     return out
 
 
+def ensure_betons(path: Path) -> None:
+    """Write a built dataset's missing betons from its checksummed arrays; meta.json gains them.
+
+    A dataset built on first use (``digits``, synthetic variants) has arrays only: only
+    ``--loader ffcv`` reads betons, and importing ffcv costs seconds of numba compiling, so a
+    first ``imp`` should not pay for them. The bytes equal what a full build writes."""
+    from .arrays import open_dataset
+
+    parts = [p for p in ("train", "test") if not (path / f"{p}.beton").exists()]
+    if not parts:
+        return
+    with locked(path):
+        ds = open_dataset(path.parent, path.name)  # checksums verified: betons from sound arrays
+        files = dict(ds.meta.get("files", {}))
+        for part in parts:
+            beton = path / f"{part}.beton"
+            if beton.exists():  # written by a concurrent process while we waited
+                continue
+            print(f"writing {beton} for --loader ffcv (once)", file=sys.stderr, flush=True)
+            write_beton(beton, path / f"{part}_images.npy", path / f"{part}_labels.npy")
+            files[beton.name] = file_sha256(beton)
+        atomic_write_json(path / "meta.json", {**read_json(path / "meta.json"), "files": files})
+
+
 def write_dataset(raw: RawDataset, out: Path, betons: bool, source: Optional[str] = None) -> None:
     if len(raw.train.labels) == 0 or len(raw.test.labels) == 0:
         raise UserError(f"dataset {raw.name} has an empty split")
@@ -139,7 +183,8 @@ def write_dataset(raw: RawDataset, out: Path, betons: bool, source: Optional[str
             path = atomic_save_npy(out / f"{part}_{kind}.npy", array)
             files[path.name] = file_sha256(path)
         if betons:
-            write_beton(out / f"{part}.beton", split)
+            write_beton(out / f"{part}.beton", out / f"{part}_images.npy",
+                        out / f"{part}_labels.npy")
             files[f"{part}.beton"] = file_sha256(out / f"{part}.beton")
     mean, std = channel_stats(raw.train.images)
     counts = np.bincount(raw.train.labels, minlength=len(raw.classes))

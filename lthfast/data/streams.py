@@ -37,8 +37,10 @@ def device_stream(ds, data, indices, seeds, batch_size):
 
 @register_stream("ffcv")
 def ffcv_stream(ds, data, indices, seeds, batch_size):
+    from .build import ensure_betons
     from .ffcv_loader import FFCVStream
 
+    ensure_betons(ds.path)
     return FFCVStream(ds.path, indices, seeds, batch_size, device=data.device)
 
 
@@ -61,8 +63,5 @@ def check_loader(name: str, ds: DatasetArrays, label_noise: float = 0.0,
                         "not reproducible; use --loader device with --deterministic")
     from .build import ffcv_available
 
-    if not ffcv_available():
+    if not ffcv_available():  # missing betons are written from the arrays when first read
         raise UserError("--loader ffcv needs ffcv: pip install 'lthfast[ffcv]'")
-    if not (ds.path / "train.beton").exists():
-        raise UserError(f"{ds.path / 'train.beton'} is missing (built without ffcv); rebuild: "
-                        f"lthfast build-beton {ds.name} --force")
