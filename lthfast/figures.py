@@ -8,8 +8,10 @@ one configuration (every flag; replicates are averaged, mean ± std), and a lege
 words, only the flags that differ between the curves drawn (a flag at its default for the
 subset's kind, e.g. random's class balance, is not named), all-data baselines first. Subsets
 pre-trained for different t_r are a figure each (Fig. 14a, 14b). A paper name draws only the
-runs its caption names (``SELECT``: Fig. 12 its forgetting and EL2N subsets, Fig. 2 not them)
-into ``figN_<kind>_<comparison>.png``; a kind draws every run into ``fig_<kind>_...``. Kinds:
+runs its caption names (``SELECT``: Fig. 12 its forgetting and EL2N subsets, Fig. 2 not them) on
+the datasets the paper draws it on (``PAPER``: Fig. 14 CINIC-10 only; at smoke scale their
+stand-ins, ``lthfast.sweep.smoke.STAND_INS``) into ``figN_<kind>_<comparison>.png``; a kind
+draws every run of every dataset into ``fig_<kind>_...``. Kinds:
 
 - ``best``: accuracy vs weights remaining, the best easy/random/hard subset size (Figs. 2, 4);
 - ``sparsity``: the same, one panel per subset size, a colour per scheme (Figs. 11-15);
@@ -56,6 +58,7 @@ from .errors import UserError
 from .files import atomic_write_bytes
 from .registry import Registry
 from .results import CONFIG_COLUMNS, key_columns, read_csv
+from .sweep.smoke import STAND_INS
 
 
 class Drawing(NamedTuple):
@@ -64,36 +67,56 @@ class Drawing(NamedTuple):
     source: str  # the table(s) it was drawn from (file metadata)
 
 
-FIGURES = Registry("figure")  # kind -> fn(report_dir) -> list[Drawing]
+FIGURES = Registry("figure")  # kind -> fn(report_dir, select=None) -> list[Drawing]
 
-# The paper's figures -> (kinds that draw them, what the paper shows)
+
+class Paper(NamedTuple):
+    kinds: tuple[str, ...]  # the kinds that draw it
+    datasets: tuple[str, ...]  # the full-scale datasets the paper draws it on
+    what: str  # what the paper shows
+
+
+C10, C100, CINIC = "cifar10", "cifar100", "cinic10"
+# The paper's figures: a figure draws only its datasets' runs (and their smoke stand-ins')
 PAPER = {
-    "fig1": (("onset",), "Fig. 1 right only illustrates the train loss barrier; 'onset' draws "
-                         "the error barrier vs spawn step and the onset of LMC (§2)"),
-    "fig2": (("best",), "accuracy vs sparsity: best easy / random / hard size vs all-data "
-                        "baselines"),
-    "fig3": (("size",), "accuracy vs subset size at 16.8%, 10.7%, 6.9% weights (levels 8/10/12)"),
-    "fig4": (("best",), "label noise during pre-training: best easy / random size vs noisy "
-                        "all data (a figure per noise level)"),
-    "fig5": (("barrier_hist", "barriers"), "per-example train loss barrier histograms; final "
-                                           "accuracy vs pre-train accuracy and mean barrier"),
-    "fig6": (("warmup",), "final accuracy vs learning-rate warmup length per subset"),
-    "fig7": (("dynamics",), "accuracies (a) and gradient coherence (b) vs step, easy vs all"),
-    "fig8": (("grad_norms",), "histogram of per-batch gradient norms, easy vs random"),
-    "fig9": (("errors",), "per-example error distributions, level 0 vs a sparse level"),
-    "fig10": (("scores",), "EL2N vs LMC scores per example"),
-    "fig11": (("sparsity",), "pre-training on lowest LMC scores (legend: ranked by lmc)"),
-    "fig12": (("sparsity",), "pre-training on lowest forgetting vs EL2N scores"),
-    "fig13": (("sparsity",), "Fig. 2 across subset sizes: a panel per size"),
-    "fig14": (("sparsity",), "Fig. 2 across subset sizes on CINIC-10: a panel per size (a "
-                             "figure per t_r of the subsets: 14a, 14b)"),
-    "fig15": (("sparsity",), "label noise across subset sizes: a panel per size"),
+    "fig1": Paper(("onset",), (C10,),
+                  "Fig. 1 right only illustrates the train loss barrier; 'onset' draws the "
+                  "error barrier vs spawn step and the onset of LMC (§2)"),
+    "fig2": Paper(("best",), (C10, C100, CINIC),
+                  "accuracy vs sparsity: best easy / random / hard size vs all-data baselines"),
+    "fig3": Paper(("size",), (C10, C100, CINIC),
+                  "accuracy vs subset size at 16.8%, 10.7%, 6.9% weights (levels 8/10/12)"),
+    "fig4": Paper(("best",), (C10,),
+                  "label noise during pre-training: best easy / random size vs noisy all data "
+                  "(a figure per noise level)"),
+    "fig5": Paper(("barrier_hist", "barriers"), (C100, CINIC),
+                  "per-example train loss barrier histograms; final accuracy vs pre-train "
+                  "accuracy and mean barrier"),
+    "fig6": Paper(("warmup",), (C10,), "final accuracy vs learning-rate warmup length per "
+                                       "subset"),
+    "fig7": Paper(("dynamics",), (C100,), "accuracies (a) and gradient coherence (b) vs step, "
+                                          "easy vs all"),
+    "fig8": Paper(("grad_norms",), (C10,), "histogram of per-batch gradient norms, easy vs "
+                                           "random"),
+    "fig9": Paper(("errors",), (CINIC,), "per-example error distributions, level 0 vs a sparse "
+                                         "level"),
+    "fig10": Paper(("scores",), (C100, CINIC), "EL2N vs LMC scores per example"),
+    "fig11": Paper(("sparsity",), (C100, CINIC),
+                   "pre-training on lowest LMC scores (legend: ranked by lmc)"),
+    "fig12": Paper(("sparsity",), (C10,), "pre-training on lowest forgetting vs EL2N scores"),
+    "fig13": Paper(("sparsity",), (C10, C100), "Fig. 2 across subset sizes: a panel per size"),
+    "fig14": Paper(("sparsity",), (CINIC,),
+                   "Fig. 2 across subset sizes: a panel per size (a figure per t_r of the "
+                   "subsets: 14a, 14b)"),
+    "fig15": Paper(("sparsity",), (C10,), "label noise across subset sizes: a panel per size"),
 }
 
 
 def figure_map() -> str:
-    """``lthfast plot --list``: the paper's names, the kinds that draw them, what they show."""
-    lines = [f"{name:6s} -> {', '.join(kinds):24s} {what}" for name, (kinds, what) in PAPER.items()]
+    """``lthfast plot --list``: the paper's names, the kinds that draw them, the datasets they
+    draw, what they show."""
+    lines = [f"{name:6s} -> {', '.join(p.kinds):24s} {', '.join(p.datasets):26s} {p.what}"
+             for name, p in PAPER.items()]
     lines.append("table1 -> (no figure) Table 1's hyperparameters are the dataset presets "
                  "(lthfast/config.py)")
     return "\n".join(lines)
@@ -266,6 +289,18 @@ def _imp(report: Path) -> list[dict]:
 def _columns(report: Path, name: str) -> list[str]:
     with open(Path(report) / name, newline="") as f:
         return next(csv.reader(f), [])
+
+
+def _chosen(rows: list[dict], select, path: Path) -> list[dict]:
+    """The rows a paper figure draws (``select``: its datasets, the runs its caption names;
+    ``None``: a kind's, every row). None left is one error line, not an empty figure."""
+    if select is None:
+        return rows
+    rows = select(rows)
+    if not rows:
+        raise UserError(f"{path} has none of the runs this figure draws (docs/FIGURES.md names "
+                        "its datasets and sweep files)")
+    return rows
 
 
 # --- legends in words -----------------------------------------------------------------------
@@ -490,12 +525,7 @@ def _imp_comparisons(report: Path, select=None):
     """(rows, (title, stem)) per comparison of imp.csv (``select``: the rows a paper figure
     draws). Subsets pre-trained for different t_r are a figure each (Fig. 14a: t_r = 200, 14b:
     400), every all-data baseline in each."""
-    rows = _imp(report)
-    if select is not None:
-        rows = select(rows)
-        if not rows:
-            raise UserError(f"{Path(report) / 'imp.csv'} has none of the runs this figure "
-                            "draws (docs/FIGURES.md names its sweep files)")
+    rows = _chosen(_imp(report), select, Path(report) / "imp.csv")
     if not any(r["test_acc"] is not None and not r["diverged"] for r in rows):
         raise UserError(f"{Path(report) / 'imp.csv'} has no finite IMP result: nothing to draw")
     for key, mine in _groups(rows, COMPARISON).items():
@@ -621,10 +651,11 @@ def _symlog_steps(ax, steps: Iterable[float], label: str) -> None:
 
 
 @FIGURES.register("onset")
-def onset(report: Path) -> list[Drawing]:
+def onset(report: Path, select=None) -> list[Drawing]:
     columns = _columns(report, "lmc.csv") if (Path(report) / "lmc.csv").exists() else []
     rows = _table(report, "lmc.csv", numeric=("spawn_step", "error_barrier", "loss_barrier"),
                   required=("level", "replicate"))
+    rows = _chosen(rows, select, Path(report) / "lmc.csv")
     rows = [r for r in rows if r["level"] == ""]  # children of dense parents w_t
     if not rows:
         raise UserError("lmc.csv has no children of a dense parent: run 'lthfast lmc' without "
@@ -689,11 +720,11 @@ def barrier_hist(report: Path, select=None) -> list[Drawing]:
     rows = _table(report, "barrier_hist.csv", numeric=("bin_left", "bin_right", "fraction",
                                                        "mean"), required=("barrier", "replicate"))
     rows = [r for r in rows if r["barrier"] == "loss_barrier" and r.get("level", "") == ""]
-    if select is not None:
-        rows = select(rows)
     if not rows:
         raise UserError("barrier_hist.csv has no per-example loss barriers of dense children: "
                         "nothing to draw")
+    # Fig. 5's selection is of these rows: its all-data children are picked by the subsets'
+    rows = _chosen(rows, select, Path(report) / "barrier_hist.csv")
     # a dense parent's spawn step is its t_r: the legend says it once
     keys = [k for k in key_columns(columns) if k not in ("barrier", "spawn_step")]
     fixed = [k for k in keys if k not in SCHEME_FIELDS]
@@ -738,12 +769,14 @@ MIDPOINT_BARRIER = ("midpoint_loss_barrier", "loss_barrier_midpoint", "loss_barr
 
 
 @FIGURES.register("barriers")
-def barriers(report: Path) -> list[Drawing]:
+def barriers(report: Path, select=None) -> list[Drawing]:
+    """Fig. 5 right: a panel pair per dataset."""
     path = Path(report) / "schemes.csv"
     columns = _columns(report, "schemes.csv") if path.exists() else []
     barrier = next((c for c in MIDPOINT_BARRIER if c in columns), "loss_barrier")
     rows = _table(report, "schemes.csv", numeric=(barrier, "test_acc", "pretrain_acc", "level"),
                   required=("run", "replicate", "dataset"))
+    rows = _chosen(rows, select, path)
     rows = [r for r in rows if not math.isnan(r[barrier]) and not math.isnan(r["test_acc"])]
     if not rows:
         raise UserError(f"{path} has no scheme with both a barrier and finite IMP results: run "
@@ -787,10 +820,11 @@ def barriers(report: Path) -> list[Drawing]:
 # --- warmup ---------------------------------------------------------------------------------
 
 @FIGURES.register("warmup")
-def warmup(report: Path) -> list[Drawing]:
+def warmup(report: Path, select=None) -> list[Drawing]:
     columns = _columns(report, "warmup.csv") if (Path(report) / "warmup.csv").exists() else []
     rows = _table(report, "warmup.csv", numeric=("warmup", "test_acc"),
                   required=("subset", "replicate", "diverged"))
+    rows = _chosen(rows, select, Path(report) / "warmup.csv")
     keys = [k for k in key_columns(columns, ("warmup",))]
     out = []
     for _, mine in _groups(rows, [k for k in ("dataset", "model") if k in keys]).items():
@@ -834,11 +868,12 @@ def warmup(report: Path) -> list[Drawing]:
 
 # --- training dynamics (grads) --------------------------------------------------------------
 
-def _grads(report: Path, series: Iterable[str]):
+def _grads(report: Path, series: Iterable[str], select=None):
     columns = _columns(report, "grads_steps.csv") if (
         Path(report) / "grads_steps.csv").exists() else []
     rows = _table(report, "grads_steps.csv", numeric=("step", "value"),
                   required=("series", "replicate"))
+    rows = _chosen(rows, select, Path(report) / "grads_steps.csv")
     series = tuple(series)
     rows = [r for r in rows if r["series"] in series]
     if not rows:
@@ -872,10 +907,10 @@ def _band(ax, steps: dict, **kw):
 
 
 @FIGURES.register("dynamics")
-def dynamics(report: Path) -> list[Drawing]:
+def dynamics(report: Path, select=None) -> list[Drawing]:
     """Fig. 7: (a) accuracies vs step, (b) gradient coherence vs step, a curve per scheme."""
     out = []
-    for mine, names, by, (title, stem) in _grads(report, ("coherence", *SPEED)):
+    for mine, names, by, (title, stem) in _grads(report, ("coherence", *SPEED), select):
         fig, axes = _figure(1, 2, width=4.4, height=3.4)
         from matplotlib.lines import Line2D
 
@@ -907,10 +942,10 @@ def dynamics(report: Path) -> list[Drawing]:
 
 
 @FIGURES.register("grad_norms")
-def grad_norms(report: Path) -> list[Drawing]:
+def grad_norms(report: Path, select=None) -> list[Drawing]:
     """Fig. 8: the distribution of per-batch gradient norms during pre-training, per scheme."""
     out = []
-    for mine, names, by, (title, stem) in _grads(report, ("grad_norm",)):
+    for mine, names, by, (title, stem) in _grads(report, ("grad_norm",), select):
         fig, axes = _figure(width=5.0, height=3.4)
         values = {k: [v for vs in s["grad_norm"].values() for v in vs] for k, s in by.items()}
         finite = np.array([v for vs in values.values() for v in vs if math.isfinite(v)])
@@ -928,15 +963,15 @@ def grad_norms(report: Path) -> list[Drawing]:
 
 
 @FIGURES.register("grads")
-def grads(report: Path) -> list[Drawing]:
+def grads(report: Path, select=None) -> list[Drawing]:
     """Figs. 7 and 8."""
-    return dynamics(report) + grad_norms(report)
+    return dynamics(report, select) + grad_norms(report, select)
 
 
 # --- errors (Fig. 9) ------------------------------------------------------------------------
 
 @FIGURES.register("errors")
-def errors(report: Path) -> list[Drawing]:
+def errors(report: Path, select=None) -> list[Drawing]:
     """Per-example error distributions of one network (replicate 0, as the paper: not averaged
     over replicates): top, a panel per pre-training scheme, dense (level 0) vs its sparse
     projection; bottom, every scheme's dense and every scheme's sparse distribution."""
@@ -944,6 +979,7 @@ def errors(report: Path) -> list[Drawing]:
         Path(report) / "errors_hist.csv").exists() else []
     rows = _table(report, "errors_hist.csv", numeric=("bin_left", "bin_right", "fraction",
                                                       "level", "replicate"))
+    rows = _chosen(rows, select, Path(report) / "errors_hist.csv")
     first = min(r["replicate"] for r in rows)
     rows = [r for r in rows if r["replicate"] == first]
     keys = [k for k in key_columns(columns, ("level",)) if k not in ("lr", "train_steps")]
@@ -986,9 +1022,10 @@ def errors(report: Path) -> list[Drawing]:
 # --- scores (Fig. 10) -----------------------------------------------------------------------
 
 @FIGURES.register("scores")
-def scores(report: Path) -> list[Drawing]:
+def scores(report: Path, select=None) -> list[Drawing]:
     rows = _table(report, "scores.csv", numeric=("example", "value", "steps"),
                   required=("score", "dataset", "run"))
+    rows = _chosen(rows, select, Path(report) / "scores.csv")
     out = []
     for (dataset,), mine in _groups(rows, ("dataset",)).items():
         el2n = {r["run"]: r for r in mine if r["score"] == "el2n"}
@@ -1042,7 +1079,7 @@ def _write(figure, path: Path, formats: Iterable[str], source: str) -> list[Path
 
 def save(drawing: Drawing, report: Path) -> list[Path]:
     """fig_<kind>_<comparison>.png / .pdf, or figN_<kind>_<comparison> for a paper figure's
-    runs (``draw``)."""
+    runs (``draw``: a selection of the kind's, so never under the kind's name)."""
     name = drawing.stem if re.match(r"fig\d+_", drawing.stem) else f"fig_{drawing.stem}"
     return _write(drawing.figure, Path(report) / f"{name}.png", ("png", "pdf"), drawing.source)
 
@@ -1064,7 +1101,8 @@ def save_png(figure, path: Path, source: str) -> Path:
 # --- the runs each paper figure draws -------------------------------------------------------
 # A kind draws every comparison of its table; a paper figure draws the runs its caption names
 # (the same tables hold Fig. 2's grid, Fig. 12's forgetting subsets, Fig. 11's LMC-ranked ones,
-# Fig. 5's LMC-score children, ...). Its files are named figN_<kind>_<comparison>.
+# Fig. 5's LMC-score children, ...) on its datasets (one imp.csv holds CIFAR-10's Fig. 13b and
+# CINIC-10's Fig. 14). Its files are named figN_<kind>_<comparison>.
 
 def _noise(row: dict) -> float:
     return float(row.get("label_noise") or 0)
@@ -1132,6 +1170,23 @@ def fig5_barriers(rows: list[dict]) -> list[dict]:
                       and int(float(r["t_r"])) in pretrain.get(how(r), ())]
 
 
+def on_datasets(datasets: Iterable[str]):
+    """The rows of ``datasets`` (full-scale names) or of their smoke-scale stand-ins (a table's
+    ``dataset`` holds the canonical name, which is how ``STAND_INS`` spells them)."""
+    names = frozenset(name for d in datasets for name in (d, STAND_INS[d]))
+
+    def select(rows: list[dict]) -> list[dict]:
+        return [r for r in rows if r.get("dataset") in names]
+    return select
+
+
+def _then(first, then=None):
+    """``first``'s rows, and of those ``then``'s (``None``: all of them)."""
+    if then is None:
+        return first
+    return lambda rows: then(first(rows))
+
+
 SELECT = {  # paper figure -> kind -> the rows of its table that figure draws
     **{name: {"best": diet, "size": diet, "sparsity": diet}
        for name in ("fig2", "fig3", "fig13", "fig14")},
@@ -1142,19 +1197,18 @@ SELECT = {  # paper figure -> kind -> the rows of its table that figure draws
 
 
 def draw(name: str, report: Path) -> list[Drawing]:
-    """The figures of ``name`` (a kind or the paper's ``figN``), unsaved."""
+    """The figures of ``name``, unsaved: a kind's of every run, or the paper's ``figN``'s of its
+    datasets' runs (``PAPER``) that its caption names (``SELECT``), named ``figN_<kind>_...``."""
     if name not in PAPER and name not in FIGURES:
         raise UserError(f"unknown figure '{name}' (known: {', '.join(FIGURES)}, "
                         f"{', '.join(PAPER)}; 'lthfast plot --list' shows the map)")
-    kinds = PAPER[name][0] if name in PAPER else (name,)
+    if name not in PAPER:
+        return FIGURES[name](Path(report))
     out = []
-    for kind in kinds:
-        select = SELECT.get(name, {}).get(kind)
-        if select is None:
-            out += FIGURES[kind](Path(report))
-        else:
-            out += [d._replace(stem=f"{name}_{d.stem}")
-                    for d in FIGURES[kind](Path(report), select=select)]
+    for kind in PAPER[name].kinds:
+        select = _then(on_datasets(PAPER[name].datasets), SELECT.get(name, {}).get(kind))
+        out += [d._replace(stem=f"{name}_{d.stem}")
+                for d in FIGURES[kind](Path(report), select=select)]
     return out
 
 

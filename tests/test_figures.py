@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from lthfast.figures import FIGURES, PAPER
+from lthfast.sweep.smoke import STAND_INS
 from lthfast.results import (
     COLUMNS,
     ERRORS_HIST_COLUMNS,
@@ -125,16 +126,36 @@ def test_every_figure_renders(name, report, run_cli):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" or data[:5] == b"%PDF-"
 
 
-def test_the_paper_names_draw_their_kinds_and_list_prints_the_map(report, run_cli):
+def on(dataset: str, report, tmp_path, names=("barrier_hist.csv", "schemes.csv")):
+    """A copy of ``report``'s tables ``names`` with every run moved to ``dataset``."""
+    import csv
+
+    d = tmp_path / "report"
+    d.mkdir(exist_ok=True)
+    for name in names:
+        with open(report / name, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = [r | {"dataset": dataset} for r in reader]
+        write_csv(rows, d / name, reader.fieldnames)
+    return d
+
+
+def test_the_paper_names_draw_their_kinds_and_list_prints_the_map(report, tmp_path, run_cli):
     code, out, err = run_cli(["plot", "--list"])
     assert code == 0, err
     assert [line.split()[0] for line in out.splitlines()] == [*PAPER, "table1"]
     assert "illustrat" in out.splitlines()[0]  # Fig. 1 right is not the onset plot
-    code, out, err = run_cli(["plot", "fig5", "--out", report.parent])
+    # every figure's line names the datasets it draws
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert " cinic10 " in lines["fig14"] and "cifar" not in lines["fig14"]
+    assert " cifar100, cinic10 " in lines["fig5"] and "cifar10," not in lines["fig5"]
+    d = on(STAND_INS["cinic10"], report, tmp_path)  # Fig. 5 is CIFAR-100's and CINIC-10's
+    code, out, err = run_cli(["plot", "fig5", "--out", d.parent])
     assert code == 0, err
     names = {p.rsplit("/", 1)[1] for p in out.split()}
     # a paper figure's files say which (its runs are a selection of the kind's)
-    assert {"fig_barriers.png", "fig5_barrier_hist_digits_resnet8.png"} <= names
+    assert names == {f"fig5_{kind}{stem}.{ext}" for ext in ("png", "pdf") for kind, stem in (
+        ("barriers", ""), ("barrier_hist", "_synthetic-size-8-test-360-train-1440_resnet8"))}
     code, out, err = run_cli(["plot", "fig99", "--out", report.parent])
     assert code == 2 and "unknown figure" in err and "--list" in err
 
@@ -585,3 +606,148 @@ def test_the_eval_subset_accuracy_is_drawn_in_fig7a(tmp_path, drawn):
     for ax in out.figure.axes:  # steps are whole numbers
         assert all(float(t.get_text().replace("\u2212", "-")).is_integer()
                    for t in ax.get_xticklabels() if t.get_text())
+
+
+# --- a paper figure draws the datasets the paper draws it on --------------------------------
+
+CIFAR100, CINIC10 = STAND_INS["cifar100"], STAND_INS["cinic10"]  # the smoke stand-ins
+
+
+def stems(out) -> set[str]:
+    return {o.stem for o in out}
+
+
+def test_a_paper_figure_draws_only_its_datasets_and_a_kind_every_one(tmp_path, drawn):
+    """Fig. 14 is CINIC-10's, Fig. 13 CIFAR-10's and CIFAR-100's: at smoke scale their
+    stand-ins' runs; ``sparsity`` (the kind) draws every dataset."""
+    from lthfast.figures import draw as draw_paper
+
+    d = tmp_path / "report"
+    write_csv(diet_rows() + diet_rows(dataset=CIFAR100) + diet_rows(dataset=CINIC10),
+              d / "imp.csv")
+    cinic = "sparsity_synthetic-size-8-test-360-train-1440_resnet8"
+    cifar100 = "sparsity_synthetic-classes-20-noise-25-size-8-test-360-train-1440_resnet8"
+    fig14 = draw_paper("fig14", d)
+    drawn += fig14
+    assert stems(fig14) == {f"fig14_{cinic}"}
+    fig13 = draw_paper("fig13", d)
+    drawn += fig13
+    assert stems(fig13) == {"fig13_sparsity_digits_resnet8", f"fig13_{cifar100}"}
+    fig12 = draw_paper("fig12", d)  # CIFAR-10's forgetting subsets
+    drawn += fig12
+    assert stems(fig12) == {"fig12_sparsity_digits_resnet8"}
+    assert stems(draw("sparsity", d, drawn)) == {"sparsity_digits_resnet8", cinic, cifar100}
+    # a figure's title and legend are of its dataset's runs only
+    [only] = fig14
+    assert CINIC10 in only.figure.get_suptitle().replace("\n", "")
+    assert legends(only.figure) == legends(fig13[0].figure)
+
+
+def test_a_paper_figure_takes_the_full_scale_name_as_well_as_its_stand_in(tmp_path, drawn):
+    from lthfast.data.build import canonical_name
+    from lthfast.figures import draw as draw_paper
+
+    # the tables hold a dataset's canonical name: the stand-ins are spelled that way
+    assert all(canonical_name(name) == name for name in STAND_INS.values())
+    d = tmp_path / "report"
+    write_csv(diet_rows(dataset="cinic10") + diet_rows(dataset="cifar10")
+              + diet_rows(dataset=CINIC10), d / "imp.csv")
+    out = draw_paper("fig14", d)
+    drawn += out
+    assert stems(out) == {"fig14_sparsity_cinic10_resnet8",
+                          "fig14_sparsity_synthetic-size-8-test-360-train-1440_resnet8"}
+    out = draw_paper("fig2", d)  # CIFAR-10, CIFAR-100 and CINIC-10
+    drawn += out
+    assert stems(out) == {"fig2_best_cinic10_resnet8", "fig2_best_cifar10_resnet8",
+                          "fig2_best_synthetic-size-8-test-360-train-1440_resnet8"}
+
+
+def test_figs_7_and_8_draw_their_own_datasets_grads(tmp_path, drawn):
+    """Fig. 7 is CIFAR-100's gradient statistics, Fig. 8 CIFAR-10's: one grads_steps.csv holds
+    both at smoke scale."""
+    from lthfast.figures import draw as draw_paper
+
+    steps = [{"summary": f"pre_{s}_{dataset}/grads_x.json", **BASE, "dataset": dataset,
+              "subset": s, "subset_size": 79, "t_r": 8, "replicate": 0, "series": series,
+              "step": t, "value": 0.5 + t / 10}
+             for dataset in ("digits", CIFAR100) for s in ("easy", "random")
+             for series in ("test_acc", "coherence", "grad_norm") for t in (0, 4)]
+    d = tmp_path / "report"
+    write_csv(steps, d / "grads_steps.csv", GRADS_STEP_COLUMNS)
+    cifar100 = "synthetic-classes-20-noise-25-size-8-test-360-train-1440_resnet8"
+    out = draw_paper("fig7", d)
+    drawn += out
+    assert stems(out) == {f"fig7_dynamics_{cifar100}"}
+    out = draw_paper("fig8", d)
+    drawn += out
+    assert stems(out) == {"fig8_grad_norms_digits_resnet8"}
+    assert stems(draw("dynamics", d, drawn)) == {"dynamics_digits_resnet8",
+                                                 f"dynamics_{cifar100}"}
+
+
+def test_fig5_draws_cifar100s_and_cinic10s_barriers_only(tmp_path, drawn):
+    """Fig. 5 is CIFAR-100's and CINIC-10's: a CIFAR-10 scheme is neither a histogram nor a
+    panel of its right part (schemes.csv), though the kinds draw it."""
+    from lthfast.figures import draw as draw_paper
+
+    rows = [{"run": f"imp_{d}_{s}", **BASE, "dataset": d, "subset": s, "subset_size": 79,
+             "t_r": 2, "level": 2, "replicate": 0, "loss_barrier": 0.1, "pretrain_acc": 0.4,
+             "test_acc": 0.5, "weights_remaining": 0.64}
+            for d in ("digits", "cinic10", CIFAR100) for s in ("easy", "random")]
+    d = tmp_path / "report"
+    write_csv(rows, d / "schemes.csv", SCHEME_COLUMNS)
+    hist = [{"run": "lmc_x", **BASE, "dataset": dataset, "subset": s, "subset_size": n,
+             "t_r": t, "spawn_step": t, "level": "", "children": 2, "replicate": 0,
+             "barrier": "loss_barrier", "bin_left": i / 10, "bin_right": (i + 1) / 10,
+             "fraction": 0.5, "mean": 0.1}
+            for dataset in ("digits", CINIC10) for s, n, t in (("all", "", 2), ("easy", 45, 2))
+            for i in (0, 1)]
+    write_csv(hist, d / "barrier_hist.csv",
+              (*LMC_COLUMNS[:LMC_COLUMNS.index("replicate") + 1], "barrier", "bin_left",
+               "bin_right", "fraction", "mean"))
+    [every] = draw("barriers", d, drawn)
+    assert len(every.figure.axes) == 6  # the kind: a panel pair per dataset
+    assert len(draw("barrier_hist", d, drawn)) == 2
+    out = draw_paper("fig5", d)
+    drawn += out
+    assert stems(out) == {"fig5_barriers",
+                          "fig5_barrier_hist_synthetic-size-8-test-360-train-1440_resnet8"}
+    [right] = [o for o in out if o.stem == "fig5_barriers"]
+    assert len(right.figure.axes) == 4
+    tops = [ax.get_title().replace("\n", "") for ax in right.figure.axes[:2]]
+    assert [t.startswith(f"{name}:") for t, name in zip(tops, ("cinic10", CIFAR100))] == [True] * 2
+
+
+def test_a_paper_figure_with_no_runs_on_its_datasets_is_one_line_exit_2(tmp_path, run_cli):
+    d = tmp_path / "report"
+    write_csv(diet_rows(), d / "imp.csv")  # CIFAR-10's stand-in only
+    code, out, err = run_cli(["plot", "fig14", "--out", tmp_path])
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and "none of the runs this figure draws" in err
+    assert not list(d.glob("fig*"))
+    code, out, err = run_cli(["plot", "fig13", "--out", tmp_path])
+    assert code == 0 and {p.rsplit("/", 1)[1] for p in out.split()} == {
+        "fig13_sparsity_digits_resnet8.png", "fig13_sparsity_digits_resnet8.pdf"}
+
+
+def test_every_paper_figure_draws_the_datasets_of_its_sweep_files():
+    """docs/FIGURES.md's table names each figure's sweep files; their datasets are the ones
+    ``PAPER`` says the figure draws (Fig. 3: 'same as Fig. 2')."""
+    import re
+    from pathlib import Path
+
+    from lthfast.sweep import load_sweep
+
+    root = Path(__file__).resolve().parent.parent
+    found = {}
+    for line in (root / "docs" / "FIGURES.md").read_text().splitlines():
+        row = re.match(r"\| Fig\. (\d+) \| ([^|]*) \|", line)
+        if not row:
+            continue
+        datasets = set()
+        for name in re.findall(r"`([\w.]+\.toml)`", row[2]):
+            for p in load_sweep(root / "sweeps" / name).points():
+                datasets.add(p["dataset"])
+        found[f"fig{row[1]}"] = datasets or found.get("fig2")
+    assert set(found) == set(PAPER)
+    assert found == {name: set(p.datasets) for name, p in PAPER.items()}
