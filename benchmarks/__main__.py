@@ -284,7 +284,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     cfg = configs(args.quick, args.workers, args)
     env = environment(device)
     env["load average at start"] = load_average()
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
 
     runners: dict[str, Callable[[], list[Row]]] = {
         "loader": lambda: loader.run(cfg["loader"], device, args.cache, log),

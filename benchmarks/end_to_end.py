@@ -295,7 +295,8 @@ def run(cfg: EndToEndConfig = EndToEndConfig(), device: Optional[torch.device] =
     return rows
 
 
-if __name__ == "__main__":  # python -m benchmarks.end_to_end plain-imp --root R --levels L --steps T
+# python -m benchmarks.end_to_end plain-imp --root R --levels L --steps T
+if __name__ == "__main__":
     import argparse
 
     p = argparse.ArgumentParser(description="the plain PyTorch IMP loop on digits")

@@ -271,8 +271,13 @@ def run(cfg: GpuConfig = GpuConfig(), device: Optional[torch.device] = None,
     peak = peak_flops(device)
     rows = []
     start = time.perf_counter()
-    late = lambda: cfg.deadline_s and time.perf_counter() - start > cfg.deadline_s
-    chosen = lambda key: cfg.variants is None or key in cfg.variants
+
+    def late() -> bool:
+        return bool(cfg.deadline_s) and time.perf_counter() - start > cfg.deadline_s
+
+    def chosen(key: str) -> bool:
+        return cfg.variants is None or key in cfg.variants
+
     for case, k, iterations in ((full, 1, cfg.iterations), (el2n, cfg.el2n_k, cfg.el2n_iterations)):
         reference_loss = None
         for variant in variants(cfg, k):

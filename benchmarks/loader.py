@@ -236,7 +236,7 @@ def bench_dataloader(ds, indices: np.ndarray, cfg: LoaderConfig, device: torch.d
         sync(device)
         first = time.perf_counter() - start
     values = _steady(lambda: to_device(next(batches), device), cfg, device)
-    del batches, loader  # stop the persistent workers
+    batches = loader = None  # stop the persistent workers (the timing closure is done)
     return values, first, label
 
 

@@ -99,5 +99,5 @@ def run(cfg: PackedConfig = PackedConfig(), device: Optional[torch.device] = Non
                         [images / s for s in sequential_seconds], command=command,
                         note=f"{note}; all {k}: "
                              f"{k * images / np.median(sequential_seconds):.0f} images/s"))
-        del packed, singles
+        packed = singles = None  # free the models (the timing closures are done)
     return rows

@@ -20,15 +20,17 @@ estimated from a short timed probe (or from what earlier phases measured):
      (goal ≤ 60 s)
   I  the packed stem (grouped conv, 3 input channels per group, NHWC bf16) against 4 per group
 
-F, G and H run in ``--mode`` (default: the fastest of E; in the smoke run compile + graph). Exit 1 on any failed capture, replay
-mismatch, hidden sync, graph break, non-finite loss or tensor off the GPU; the JSON's
-``failures`` says which. ``--smoke`` runs the same phases on the CPU at tiny sizes, CUDA graphs
-by their stand-in (``EmulatedGraph``) and inductor by ``aot_eager`` (CI: tests/test_gpu_check.py).
+F, G and H run in ``--mode`` (default: the fastest of E; in the smoke run compile + graph).
+Exit 1 on any failed capture, replay mismatch, hidden sync, graph break, non-finite loss or
+tensor off the GPU; the JSON's ``failures`` says which. ``--smoke`` runs the same phases on the
+CPU at tiny sizes, CUDA graphs by their stand-in (``EmulatedGraph``) and inductor by
+``aot_eager`` (CI: tests/test_gpu_check.py).
 It imports nothing that needs ffcv, and runs from the source tree.
 
 With the device tool (one call; the timeout leaves a rerun's room in a 15-minute lease):
 
-    run  command="PYTHONUNBUFFERED=1 PYTHONPATH=. python3 scripts/gpu_check.py --out $OUT/gpu_check.json"  timeout_s=480
+    run  timeout_s=480  command=
+      "PYTHONUNBUFFERED=1 PYTHONPATH=. python3 scripts/gpu_check.py --out $OUT/gpu_check.json"
 
 Rerun only what is missing, in the mode E found fastest: ``--phases G,H --mode compile+graph
 --budget-s 300`` (a skipped phase's estimate is then timed in that mode). On the CPU:
@@ -767,7 +769,8 @@ def _figures(name: str, r: dict) -> str:
     def f(v, fmt=".3g"):
         return "—" if v is None else format(v, fmt)
     if name == "A":
-        return f"replay == eager bit for bit: {r.get('all_equal')} ({len(r.get('cases', {}))} cases)"
+        cases = len(r.get("cases", {}))
+        return f"replay == eager bit for bit: {r.get('all_equal')} ({cases} cases)"
     if name == "B":
         return (f"syncs per step: eager {f(r['eager']['per_step'])}, replayed "
                 f"{f(r['graph']['per_step'])}")

@@ -137,6 +137,9 @@ def test_a_failing_or_crashing_phase_is_recorded_and_the_exit_code_is_1(tmp_path
 
 def test_the_docstring_gives_the_one_device_command():
     text = SCRIPT.read_text()
-    assert 'python3 scripts/gpu_check.py --out $OUT/gpu_check.json"  timeout_s=480' in text
+    assert "run  timeout_s=480  command=" in text
+    command = ("PYTHONUNBUFFERED=1 PYTHONPATH=. python3 scripts/gpu_check.py "
+               "--out $OUT/gpu_check.json")
+    assert f'"{command}"' in text
     assert "ffcv" not in "".join(line for line in text.splitlines()
                                  if line.startswith(("import", "from")))

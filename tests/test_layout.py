@@ -100,10 +100,11 @@ def test_results_json_orders_replicates_as_numbers(tmp_path):
 
 
 def test_ruff_is_clean():
-    """The linter, with the rules and line length of pyproject.toml, over the package and tests."""
+    """The linter, with the rules and line length of pyproject.toml, over the package, tests,
+    benchmarks and scripts."""
     ruff = Path(sys.executable).parent / "ruff"
     if not ruff.exists():
         pytest.fail("ruff is not installed in the venv (pip install -e '.[dev]')")
-    result = subprocess.run([str(ruff), "check", "lthfast", "tests"], cwd=PACKAGE.parent,
-                            capture_output=True, text=True)
+    result = subprocess.run([str(ruff), "check", "lthfast", "tests", "benchmarks", "scripts"],
+                            cwd=PACKAGE.parent, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-4000:]
