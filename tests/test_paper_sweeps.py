@@ -82,3 +82,12 @@ def test_the_baselines_the_figures_compare_with_exist():
         ps = points(name)
         assert {p["steps"] for p in ps} >= {400, 800}
         assert all(p["dataset"] == dataset and p["children"] == 3 for p in ps)
+
+
+def test_smoke_lmc_runs_keep_the_papers_three_children():
+    """imp --rank-by lmc scores with the LMC score's 3 children; a smoke `scores lmc` capped to 2
+    was another score run, drawn as a second Fig. 10 panel for one spawn step."""
+    from lthfast.requests import SCORE_DEFAULTS
+
+    for name in ("fig10_lmc_scores.toml", "fig5a_lmc_cifar100.toml", "fig5b_lmc_all_cinic10.toml"):
+        assert {p.get("children", SCORE_DEFAULTS["children"]) for p in points(name, True)} == {3}

@@ -17,11 +17,12 @@ its preset (``lthfast.config``) sets the smoke schedule: T / 5 iterations (40), 
 EL2N steps / 5 (12). Iteration counts keep their fraction of the quantity they count (t_r of
 t*, a warmup of the whole schedule, score steps of the score's default); subset sizes are
 mapped in order onto 40 to 1,000 examples (an affine map: the same size gives the same smoke
-size in every file); levels keep their fraction of 12 (2 for the paper's 12); replicates, score
-ensembles and children shrink to 1-2. Values of one axis that were distinct stay distinct (a
-collision is moved up by one step), so every axis still varies. Cost flags that a file leaves
-at their full-scale default (t_r = t*, 10 EL2N networks, 12 levels, ...) are set too. The
-result is checked point by point like any sweep file.
+size in every file); levels keep their fraction of 12 (2 for the paper's 12); replicates and
+score ensembles shrink to 1-2; LMC children stay as the paper has them (3: imp --rank-by lmc's
+score uses 3, and `scores lmc` must make the same score run). Values of one axis that were
+distinct stay distinct (a collision is moved up by one step), so every axis still varies. Cost
+flags that a file leaves at their full-scale default (t_r = t*, 10 EL2N networks, 12 levels,
+...) are set too. The result is checked point by point like any sweep file.
 
     lthfast sweep sweeps/fig2_baselines_cifar10.toml --smoke   # 3 runs, ~20 s on 2 CPU cores
     lthfast sweep sweeps/fig2_3_cifar100.toml --smoke --dry-run # the 18 smoke commands
@@ -50,7 +51,9 @@ FULL_LEVELS = 12
 SIZE_MIN, SIZE_MAX, SIZE_STEP = 40, 1000, 10  # subsets of digits' 10 classes (~144 each)
 # Train-set sizes of the full-scale datasets (sizes keep their fraction of it); digits: its split.
 TRAIN_SIZE = {"cifar10": 50_000, "cifar100": 50_000, "cinic10": 180_000}
-CAPS = {"replicates": 1, "models": 2, "score_models": 2, "children": 2, "coherence_batches": 4,
+# children are not capped: imp --rank-by lmc scores with 3 children (the LMC score's fixed
+# default), so a capped `scores lmc` would be another score run, a second Fig. 10 panel.
+CAPS = {"replicates": 1, "models": 2, "score_models": 2, "coherence_batches": 4,
         "batch_size": 64}
 
 
@@ -179,7 +182,7 @@ RULES: dict[str, tuple[Callable[[Any, Scale], Any], int]] = {
     **{name: (keep, 0) for name in (
         "seed", "label_noise", "noise_seed", "lr", "pretrain_lr", "kind", "subset",
         "subset_seed", "shared_subset", "class_balanced", "rank_by", "alphas", "prune_fraction",
-        "bn", "eval_subset",
+        "bn", "eval_subset", "children",
         "deterministic", "compile", "loader", "checkpoint_every", "threads")},
     "cuda_graph": (lambda v, s: False, 0),  # a smoke sweep runs on the CPU: no CUDA graphs
 }
