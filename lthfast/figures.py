@@ -6,7 +6,10 @@ PNG and PDF in one style; each file's metadata names the table it was drawn from
 (a comparison: runs that share everything but what the paper varies in that figure); a curve is
 one configuration (every flag; replicates are averaged, mean ± std), and a legend names, in
 words, only the flags that differ between the curves drawn (a flag at its default for the
-subset's kind, e.g. random's class balance, is not named), all-data baselines first. Subsets
+subset's kind, e.g. random's class balance, is not named), all-data baselines first. A scheme
+looks the same in every figure, as the paper's captions draw it (``CONVENTION``: random green
+circles, easiest red triangles, hardest pink crosses, all data dashed at t_r = 0 / t*/2 / t*
+yellow / orange / blue); one the captions do not name gets a spare look of its own. Subsets
 pre-trained for different t_r are a figure each (Fig. 14a, 14b). A paper name draws only the
 runs its caption names (``SELECT``: Fig. 12 its forgetting and EL2N subsets, Fig. 2 not them) on
 the datasets the paper draws it on (``PAPER``: Fig. 14 CINIC-10 only; at smoke scale their
@@ -232,6 +235,114 @@ def _finished(fig, axes, name: str, table: str, title: str) -> Drawing:
     fig.suptitle(title)
     _legend(fig, axes)
     return Drawing(name, fig, table)
+
+
+# --- one look per scheme --------------------------------------------------------------------
+# The paper's captions fix how a scheme looks (Fig. 2: random green circles, easiest red
+# triangles, hardest pink crosses, all data dashed: t_r = 0 yellow, t*/2 orange, t* blue, the
+# dense model grey; Fig. 11: lowest LMC scores light blue squares). Every figure draws a scheme
+# so, whatever else it draws beside it; Fig. 12's forgetting ranking gets purple diamonds.
+
+class Style(NamedTuple):
+    color: str
+    marker: Optional[str]
+    linestyle: str
+
+    def kw(self) -> dict:
+        return {"color": self.color, "marker": self.marker, "linestyle": self.linestyle}
+
+
+CONVENTION = {
+    ("subset", "random"): Style("#2ca02c", "o", "-"),
+    ("subset", "easy"): Style("#d62728", "^", "-"),
+    ("subset", "hard"): Style("#e377c2", "x", "-"),
+    ("rank_by", "lmc"): Style("#6baed6", "s", "-"),
+    ("rank_by", "forgetting"): Style("#9467bd", "D", "-"),
+    ("all", "init"): Style("#e6b800", None, "--"),  # rewinding to initialisation: t_r = 0
+    ("all", "half"): Style("#ff7f0e", None, "--"),  # the subsets' t_r: t*/2
+    ("all", "full"): Style("#1f77b4", None, "--"),  # twice the subsets' t_r: t*
+}
+DENSE = Style("#7f7f7f", None, "--")
+# A scheme the convention does not name (another all-data t_r, a second easy subset that only
+# its class balance tells apart): a colour and marker the convention does not use, picked by
+# the scheme's name so it is the same in every figure where it is free.
+SPARE_COLOURS = ("#8c564b", "#17becf", "#bcbd22", "#000000", "#393b79", "#843c39", "#637939",
+                 "#7b4173")
+SPARE_MARKERS = ("v", "P", "*", "h", "<", ">", "d", "p")
+# an all-data baseline's role: its t_r over the subsets' t_r
+ROLES = {0.0: "init", 1.0: "half", 2.0: "full"}
+
+
+def _num(value) -> Optional[float]:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def subsets_t_r(configs: Iterable[dict]) -> Optional[float]:
+    """The t_r the figure's subsets were pre-trained for (the smallest, if several); with no
+    subsets, the smallest positive all-data t_r plays t*/2."""
+    configs = list(configs)
+    for pick in (lambda c: c.get("subset") not in ("all", None, ""),
+                 lambda c: (_num(c.get("t_r")) or 0) > 0):
+        ts = [_num(c.get("t_r")) for c in configs if pick(c)]
+        ts = [t for t in ts if t is not None]
+        if ts:
+            return min(ts)
+    return None
+
+
+def _convention(config: dict, t: Optional[float]) -> Optional[Style]:
+    """The convention's style for one scheme, ``None`` where it names none."""
+    if config.get("subset") == "all":
+        mine = _num(config.get("t_r"))
+        if mine == 0:
+            return CONVENTION[("all", "init")]
+        role = ROLES.get(mine / t) if mine is not None and t else None
+        return CONVENTION.get(("all", role))
+    return CONVENTION.get(("rank_by", str(config.get("rank_by") or ""))) or CONVENTION.get(
+        ("subset", str(config.get("subset"))))
+
+
+def scheme_styles(configs: dict, names: dict, distinct=("color", "marker", "linestyle")
+                  ) -> dict:
+    """key -> ``Style``: the convention's for each scheme (``configs``: key -> columns; keys with
+    one legend in ``names`` are one scheme, one style). No two legends share the ``distinct``
+    fields (a figure telling schemes apart by colour alone asks for ``("color",)``): where two
+    would, the one at its defaults keeps the convention's and the other a spare."""
+    import zlib
+
+    t = subsets_t_r(configs.values())
+    first = {}
+    for key in sorted(configs, key=lambda k: legend_order(names[k])):
+        first.setdefault(names[key], key)
+    claims = sorted(first, key=lambda n: (not all(is_default(f, configs[first[n]])
+                                                  for f in DEFAULTS), legend_order(n)))
+    spare = [(c, m) for c in SPARE_COLOURS for m in SPARE_MARKERS]
+    taken, out = set(), {}
+    for name in claims:
+        config = configs[first[name]]
+        style = _convention(config, t)
+        if style is None or tuple(getattr(style, f) for f in distinct) in taken:
+            line = "--" if config.get("subset") == "all" else "-"
+            start = zlib.crc32(name.encode()) % len(spare)
+            for i in range(len(spare)):
+                c, m = spare[(start + i) % len(spare)]
+                style = Style(c, None if line == "--" and "marker" not in distinct else m, line)
+                if tuple(getattr(style, f) for f in distinct) not in taken:
+                    break
+        taken.add(tuple(getattr(style, f) for f in distinct))
+        out[name] = style
+    return {key: out[names[key]] for key in configs}
+
+
+def _run_configs(rows: list[dict]) -> dict:
+    """run -> its columns (its first row)."""
+    out = {}
+    for r in rows:
+        out.setdefault(r["run"], r)
+    return out
 
 
 # --- tables ---------------------------------------------------------------------------------
@@ -484,19 +595,14 @@ def _plain_log(ax, values: Iterable[float]) -> None:
         ax.set_xlim(ticks[0] / 1.25, ticks[-1] * 1.25)
 
 
-STYLE = {"all": dict(linestyle="--", marker=None), "random": dict(marker="o"),
-         "easy": dict(marker="^"), "hard": dict(marker="x")}
-
-
 def _draw_runs(ax, rows: list[dict], names: dict[str, str],
-               colours: Optional[dict] = None) -> None:
-    """Curves of IMP runs; ``colours`` (run -> colour) keeps a run's colour across panels."""
-    subsets = {r["run"]: r["subset"] for r in rows}
+               styles: Optional[dict] = None) -> None:
+    """Curves of IMP runs; ``styles`` (run -> ``Style``, of every run of the figure) keeps a
+    run's look across panels (default: the convention's for these runs)."""
+    styles = styles or scheme_styles(_run_configs(rows), names)
     for run, c in curves_by_run(rows).items():
         x = 100 * c["weights"]
-        kw = {"color": colours[run]} if colours and run in colours else {}
-        line, = ax.plot(x, c["mean"], markersize=4, label=names[run], **kw,
-                        **STYLE.get(subsets[run], dict(marker="s")))
+        line, = ax.plot(x, c["mean"], markersize=4, label=names[run], **styles[run].kw())
         ax.fill_between(x, c["mean"] - c["std"], c["mean"] + c["std"], alpha=0.15,
                         color=line.get_color(), linewidth=0)
     percent_axis(ax, [w * 100 for r in rows for w in [r["weights_remaining"]] if w])
@@ -546,8 +652,7 @@ def best(report: Path, select=None) -> list[Drawing]:
         mine = _best_sizes(mine)
         fig, axes = _figure(width=5.2, height=3.8)
         names = labels(mine)
-        order = sorted(names, key=lambda run: legend_order(names[run]))
-        _draw_runs(axes[0, 0], mine, names, {run: f"C{order.index(run) % 10}" for run in names})
+        _draw_runs(axes[0, 0], mine, names)
         axes[0, 0].set_title(f"IMP with rewinding, best subset size: {title}")
         _legend(fig, axes)
         out.append(Drawing(f"best_{stem}", fig, "imp.csv"))
@@ -572,11 +677,10 @@ def sparsity(report: Path, select=None) -> list[Drawing]:
         sizes = sorted({r["subset_size"] for r in mine if r["subset_size"] is not None})
         fig, axes, flat = _panels(len(sizes), width=3.8, height=3.2, sharey=True)
         names = _scheme_names(mine)
-        order = sorted(set(names.values()), key=legend_order)
-        colours = {run: f"C{order.index(name) % 10}" for run, name in names.items()}
+        styles = scheme_styles(_run_configs(mine), names)
         for ax, size in zip(flat, sizes or [None]):
             panel = [r for r in mine if r["subset_size"] in (size, None)]
-            _draw_runs(ax, panel, names, colours)
+            _draw_runs(ax, panel, names, styles)
             ax.set_title(f"subsets of {size} examples" if size else "all data")
         out.append(_finished(fig, axes, f"sparsity_{stem}", "imp.csv",
                              f"IMP with rewinding: {title}"))
@@ -589,6 +693,11 @@ PAPER_LEVELS = (8, 10, 12)  # Fig. 3: 16.8%, 10.7%, 6.9% weights remaining
 def size_curves(rows: list[dict]) -> dict[str, dict[int, dict[int, list[float]]]]:
     """legend -> level -> subset size -> test accuracies of the finite replicates, from imp.csv
     rows of sized subsets; a curve is the whole config but the subset size."""
+    return _size_schemes(rows)[0]
+
+
+def _size_schemes(rows: list[dict]) -> tuple[dict, dict]:
+    """``size_curves``, and legend -> the scheme's columns."""
     by = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     keys = tuple(c for c in CONFIG_COLUMNS if c != "subset_size")
     for r in rows:
@@ -596,16 +705,22 @@ def size_curves(rows: list[dict]) -> dict[str, dict[int, dict[int, list[float]]]
             by[tuple(r[c] for c in keys)][r["level"]][r["subset_size"]].append(r["test_acc"])
     configs = {key: dict(zip(keys, key)) for key in by}
     names = describe(configs, [f for f in LEGEND_FIELDS if f != "subset_size"], always=("t_r",))
-    return dict(sorted((names[key], by[key]) for key in by))
+    return (dict(sorted((names[key], by[key]) for key in by)),
+            {names[key]: config for key, config in configs.items()})
 
 
 @FIGURES.register("size")
 def size(report: Path, select=None) -> list[Drawing]:
     out = []
     for mine, (title, stem) in _imp_comparisons(report, select):
-        curves_ = size_curves(mine)
+        curves_, schemes = _size_schemes(mine)
         if not curves_:
             continue
+        base_rows = _run_configs([r for r in mine if r["subset_size"] is None])
+        base_names = {run: f"all data, t_r = {c['t_r']}" for run, c in base_rows.items()}
+        # one look per legend for the subsets' curves and the baselines' lines together
+        styles = scheme_styles({**schemes, **base_rows}, {**{n: n for n in schemes},
+                                                          **base_names})
         reached = sorted({level for c in curves_.values() for level in c})
         levels = [lv for lv in PAPER_LEVELS if lv in reached] or reached[-3:]
         fig, axes = _figure(1, len(levels), width=3.8, height=3.4, sharey=True)
@@ -620,12 +735,13 @@ def size(report: Path, select=None) -> list[Drawing]:
                 xs = sorted(sizes)
                 ax.errorbar(xs, [np.mean(sizes[x]) for x in xs],
                             yerr=[np.std(sizes[x], ddof=1) if len(sizes[x]) > 1 else 0
-                                  for x in xs], marker="o", markersize=3, capsize=2, label=label)
-            for i, (run, c) in enumerate(sorted(base.items(), key=lambda kv: base_t[kv[0]])):
+                                  for x in xs], markersize=3, capsize=2, label=label,
+                            **styles[label].kw())
+            for run, c in sorted(base.items(), key=lambda kv: base_t[kv[0]]):
                 if level in c["level"]:
                     k = list(c["level"]).index(level)
-                    ax.axhline(c["mean"][k], linestyle="--", color=f"C{7 + i % 3}",
-                               label=f"all data, t_r = {base_t[run]}")
+                    ax.axhline(c["mean"][k], linestyle="--", color=styles[run].color,
+                               label=base_names[run])
             _plain_log(ax, [x for c in curves_.values() for x in c.get(level, {})])
             ax.set(xlabel="subset size (examples)", ylabel="test accuracy (mean ± std)",
                    title=f"{100 * weights.get(level, 0.8 ** level):.3g}% weights (level {level})")
@@ -738,7 +854,7 @@ def barrier_hist(report: Path, select=None) -> list[Drawing]:
         names = describe({k: {f: v for f, v in c.items() if f != "subset_size"}
                           for k, c in configs.items()},
                          [k for k in keys if k not in fixed], always=("t_r",), unique=False)
-        order = sorted(set(names.values()), key=legend_order)
+        styles = scheme_styles(configs, names, distinct=("color", "linestyle"))
         sizes = sorted({c.get("subset_size", "") for c in configs.values()} - {""}, key=int)
         fig, axes, flat = _panels(len(sizes), width=3.6, height=3.0, sharex=True, sharey=True)
         for ax, size in zip(flat, sizes or [""]):
@@ -748,10 +864,8 @@ def barrier_hist(report: Path, select=None) -> list[Drawing]:
                 edges = sorted(bins)
                 x = [lo for lo, _ in edges] + [edges[-1][1]]
                 y = [float(np.mean(bins[e])) for e in edges]
-                subset = configs[key].get("subset", "")
-                ax.stairs(y, x, label=names[key], linewidth=1.4,
-                          color=f"C{order.index(names[key]) % 10}",
-                          linestyle="--" if subset == "all" else "-")
+                ax.stairs(y, x, label=names[key], linewidth=1.4, color=styles[key].color,
+                          linestyle=styles[key].linestyle)
             ax.axvline(0, color="k", linewidth=0.6)
             ax.set(xlabel="per-example train loss barrier",
                    ylabel="fraction of training examples",
@@ -794,15 +908,17 @@ def barriers(report: Path, select=None) -> list[Drawing]:
     values = [tuple(r.get(k, "") for k in keys) for r in rows]
     names = describe({v: dict(zip(keys, v)) for v in values}, keys, always=("t_r",))
     fig, axes = _figure(2, len(datasets), width=4.0, height=3.0)
-    order = sorted(set(names.values()), key=legend_order)
+    styles = scheme_styles({v: dict(zip(keys, v)) for v in values}, names,
+                           distinct=("color", "marker"))
     for col, d in enumerate(datasets):
         mine = [r for r in rows if r["dataset"] == d]
         for r in mine:
-            name = names[tuple(r.get(k, "") for k in keys)]
-            c = f"C{order.index(name) % 10}"
-            marker = STYLE.get(r["subset"], {}).get("marker") or "s"
+            key = tuple(r.get(k, "") for k in keys)
+            # a point needs a marker: all data's lines have none, so squares
+            style = styles[key]
             for ax, x in ((axes[0, col], r["pretrain_acc"]), (axes[1, col], r[barrier])):
-                ax.scatter(x, r["test_acc"], color=c, marker=marker, s=22, label=name)
+                ax.scatter(x, r["test_acc"], color=style.color, marker=style.marker or "s",
+                           s=22, label=names[key])
         w = mine[0].get("weights_remaining", "")
         what = (f"{100 * float(w):.3g}% weights, level {level_of[d]}" if w
                 else f"level {level_of[d]}")
@@ -841,7 +957,7 @@ def warmup(report: Path, select=None) -> list[Drawing]:
                           for k, c in configs.items()},
                          [k for k in keys if k not in ("dataset", "model", "subset_size")],
                          unique=False)
-        order = sorted(set(names.values()), key=legend_order)
+        styles = scheme_styles(configs, names)
         sizes = sorted({c.get("subset_size", "") for c in configs.values()} - {""}, key=int)
         fig, axes = _figure(1, max(1, len(sizes)), width=4.0, height=3.4, sharey=True)
         for ax, size in zip(axes[0], sizes or [""]):
@@ -852,10 +968,8 @@ def warmup(report: Path, select=None) -> list[Drawing]:
                 n_div = f" ({diverged[key]} diverged)" if diverged[key] else ""
                 ax.errorbar(xs, [np.mean(ts[x]) for x in xs],
                             yerr=[np.std(ts[x], ddof=1) if len(ts[x]) > 1 else 0 for x in xs],
-                            marker=STYLE.get(configs[key].get("subset"), {}).get("marker") or "s",
-                            color=f"C{order.index(names[key]) % 10}",
                             markersize=3, capsize=2, label=names[key] + n_div,
-                            linestyle="--" if configs[key].get("subset") == "all" else "-")
+                            **styles[key]._replace(marker=styles[key].marker or "s").kw())
             _symlog_steps(ax, [x for ts in by.values() for x in ts], "warmup iterations t")
             ax.set(ylabel="final test accuracy (mean ± std)",
                    title=f"warmup on {size} examples" if size else "warmup on all data")
@@ -887,7 +1001,9 @@ def _grads(report: Path, series: Iterable[str], select=None):
         by = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
         for r in mine:
             by[tuple(r.get(k, "") for k in keys)][r["series"]][r["step"]].append(r["value"])
-        yield mine, names, by, _title(mine, [k for k in keys if k in COMPARISON], rows)
+        # a scheme's colour as in the IMP figures (line styles here say other things)
+        styles = scheme_styles(configs, names, distinct=("color",))
+        yield mine, names, styles, by, _title(mine, [k for k in keys if k in COMPARISON], rows)
 
 
 SPEED = {"test_acc": ("test", "-"), "train_acc": ("train, all data", "--"),
@@ -910,21 +1026,22 @@ def _band(ax, steps: dict, **kw):
 def dynamics(report: Path, select=None) -> list[Drawing]:
     """Fig. 7: (a) accuracies vs step, (b) gradient coherence vs step, a curve per scheme."""
     out = []
-    for mine, names, by, (title, stem) in _grads(report, ("coherence", *SPEED), select):
+    for mine, names, styles, by, (title, stem) in _grads(report, ("coherence", *SPEED), select):
         fig, axes = _figure(1, 2, width=4.4, height=3.4)
         from matplotlib.lines import Line2D
 
         drawn = set()
-        for i, (key, series) in enumerate(sorted(by.items(), key=lambda kv: names[kv[0]])):
+        for key, series in sorted(by.items(), key=lambda kv: names[kv[0]]):
+            colour = styles[key].color
             for name, (what, style) in SPEED.items():
                 if name in series:
                     drawn.add(name)
-                    _band(axes[0, 0], series[name], color=f"C{i}", linestyle=style,
+                    _band(axes[0, 0], series[name], color=colour, linestyle=style,
                           label="_" + what)  # colour: the scheme; line style: the accuracy
             # each scheme named once (its colour), in panel (b) or by a proxy
-            _band(axes[0, 1], series["coherence"], color=f"C{i}", marker="o", markersize=2,
+            _band(axes[0, 1], series["coherence"], color=colour, marker="o", markersize=2,
                   label=names[key]) if "coherence" in series else axes[0, 1].plot(
-                [], [], color=f"C{i}", label=names[key])
+                [], [], color=colour, label=names[key])
         for name, (what, style) in SPEED.items():
             if name in drawn:
                 axes[0, 0].add_line(Line2D([], [], color="0.3", linestyle=style, label=what))
@@ -945,7 +1062,7 @@ def dynamics(report: Path, select=None) -> list[Drawing]:
 def grad_norms(report: Path, select=None) -> list[Drawing]:
     """Fig. 8: the distribution of per-batch gradient norms during pre-training, per scheme."""
     out = []
-    for mine, names, by, (title, stem) in _grads(report, ("grad_norm",), select):
+    for mine, names, styles, by, (title, stem) in _grads(report, ("grad_norm",), select):
         fig, axes = _figure(width=5.0, height=3.4)
         values = {k: [v for vs in s["grad_norm"].values() for v in vs] for k, s in by.items()}
         finite = np.array([v for vs in values.values() for v in vs if math.isfinite(v)])
@@ -954,6 +1071,7 @@ def grad_norms(report: Path, select=None) -> list[Drawing]:
         for key, vs in sorted(values.items(), key=lambda kv: names[kv[0]]):
             counts, _ = np.histogram([v for v in vs if math.isfinite(v)], edges)
             axes[0, 0].stairs(counts / max(counts.sum(), 1), edges, linewidth=1.4,
+                              color=styles[key].color, linestyle=styles[key].linestyle,
                               label=f"{names[key]} ({len(vs)} batches)")
         axes[0, 0].set(xlabel="mini-batch gradient norm", ylabel="fraction of batches",
                        title=f"Gradient norms during pre-training: {title}")
@@ -992,6 +1110,8 @@ def errors(report: Path, select=None) -> list[Drawing]:
         names = describe({k: dict(zip(keys, k)) for k in by},
                          [k for k in keys if k in LEGEND_FIELDS], always=("t_r",))
         schemes = sorted(by, key=lambda k: names[k])
+        # a scheme's colour as in the IMP figures; the line style says dense or sparse
+        styles = scheme_styles({k: dict(zip(keys, k)) for k in by}, names, distinct=("color",))
         fig, axes = _figure(2, max(2, len(schemes)), width=3.4, height=2.8)
         for ax in axes[1, 2:]:
             ax.set_visible(False)
@@ -1001,9 +1121,10 @@ def errors(report: Path, select=None) -> list[Drawing]:
                 x = [lo for lo, _ in edges] + [edges[-1][1]]
                 y = [bins[e] for e in edges]
                 style = "-" if level == 0 else "--"
-                axes[0, i].stairs(y, x, linestyle=style, color=f"C{i}",
+                colour = styles[key].color
+                axes[0, i].stairs(y, x, linestyle=style, color=colour,
                                   label=f"{names[key]}, level {level}")
-                axes[1, 0 if level == 0 else 1].stairs(y, x, linestyle=style, color=f"C{i}",
+                axes[1, 0 if level == 0 else 1].stairs(y, x, linestyle=style, color=colour,
                                                        label=f"{names[key]}, level {level}")
             axes[0, i].set(title=names[key], xlabel="per-example error ‖p − y‖",
                            ylabel="fraction of examples")

@@ -751,3 +751,71 @@ def test_every_paper_figure_draws_the_datasets_of_its_sweep_files():
         found[f"fig{row[1]}"] = datasets or found.get("fig2")
     assert set(found) == set(PAPER)
     assert found == {name: set(p.datasets) for name, p in PAPER.items()}
+
+
+# --- one look per scheme in every figure (the captions' convention) -------------------------
+
+def looks(fig) -> dict[str, tuple]:
+    """legend -> (colour, marker, line style) of every line drawn, each legend's looks once."""
+    from matplotlib.colors import to_hex
+
+    out: dict = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            if not line.get_label().startswith("_"):
+                out.setdefault(line.get_label(), set()).add(
+                    (to_hex(line.get_color()), line.get_marker(), line.get_linestyle()))
+    return out
+
+
+def test_a_scheme_looks_the_same_in_every_figure_as_the_captions_say(tmp_path, drawn):
+    """Fig. 2's caption: random green circles, easiest red triangles, hardest pink crosses, all
+    data dashed: t_r = 0 yellow, t*/2 orange, t* blue; the same in Figs. 2, 3, 13 and 12."""
+    from matplotlib.colors import to_hex
+
+    from lthfast.figures import draw as draw_paper
+
+    d = tmp_path / "report"
+    write_csv(diet_rows(), d / "imp.csv")
+    figs = {name: draw_paper(name, d) for name in ("fig2", "fig3", "fig12", "fig13")}
+    drawn += [o for out in figs.values() for o in out]
+    want = {"random": ("#2ca02c", "o", "-"), "easiest": ("#d62728", "^", "-"),
+            "hardest": ("#e377c2", "x", "-"), "all data, t_r = 0": ("#e6b800", "None", "--"),
+            "all data, t_r = 2": ("#ff7f0e", "None", "--"),
+            "all data, t_r = 4": ("#1f77b4", "None", "--")}
+    for name in ("fig2", "fig13"):
+        got = looks(figs[name][0].figure)
+        for label, style in want.items():
+            # a subset's legend: its kind (and in Fig. 2 its size), then t_r
+            [mine] = [v for k, v in got.items()
+                      if k == label or k.split(",")[0].split(" ")[0] == label]
+            assert mine == {style}, (name, label, mine)
+    # Fig. 3's horizontal baselines and its subset curves in the same colours
+    for ax in figs["fig3"][0].figure.axes:
+        flat = {line.get_label(): to_hex(line.get_color()) for line in ax.get_lines()
+                if line.get_label().startswith("all data")}
+        assert flat == {k: v[0] for k, v in want.items() if k.startswith("all")}
+        curves = {c.get_label(): to_hex(c.lines[0].get_color()) for c in ax.containers}
+        assert curves["random, t_r = 2"] == "#2ca02c"
+    # Fig. 12: EL2N-ranked easy red triangles, forgetting its own (purple diamonds)
+    got = looks(figs["fig12"][0].figure)
+    assert got["easiest, ranked by el2n, t_r = 2"] == {("#d62728", "^", "-")}
+    assert got["easiest, ranked by forgetting, t_r = 2"] == {("#9467bd", "D", "-")}
+
+
+def test_schemes_the_convention_does_not_name_still_look_apart(tmp_path, drawn):
+    """Two easy subsets only class balance tells apart, an all-data t_r the baselines' roles
+    do not name: every legend its own colour, marker and line style, the default one the
+    convention's."""
+    rows = imp_rows([("imp_all0", "all", "", 0, 0.5), ("imp_all3", "all", "", 3, 0.6),
+                     ("imp_all2", "all", "", 2, 0.6), ("imp_e", "easy", 79, 2, 0.9)],
+                    levels=range(3), rank_by="el2n", class_balanced=False)
+    rows += imp_rows([("imp_eb", "easy", 79, 2, 0.8)], levels=range(3), rank_by="el2n",
+                     class_balanced=True)
+    d = tmp_path / "report"
+    write_csv(rows, d / "imp.csv")
+    [out] = draw("sparsity", d, drawn)
+    got = looks(out.figure)
+    assert all(len(v) == 1 for v in got.values())
+    assert len({v for vs in got.values() for v in vs}) == len(got)
+    assert got["easiest, not class-balanced, t_r = 2"] == {("#d62728", "^", "-")}
