@@ -627,22 +627,31 @@ def _best_sizes(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["run"] in keep]
 
 
+def baseline_t_rs(t) -> set:
+    """The all-data baselines of subsets pre-trained for ``t`` (the paper's t*/2): rewinding to
+    initialisation, all data for as long (t*/2) and for twice as long (t*)."""
+    return {0, t, 2 * t}
+
+
 def _imp_comparisons(report: Path, select=None):
     """(rows, (title, stem)) per comparison of imp.csv (``select``: the rows a paper figure
     draws). Subsets pre-trained for different t_r are a figure each (Fig. 14a: t_r = 200, 14b:
-    400), every all-data baseline in each."""
+    400), each with its own baselines (``baseline_t_rs``); a comparison of all-data runs only
+    draws every one."""
     rows = _chosen(_imp(report), select, Path(report) / "imp.csv")
     if not any(r["test_acc"] is not None and not r["diverged"] for r in rows):
         raise UserError(f"{Path(report) / 'imp.csv'} has no finite IMP result: nothing to draw")
     for key, mine in _groups(rows, COMPARISON).items():
         title, stem = _title(mine, COMPARISON, rows)
         pretrain = sorted({r["t_r"] for r in mine if r["subset_size"] is not None})
-        if len(pretrain) <= 1:
+        if not pretrain:
             yield mine, (title, stem)
             continue
         for t in pretrain:
-            yield ([r for r in mine if r["subset_size"] is None or r["t_r"] == t],
-                   (f"{title}, subsets pre-trained for t_r = {t}", f"{stem}_tr{t}"))
+            keep = [r for r in mine if (r["t_r"] == t if r["subset_size"] is not None
+                                        else r["t_r"] in baseline_t_rs(t))]
+            yield keep, ((title, stem) if len(pretrain) == 1 else
+                         (f"{title}, subsets pre-trained for t_r = {t}", f"{stem}_tr{t}"))
 
 
 @FIGURES.register("best")
@@ -1262,9 +1271,10 @@ def _ranked_by(score: str):
         datasets = {r["dataset"] for r in mine}
         sizes = {r["subset_size"] for r in mine}
         t_rs = {r["t_r"] for r in mine}
+        baselines = {b for t in t_rs for b in baseline_t_rs(t)}
         balanced = {str(r["class_balanced"]) for r in mine}
         others = [r for r in rows if r["dataset"] in datasets and _noise(r) == 0 and (
-            r["subset"] == "all" or (
+            (r["subset"] == "all" and r["t_r"] in baselines) or (
                 r["subset_size"] in sizes and r["t_r"] in t_rs and (
                     (r["subset"] == "easy" and r.get("rank_by") == "el2n"
                      and str(r["class_balanced"]) in balanced)

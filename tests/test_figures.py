@@ -480,20 +480,31 @@ def test_each_paper_figure_draws_the_runs_its_caption_names(tmp_path, drawn, run
         "fig12_sparsity_digits_resnet8.png", "fig12_sparsity_digits_resnet8.pdf"}
 
 
-def test_subsets_pre_trained_for_two_t_r_are_two_figures_each_with_every_baseline(tmp_path,
-                                                                                drawn):
-    """Fig. 14a (t_r = 200) and 14b (t_r = 400) share CINIC-10's baselines."""
+def test_subsets_pre_trained_for_two_t_r_are_two_figures_each_with_its_own_baselines(tmp_path,
+                                                                                   drawn):
+    """Fig. 14a (t_r = 200: baselines 0, 200, 400) and 14b (t_r = 400: 0, 400, 800) draw only
+    the all-data runs the paper compares them with: rewinding to init, t*/2 and t*; a figure
+    of all-data runs only draws every one."""
     rows = imp_rows([("imp_all0", "all", "", 0, 0.5), ("imp_all1", "all", "", 1, 0.6),
-                     ("imp_all2", "all", "", 2, 0.7), ("imp_e1", "easy", 108, 1, 0.8),
-                     ("imp_e2", "easy", 108, 2, 0.9)], levels=range(3))
+                     ("imp_all2", "all", "", 2, 0.7), ("imp_all4", "all", "", 4, 0.7),
+                     ("imp_e1", "easy", 108, 1, 0.8), ("imp_e2", "easy", 108, 2, 0.9)],
+                    levels=range(3))
     d = tmp_path / "report"
     write_csv(rows, d / "imp.csv")
-    out = draw("sparsity", d, drawn)
-    assert [o.stem for o in out] == ["sparsity_digits_resnet8_tr1", "sparsity_digits_resnet8_tr2"]
-    for o, t in zip(out, (1, 2)):
-        assert o.figure.get_suptitle().replace("\n", " ").endswith(f"pre-trained for t_r = {t}")
-        assert legends(o.figure) == ["all data, t_r = 0", "all data, t_r = 1",
-                                     "all data, t_r = 2", f"easiest, t_r = {t}"]
+    for kind in ("sparsity", "best"):
+        out = draw(kind, d, drawn)
+        assert [o.stem for o in out] == [f"{kind}_digits_resnet8_tr1",
+                                         f"{kind}_digits_resnet8_tr2"]
+        for o, t, base in zip(out, (1, 2), ((0, 1, 2), (0, 2, 4))):
+            said = " ".join(filter(None, [o.figure.get_suptitle(),
+                                          o.figure.axes[0].get_title()])).replace("\n", " ")
+            assert f"pre-trained for t_r = {t}" in said
+            assert [x for x in legends(o.figure) if x.startswith(("all", "easiest"))] == [
+                *(f"all data, t_r = {b}" for b in base), f"easiest{' 108' * (kind == 'best')}"
+                f", t_r = {t}"]
+    write_csv([r for r in rows if r["subset"] == "all"], d / "imp.csv")
+    [out] = draw("sparsity", d, drawn)
+    assert legends(out.figure)[:4] == [f"all data, t_r = {t}" for t in (0, 1, 2, 4)]
 
 
 def test_noisy_figures_have_the_rewind_to_init_baseline(tmp_path, drawn):
