@@ -16,7 +16,8 @@ the datasets the paper draws it on (``PAPER``: Fig. 14 CINIC-10 only; at smoke s
 stand-ins, ``lthfast.sweep.smoke.STAND_INS``) into ``figN_<kind>_<comparison>.png``; a kind
 draws every run of every dataset into ``fig_<kind>_...``. Kinds:
 
-- ``best``: accuracy vs weights remaining, the best easy/random/hard subset size (Figs. 2, 4);
+- ``best``: accuracy vs weights remaining, the best easy/random/hard subset size, the all-data
+  baselines at t_r = 0, t*/2, t* and the dense model (level 0 of all data at t*) (Figs. 2, 4);
 - ``sparsity``: the same, one panel per subset size, a colour per scheme (Figs. 11-15);
 - ``size``: accuracy vs subset size at levels 8, 10, 12, all-data baselines as lines (Fig. 3);
 - ``barrier_hist``: distributions of per-example train loss barriers, a panel per subset size
@@ -609,6 +610,27 @@ def _draw_runs(ax, rows: list[dict], names: dict[str, str],
     ax.set(xlabel="weights remaining", ylabel="test accuracy (mean ± std)")
 
 
+def dense_accuracy(rows: list[dict]) -> Optional[float]:
+    """Fig. 2's "dense model": level 0 of IMP (all weights, trained from w_{t_r}) of the all-data
+    run at t* (twice the subsets' t_r), else of the run rewound to initialisation; the mean over
+    its finite replicates (``None``: neither run is drawn)."""
+    t = subsets_t_r(_run_configs(rows).values())
+    for want in ((2 * t) if t else None, 0):
+        accs = [r["test_acc"] for r in rows if r["subset"] == "all" and r["level"] == 0
+                and want is not None and _num(r["t_r"]) == want
+                and r["test_acc"] is not None and not r["diverged"]]
+        if accs:
+            return float(np.mean(accs))
+    return None
+
+
+def _draw_dense(ax, rows: list[dict]) -> None:
+    """The dense model's accuracy, a dashed grey line across the panel."""
+    acc = dense_accuracy(rows)
+    if acc is not None:
+        ax.axhline(acc, label="dense", **DENSE._replace(marker=None).kw(), linewidth=1)
+
+
 def _best_sizes(rows: list[dict]) -> list[dict]:
     """Fig. 2: all-data runs, and per sized scheme (its subset kind and every flag but the size)
     the size with the best mean accuracy over the levels all its sizes reached."""
@@ -662,6 +684,7 @@ def best(report: Path, select=None) -> list[Drawing]:
         fig, axes = _figure(width=5.2, height=3.8)
         names = labels(mine)
         _draw_runs(axes[0, 0], mine, names)
+        _draw_dense(axes[0, 0], mine)
         axes[0, 0].set_title(f"IMP with rewinding, best subset size: {title}")
         _legend(fig, axes)
         out.append(Drawing(f"best_{stem}", fig, "imp.csv"))
@@ -690,6 +713,7 @@ def sparsity(report: Path, select=None) -> list[Drawing]:
         for ax, size in zip(flat, sizes or [None]):
             panel = [r for r in mine if r["subset_size"] in (size, None)]
             _draw_runs(ax, panel, names, styles)
+            _draw_dense(ax, mine)
             ax.set_title(f"subsets of {size} examples" if size else "all data")
         out.append(_finished(fig, axes, f"sparsity_{stem}", "imp.csv",
                              f"IMP with rewinding: {title}"))

@@ -204,7 +204,7 @@ def test_best_keeps_the_best_size_of_each_scheme_and_every_baseline(report, draw
     ax = d.figure.axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert set(lines) == {"easiest 256, t_r = 20", "random 256, t_r = 20",
-                          "all data, t_r = 20", "all data, t_r = 0"}
+                          "all data, t_r = 20", "all data, t_r = 0", "dense"}
     assert lines["all data, t_r = 0"].get_linestyle() == "--"
     assert list(lines["easiest 256, t_r = 20"].get_ydata()) == pytest.approx(
         [0.905, 0.895, 0.885, 0.875])
@@ -448,13 +448,14 @@ def test_sparsity_wraps_panels_and_names_each_scheme_once_in_one_colour(tmp_path
     # the legend: a scheme once (the panel says the size), baselines first, t_r in order, no
     # default flag (random is class-balanced, easy ranked by EL2N), no hash, no score letter
     assert legends(out.figure) == ["all data, t_r = 0", "all data, t_r = 2", "all data, t_r = 4",
-                                   "random, t_r = 2", "easiest, t_r = 2", "hardest, t_r = 2"]
+                                   "random, t_r = 2", "easiest, t_r = 2", "hardest, t_r = 2",
+                                   "dense"]
     colours = {}
     for ax in panels:
         for line in ax.get_lines():
             colours.setdefault(line.get_label(), set()).add(line.get_color())
     assert all(len(c) == 1 for c in colours.values())  # a scheme keeps its colour
-    assert len({c.pop() for c in colours.values()}) == 6  # and no two share one
+    assert len({c.pop() for c in colours.values()}) == 7  # and no two share one
     assert out.stem == "fig13_sparsity_digits_resnet8"
 
 
@@ -470,10 +471,10 @@ def test_each_paper_figure_draws_the_runs_its_caption_names(tmp_path, drawn, run
         f"subsets of {n} examples" for n in (60, 79, 101)]
     assert legends(fig12.figure) == [
         "all data, t_r = 0", "all data, t_r = 2", "all data, t_r = 4",
-        "easiest, ranked by el2n, t_r = 2", "easiest, ranked by forgetting, t_r = 2"]
+        "easiest, ranked by el2n, t_r = 2", "easiest, ranked by forgetting, t_r = 2", "dense"]
     names = {line.get_label() for line in fig2.figure.axes[0].get_lines()}
     assert not any("forgetting" in n or "class-balanced" in n for n in names)
-    assert {n.split()[0] for n in names} == {"all", "random", "easiest", "hardest"}
+    assert {n.split()[0] for n in names} == {"all", "random", "easiest", "hardest", "dense"}
     code, out, err = run_cli(["plot", "fig12", "--out", tmp_path])
     assert code == 0, err
     assert {p.rsplit("/", 1)[1] for p in out.split()} == {
@@ -524,7 +525,7 @@ def test_noisy_figures_have_the_rewind_to_init_baseline(tmp_path, drawn):
     assert [o.stem for o in out] == ["fig4_best_digits_resnet8_0.1", "fig4_best_digits_resnet8_0.5"]
     for o in out:
         assert legends(o.figure) == ["all data, t_r = 0", "all data, t_r = 2",
-                                     "easiest 79, t_r = 2"]
+                                     "easiest 79, t_r = 2", "dense"]
 
 
 def test_long_titles_are_wrapped_to_their_panel(tmp_path, drawn):
@@ -830,3 +831,31 @@ def test_schemes_the_convention_does_not_name_still_look_apart(tmp_path, drawn):
     assert all(len(v) == 1 for v in got.values())
     assert len({v for vs in got.values() for v in vs}) == len(got)
     assert got["easiest, not class-balanced, t_r = 2"] == {("#d62728", "^", "-")}
+
+
+def test_fig2_draws_the_dense_model_dashed_grey_at_level_0(tmp_path, drawn):
+    """Fig. 2's caption: "the dense model (dashed grey)": IMP's level 0 (all weights) of the
+    all-data run at t* (twice the subsets' t_r), in Fig. 2 and in every panel of Fig. 13; the
+    rewind-to-init run's where t* was not run."""
+    from matplotlib.colors import to_hex
+
+    from lthfast.figures import draw as draw_paper
+
+    d = tmp_path / "report"
+    rows = diet_rows()
+    for r in rows:  # each baseline's own dense accuracy, t* = 4 the highest
+        if r["subset"] == "all" and r["level"] == 0:
+            r["test_acc"] = {0: 0.61, 2: 0.62, 4: 0.64}[r["t_r"]]
+    write_csv(rows, d / "imp.csv")
+    for name, want in (("fig2", 0.64), ("fig13", 0.64)):
+        [out] = draw_paper(name, d)
+        drawn.append(out)
+        for ax in (a for a in out.figure.axes if a.get_visible()):
+            [dense] = [line for line in ax.get_lines() if line.get_label() == "dense"]
+            assert list(dense.get_ydata()) == pytest.approx([want, want])
+            assert to_hex(dense.get_color()) == "#7f7f7f" and dense.get_linestyle() == "--"
+    write_csv([r for r in rows if not (r["subset"] == "all" and r["t_r"] == 4)], d / "imp.csv")
+    [out] = draw_paper("fig2", d)
+    drawn.append(out)
+    [dense] = [line for line in out.figure.axes[0].get_lines() if line.get_label() == "dense"]
+    assert dense.get_ydata()[0] == pytest.approx(0.61)
