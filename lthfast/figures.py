@@ -230,6 +230,18 @@ def _legend(fig, axes) -> None:
                    frameon=False)
 
 
+def spread(what: str, counts: Iterable[int]) -> str:
+    """An axis label saying over how many replicates each point is averaged: "mean ± std, n = 3"
+    (or "n = 2–4" where points differ); one replicate has no spread to show, so says so."""
+    ns = sorted({int(n) for n in counts})
+    if not ns:
+        return f"{what} (mean ± std)"
+    if ns == [1]:
+        return f"{what} (1 replicate)"
+    n = str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+    return f"{what} (mean ± std, n = {n})"
+
+
 def _finished(fig, axes, name: str, table: str, title: str) -> Drawing:
     """The tail of every figure: its title, one legend under the panels, named for the table it
     was drawn from."""
@@ -601,13 +613,15 @@ def _draw_runs(ax, rows: list[dict], names: dict[str, str],
     """Curves of IMP runs; ``styles`` (run -> ``Style``, of every run of the figure) keeps a
     run's look across panels (default: the convention's for these runs)."""
     styles = styles or scheme_styles(_run_configs(rows), names)
-    for run, c in curves_by_run(rows).items():
+    drawn = curves_by_run(rows)
+    for run, c in drawn.items():
         x = 100 * c["weights"]
         line, = ax.plot(x, c["mean"], markersize=4, label=names[run], **styles[run].kw())
         ax.fill_between(x, c["mean"] - c["std"], c["mean"] + c["std"], alpha=0.15,
                         color=line.get_color(), linewidth=0)
     percent_axis(ax, [w * 100 for r in rows for w in [r["weights_remaining"]] if w])
-    ax.set(xlabel="weights remaining", ylabel="test accuracy (mean ± std)")
+    ax.set(xlabel="weights remaining",
+           ylabel=spread("test accuracy", [n for c in drawn.values() for n in c["n"]]))
 
 
 def dense_accuracy(rows: list[dict]) -> Optional[float]:
@@ -776,7 +790,10 @@ def size(report: Path, select=None) -> list[Drawing]:
                     ax.axhline(c["mean"][k], linestyle="--", color=styles[run].color,
                                label=base_names[run])
             _plain_log(ax, [x for c in curves_.values() for x in c.get(level, {})])
-            ax.set(xlabel="subset size (examples)", ylabel="test accuracy (mean ± std)",
+            counts = [len(accs) for c in curves_.values() for accs in c.get(level, {}).values()]
+            counts += [c["n"][list(c["level"]).index(level)] for c in base.values()
+                       if level in c["level"]]
+            ax.set(xlabel="subset size (examples)", ylabel=spread("test accuracy", counts),
                    title=f"{100 * weights.get(level, 0.8 ** level):.3g}% weights (level {level})")
         out.append(_finished(fig, axes, f"size_{stem}", "imp.csv",
                              f"Accuracy vs pre-training subset size: {title}"))
@@ -829,10 +846,12 @@ def onset(report: Path, select=None) -> list[Drawing]:
             panels.insert(1, ("test_error_barrier", "test error barrier"))
         fig, axes = _figure(1, len(panels), width=3.8, height=3.3)
         for ax, (col, what) in zip(axes[0], panels):
+            counts = []
             for key, steps in sorted(by.items(), key=lambda kv: names[kv[0]]):
                 xs = sorted(steps)
                 vals = [[float(r[col]) for r in steps[x] if r.get(col, "") not in ("", None)
                          and not (isinstance(r[col], float) and math.isnan(r[col]))] for x in xs]
+                counts += [len(v) for v in vals if v]
                 ax.errorbar(xs, [np.mean(v) if v else np.nan for v in vals],
                             yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals],
                             marker="o", markersize=3, capsize=2, label=names[key])
@@ -843,7 +862,7 @@ def onset(report: Path, select=None) -> list[Drawing]:
                            label=f"{threshold:.0%}: connected below")
                 ax.yaxis.set_major_formatter(PercentFormatter(1.0))
             _symlog_steps(ax, [x for s in by.values() for x in s], "spawn step t")
-            ax.set(ylabel=f"{what} (mean ± std)", title=what)
+            ax.set(ylabel=spread(what, counts), title=what)
         title, stem = _title(mine, ("dataset", "model"), rows)
         out.append(_finished(fig, axes, f"onset_{stem}", "lmc.csv",
                              f"Onset of linear mode connectivity: {title}"))
@@ -1004,7 +1023,9 @@ def warmup(report: Path, select=None) -> list[Drawing]:
                             markersize=3, capsize=2, label=names[key] + n_div,
                             **styles[key]._replace(marker=styles[key].marker or "s").kw())
             _symlog_steps(ax, [x for ts in by.values() for x in ts], "warmup iterations t")
-            ax.set(ylabel="final test accuracy (mean ± std)",
+            ax.set(ylabel=spread("final test accuracy", [
+                       len(ts[x]) for key, ts in by.items()
+                       if configs[key].get("subset_size", "") in (size, "") for x in ts]),
                    title=f"warmup on {size} examples" if size else "warmup on all data")
         title, stem = _title(mine, ("dataset", "model"), rows)
         out.append(_finished(fig, axes, f"warmup_{stem}", "warmup.csv",
@@ -1078,7 +1099,9 @@ def dynamics(report: Path, select=None) -> list[Drawing]:
         for name, (what, style) in SPEED.items():
             if name in drawn:
                 axes[0, 0].add_line(Line2D([], [], color="0.3", linestyle=style, label=what))
-        axes[0, 0].set(xlabel="pre-training step", ylabel="accuracy (mean ± std)",
+        counts = [len(vs) for series in by.values() for name, steps in series.items()
+                  if name in SPEED for vs in steps.values()]
+        axes[0, 0].set(xlabel="pre-training step", ylabel=spread("accuracy", counts),
                        title="(a) learning speed")
         axes[0, 1].set(xlabel="pre-training step", ylabel="cosine to the mean gradient",
                        title="(b) gradient coherence")

@@ -859,3 +859,25 @@ def test_fig2_draws_the_dense_model_dashed_grey_at_level_0(tmp_path, drawn):
     drawn.append(out)
     [dense] = [line for line in out.figure.axes[0].get_lines() if line.get_label() == "dense"]
     assert dense.get_ydata()[0] == pytest.approx(0.61)
+
+
+def test_axis_labels_say_how_many_replicates_each_point_averages(report, tmp_path, drawn):
+    """"mean ± std" with one replicate promises a band that cannot be drawn: the label says n."""
+    from lthfast.figures import draw as draw_paper
+
+    for kind in ("best", "sparsity", "size", "onset", "warmup", "dynamics"):
+        for d in draw(kind, report, drawn):  # every series of 2 replicates but grads' (1)
+            ax = d.figure.axes[0]
+            want = "(1 replicate)" if kind == "dynamics" else "(mean ± std, n = 2)"
+            assert ax.get_ylabel().endswith(want), (kind, ax.get_ylabel())
+    d = tmp_path / "report"
+    rows = diet_rows()
+    rows += [r | {"replicate": 1} for r in rows if r["subset"] == "all"]
+    write_csv(rows, d / "imp.csv")
+    [out] = draw_paper("fig13", d)
+    drawn.append(out)
+    assert out.figure.axes[0].get_ylabel() == "test accuracy (mean ± std, n = 1–2)"
+    write_csv(diet_rows(), d / "imp.csv")
+    [out] = draw_paper("fig2", d)
+    drawn.append(out)
+    assert out.figure.axes[0].get_ylabel() == "test accuracy (1 replicate)"
