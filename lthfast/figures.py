@@ -816,6 +816,22 @@ def _symlog_steps(ax, steps: Iterable[float], label: str) -> None:
     ax.set_xlabel(label)
 
 
+# each barrier's onset in lmc_onset.csv (where its curve stays under the threshold), and its
+# legend's words (the train and test onsets differ, and the legend is the figure's)
+ONSET_OF = {"error_barrier": ("onset", "onset"),
+            "test_error_barrier": ("onset_test", "onset (test error)")}
+
+
+def _onsets(report: Path, keys: list[str]) -> dict[tuple, dict]:
+    """curve key -> its lmc_onset.csv row (``lthfast report``'s onset of each curve); none where
+    the table is missing (an older report: the curves are drawn without their onset)."""
+    path = Path(report) / "lmc_onset.csv"
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        return {tuple(r.get(k, "") or "" for k in keys): r for r in csv.DictReader(f)}
+
+
 @FIGURES.register("onset")
 def onset(report: Path, select=None) -> list[Drawing]:
     columns = _columns(report, "lmc.csv") if (Path(report) / "lmc.csv").exists() else []
@@ -829,6 +845,7 @@ def onset(report: Path, select=None) -> list[Drawing]:
     has_test = "test_error_barrier" in columns
     keys = key_columns(columns, ("t_r", "spawn_step"))
     threshold = _threshold()
+    onsets = _onsets(report, keys)
     out = []
     for _, mine in _groups(rows, [k for k in keys if k in ("dataset", "model")]).items():
         by = defaultdict(lambda: defaultdict(list))
@@ -852,9 +869,16 @@ def onset(report: Path, select=None) -> list[Drawing]:
                 vals = [[float(r[col]) for r in steps[x] if r.get(col, "") not in ("", None)
                          and not (isinstance(r[col], float) and math.isnan(r[col]))] for x in xs]
                 counts += [len(v) for v in vals if v]
-                ax.errorbar(xs, [np.mean(v) if v else np.nan for v in vals],
-                            yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals],
-                            marker="o", markersize=3, capsize=2, label=names[key])
+                curve = ax.errorbar(xs, [np.mean(v) if v else np.nan for v in vals],
+                                    yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals],
+                                    marker="o", markersize=3, capsize=2, label=names[key])
+                field, words = ONSET_OF.get(col, ("", ""))
+                step = onsets.get(tuple(str(k) for k in key), {}).get(field, "")
+                if step not in ("", None):  # the first step from which it stays connected
+                    who = f"{names[key]}: " if len(by) > 1 else ""
+                    ax.axvline(float(step), color=curve.lines[0].get_color(), linestyle=":",
+                               linewidth=1.2, label=f"{who}{words} t̄ = {step}")
+            ax.axhline(0, color="k", linewidth=0.6)  # a barrier below 0: the midpoint is better
             if col != "loss_barrier":
                 from matplotlib.ticker import PercentFormatter
 

@@ -881,3 +881,29 @@ def test_axis_labels_say_how_many_replicates_each_point_averages(report, tmp_pat
     [out] = draw_paper("fig2", d)
     drawn.append(out)
     assert out.figure.axes[0].get_ylabel() == "test accuracy (1 replicate)"
+
+
+def test_onset_marks_each_curves_onset_from_the_onset_table(tmp_path, drawn):
+    """lmc_onset.csv's onset (train error barrier) and onset_test: a dotted vertical line at
+    that step in the curve's colour, named in the legend; a zero line in every panel."""
+    from lthfast.results import onset_columns, onset_rows
+
+    rows = [{"run": f"lmc_{t}", **BASE, "subset": "all", "spawn_step": t, "t_r": t, "level": "",
+             "children": 2, "alphas": "0.5", "bn": "average", "replicate": 0,
+             "loss_barrier": 0.1 / (t + 1), "error_barrier": 0.3 if t < 4 else 0.01,
+             "test_error_barrier": 0.3 if t < 8 else 0.01} for t in (0, 2, 4, 8)]
+    d = tmp_path / "report"
+    columns = (*LMC_COLUMNS, "test_error_barrier")
+    write_csv(rows, d / "lmc.csv", columns)
+    onset_table = onset_rows(rows, columns)
+    write_csv(onset_table, d / "lmc_onset.csv", onset_columns(onset_table))
+    [out] = draw("onset", d, drawn)
+    train, test, loss = out.figure.axes
+    for ax, step, words in ((train, 4, "onset"), (test, 8, "onset (test error)")):
+        [mark] = [line for line in ax.get_lines() if line.get_label().startswith("onset")]
+        assert mark.get_label() == f"{words} t̄ = {step}" and list(mark.get_xdata()) == [step] * 2
+        assert mark.get_linestyle() == ":"
+        assert mark.get_color() == ax.containers[0].lines[0].get_color()
+    for ax in (train, test, loss):
+        assert any(list(line.get_ydata()) == [0, 0] for line in ax.get_lines())
+    assert "onset t̄ = 4" in legends(out.figure)
