@@ -923,9 +923,12 @@ def barrier_hist(report: Path, select=None) -> list[Drawing]:
     out = []
     for _, mine in _groups(rows, fixed).items():
         by = defaultdict(lambda: defaultdict(list))
+        beyond = defaultdict(list)  # per curve, each replicate's fraction beyond the bins
         for r in mine:
-            by[tuple(r.get(k, "") for k in keys)][(r["bin_left"], r["bin_right"])].append(
-                r["fraction"])
+            key = tuple(r.get(k, "") for k in keys)
+            by[key][(r["bin_left"], r["bin_right"])].append(r["fraction"])
+            if _num(r.get("beyond")) is not None:
+                beyond[key].append(_num(r["beyond"]))
         configs = {k: dict(zip(keys, k)) for k in by}
         names = describe({k: {f: v for f, v in c.items() if f != "subset_size"}
                           for k, c in configs.items()},
@@ -940,8 +943,13 @@ def barrier_hist(report: Path, select=None) -> list[Drawing]:
                 edges = sorted(bins)
                 x = [lo for lo, _ in edges] + [edges[-1][1]]
                 y = [float(np.mean(bins[e])) for e in edges]
-                ax.stairs(y, x, label=names[key], linewidth=1.4, color=styles[key].color,
-                          linestyle=styles[key].linestyle)
+                # the tails beyond the bins are not drawn: the legend says how much (of the
+                # scheme's examples, every size's together: one legend entry per scheme)
+                cut = [c for k in by if names[k] == names[key] for c in beyond[k]]
+                cut = float(np.mean(cut)) if cut else 0.0
+                ax.stairs(y, x, linewidth=1.4, color=styles[key].color,
+                          linestyle=styles[key].linestyle, label=names[key] + (
+                              f" ({cut:.1%} beyond the range shown)" if cut > 0 else ""))
             ax.axvline(0, color="k", linewidth=0.6)
             ax.set(xlabel="per-example train loss barrier",
                    ylabel="fraction of training examples",
@@ -1355,7 +1363,7 @@ def _ranked_by(score: str):
 
 
 HIST_IGNORE = {*SCHEME_FIELDS, "spawn_step", "run", "parent", "replicate", "bin_left",
-               "bin_right", "fraction", "mean", "barrier", "level"}
+               "bin_right", "fraction", "mean", "beyond", "barrier", "level"}
 
 
 def fig5_barriers(rows: list[dict]) -> list[dict]:

@@ -907,3 +907,42 @@ def test_onset_marks_each_curves_onset_from_the_onset_table(tmp_path, drawn):
     for ax in (train, test, loss):
         assert any(list(line.get_ydata()) == [0, 0] for line in ax.get_lines())
     assert "onset t̄ = 4" in legends(out.figure)
+
+
+def test_barrier_histograms_say_how_much_lies_beyond_the_bins(tmp_path, drawn):
+    """The loss barrier's bins end at its 0.5% / 99.5% quantiles: the tails are not folded into
+    the end bins but counted (``beyond``) and named in the legend."""
+    hist = [{"run": "lmc_x", **BASE, "subset": s, "subset_size": n, "t_r": 2, "spawn_step": 2,
+             "level": "", "children": 2, "replicate": 0, "barrier": "loss_barrier",
+             "bin_left": i / 10, "bin_right": (i + 1) / 10, "fraction": f, "mean": 0.1,
+             "beyond": cut}
+            for s, n, fr, cut in (("all", "", (0.5, 0.49), 0.01), ("easy", 45, (0.5, 0.5), 0.0))
+            for i, f in enumerate(fr)]
+    d = tmp_path / "report"
+    write_csv(hist, d / "barrier_hist.csv",
+              (*LMC_COLUMNS[:LMC_COLUMNS.index("replicate") + 1], "barrier", "bin_left",
+               "bin_right", "fraction", "mean", "beyond"))
+    [out] = draw("barrier_hist", d, drawn)
+    assert legends(out.figure) == ["all data, t_r = 2 (1.0% beyond the range shown)",
+                                   "easiest, t_r = 2"]
+
+
+def test_the_report_counts_barriers_beyond_the_bins_instead_of_folding_them(tmp_path,
+                                                                           monkeypatch):
+    """Two far outliers of 1,000 examples: past the 99.5% quantile's bin edge, so counted in
+    ``beyond`` (0.2%), never in the end bins."""
+    from types import SimpleNamespace
+
+    import lthfast.results as R
+
+    np.save(tmp_path / "loss_barrier.npy", np.concatenate([np.linspace(0, 1, 998), [50, -50]]))
+    stage = SimpleNamespace(array=lambda kind: tmp_path / f"{kind}.npy")
+    run = SimpleNamespace(stage=lambda *a: stage, name="pre_x")
+    monkeypatch.setattr(R, "summaries", lambda out, kind, damaged: iter([(
+        run, {"lr": 0.1, "train_steps": 4}, tmp_path / "lmc_x.json", {"spawn_step": 2},
+        [(0, None)])]))
+    rows = R.barrier_hist_rows(tmp_path)
+    assert rows and all(r["barrier"] == "loss_barrier" for r in rows)
+    assert rows[0]["beyond"] >= 0.002
+    assert sum(r["fraction"] for r in rows) + rows[0]["beyond"] == pytest.approx(1.0)
+    assert rows[-1]["fraction"] < 0.05  # the end bin holds no folded tail
