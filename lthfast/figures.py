@@ -6,14 +6,18 @@ PNG and PDF in one style; each file's metadata names the table it was drawn from
 (a comparison: runs that share everything but what the paper varies in that figure); a curve is
 one configuration (every flag; replicates are averaged, mean ± std), and a legend names, in
 words, only the flags that differ between the curves drawn (a flag at its default for the
-subset's kind, e.g. random's class balance, is not named), all-data baselines first. Subsets
+subset's kind, e.g. random's class balance, is not named), all-data baselines first. A scheme
+looks the same in every figure, as the paper's captions draw it (``CONVENTION``: random green
+circles, easiest red triangles, hardest pink crosses, all data dashed at t_r = 0 / t*/2 / t*
+yellow / orange / blue); one the captions do not name gets a spare look of its own. Subsets
 pre-trained for different t_r are a figure each (Fig. 14a, 14b). A paper name draws only the
 runs its caption names (``SELECT``: Fig. 12 its forgetting and EL2N subsets, Fig. 2 not them) on
 the datasets the paper draws it on (``PAPER``: Fig. 14 CINIC-10 only; at smoke scale their
 stand-ins, ``lthfast.sweep.smoke.STAND_INS``) into ``figN_<kind>_<comparison>.png``; a kind
 draws every run of every dataset into ``fig_<kind>_...``. Kinds:
 
-- ``best``: accuracy vs weights remaining, the best easy/random/hard subset size (Figs. 2, 4);
+- ``best``: accuracy vs weights remaining, the best easy/random/hard subset size, the all-data
+  baselines at t_r = 0, t*/2, t* and the dense model (level 0 of all data at t*) (Figs. 2, 4);
 - ``sparsity``: the same, one panel per subset size, a colour per scheme (Figs. 11-15);
 - ``size``: accuracy vs subset size at levels 8, 10, 12, all-data baselines as lines (Fig. 3);
 - ``barrier_hist``: distributions of per-example train loss barriers, a panel per subset size
@@ -226,12 +230,132 @@ def _legend(fig, axes) -> None:
                    frameon=False)
 
 
+def spread(what: str, counts: Iterable[int]) -> str:
+    """An axis label saying over how many replicates each point is averaged: "mean ± std, n = 3"
+    (or "n = 2–4" where points differ); one replicate has no spread to show, so says so."""
+    ns = sorted({int(n) for n in counts})
+    if not ns:
+        return f"{what} (mean ± std)"
+    if ns == [1]:
+        return f"{what} (1 replicate)"
+    n = str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+    return f"{what} (mean ± std, n = {n})"
+
+
 def _finished(fig, axes, name: str, table: str, title: str) -> Drawing:
     """The tail of every figure: its title, one legend under the panels, named for the table it
     was drawn from."""
     fig.suptitle(title)
     _legend(fig, axes)
     return Drawing(name, fig, table)
+
+
+# --- one look per scheme --------------------------------------------------------------------
+# The paper's captions fix how a scheme looks (Fig. 2: random green circles, easiest red
+# triangles, hardest pink crosses, all data dashed: t_r = 0 yellow, t*/2 orange, t* blue, the
+# dense model grey; Fig. 11: lowest LMC scores light blue squares). Every figure draws a scheme
+# so, whatever else it draws beside it; Fig. 12's forgetting ranking gets purple diamonds.
+
+class Style(NamedTuple):
+    color: str
+    marker: Optional[str]
+    linestyle: str
+
+    def kw(self) -> dict:
+        return {"color": self.color, "marker": self.marker, "linestyle": self.linestyle}
+
+
+CONVENTION = {
+    ("subset", "random"): Style("#2ca02c", "o", "-"),
+    ("subset", "easy"): Style("#d62728", "^", "-"),
+    ("subset", "hard"): Style("#e377c2", "x", "-"),
+    ("rank_by", "lmc"): Style("#6baed6", "s", "-"),
+    ("rank_by", "forgetting"): Style("#9467bd", "D", "-"),
+    ("all", "init"): Style("#e6b800", None, "--"),  # rewinding to initialisation: t_r = 0
+    ("all", "half"): Style("#ff7f0e", None, "--"),  # the subsets' t_r: t*/2
+    ("all", "full"): Style("#1f77b4", None, "--"),  # twice the subsets' t_r: t*
+}
+DENSE = Style("#7f7f7f", None, "--")
+# A scheme the convention does not name (another all-data t_r, a second easy subset that only
+# its class balance tells apart): a colour and marker the convention does not use, picked by
+# the scheme's name so it is the same in every figure where it is free.
+SPARE_COLOURS = ("#8c564b", "#17becf", "#bcbd22", "#000000", "#393b79", "#843c39", "#637939",
+                 "#7b4173")
+SPARE_MARKERS = ("v", "P", "*", "h", "<", ">", "d", "p")
+# an all-data baseline's role: its t_r over the subsets' t_r
+ROLES = {0.0: "init", 1.0: "half", 2.0: "full"}
+
+
+def _num(value) -> Optional[float]:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def subsets_t_r(configs: Iterable[dict]) -> Optional[float]:
+    """The t_r the figure's subsets were pre-trained for (the smallest, if several); with no
+    subsets, the smallest positive all-data t_r plays t*/2."""
+    configs = list(configs)
+    for pick in (lambda c: c.get("subset") not in ("all", None, ""),
+                 lambda c: (_num(c.get("t_r")) or 0) > 0):
+        ts = [_num(c.get("t_r")) for c in configs if pick(c)]
+        ts = [t for t in ts if t is not None]
+        if ts:
+            return min(ts)
+    return None
+
+
+def _convention(config: dict, t: Optional[float]) -> Optional[Style]:
+    """The convention's style for one scheme, ``None`` where it names none."""
+    if config.get("subset") == "all":
+        mine = _num(config.get("t_r"))
+        if mine == 0:
+            return CONVENTION[("all", "init")]
+        role = ROLES.get(mine / t) if mine is not None and t else None
+        return CONVENTION.get(("all", role))
+    return CONVENTION.get(("rank_by", str(config.get("rank_by") or ""))) or CONVENTION.get(
+        ("subset", str(config.get("subset"))))
+
+
+def scheme_styles(configs: dict, names: dict, distinct=("color", "marker", "linestyle")
+                  ) -> dict:
+    """key -> ``Style``: the convention's for each scheme (``configs``: key -> columns; keys with
+    one legend in ``names`` are one scheme, one style). No two legends share the ``distinct``
+    fields (a figure telling schemes apart by colour alone asks for ``("color",)``): where two
+    would, the one at its defaults keeps the convention's and the other a spare."""
+    import zlib
+
+    t = subsets_t_r(configs.values())
+    first = {}
+    for key in sorted(configs, key=lambda k: legend_order(names[k])):
+        first.setdefault(names[key], key)
+    claims = sorted(first, key=lambda n: (not all(is_default(f, configs[first[n]])
+                                                  for f in DEFAULTS), legend_order(n)))
+    spare = [(c, m) for c in SPARE_COLOURS for m in SPARE_MARKERS]
+    taken, out = set(), {}
+    for name in claims:
+        config = configs[first[name]]
+        style = _convention(config, t)
+        if style is None or tuple(getattr(style, f) for f in distinct) in taken:
+            line = "--" if config.get("subset") == "all" else "-"
+            start = zlib.crc32(name.encode()) % len(spare)
+            for i in range(len(spare)):
+                c, m = spare[(start + i) % len(spare)]
+                style = Style(c, None if line == "--" and "marker" not in distinct else m, line)
+                if tuple(getattr(style, f) for f in distinct) not in taken:
+                    break
+        taken.add(tuple(getattr(style, f) for f in distinct))
+        out[name] = style
+    return {key: out[names[key]] for key in configs}
+
+
+def _run_configs(rows: list[dict]) -> dict:
+    """run -> its columns (its first row)."""
+    out = {}
+    for r in rows:
+        out.setdefault(r["run"], r)
+    return out
 
 
 # --- tables ---------------------------------------------------------------------------------
@@ -484,23 +608,41 @@ def _plain_log(ax, values: Iterable[float]) -> None:
         ax.set_xlim(ticks[0] / 1.25, ticks[-1] * 1.25)
 
 
-STYLE = {"all": dict(linestyle="--", marker=None), "random": dict(marker="o"),
-         "easy": dict(marker="^"), "hard": dict(marker="x")}
-
-
 def _draw_runs(ax, rows: list[dict], names: dict[str, str],
-               colours: Optional[dict] = None) -> None:
-    """Curves of IMP runs; ``colours`` (run -> colour) keeps a run's colour across panels."""
-    subsets = {r["run"]: r["subset"] for r in rows}
-    for run, c in curves_by_run(rows).items():
+               styles: Optional[dict] = None) -> None:
+    """Curves of IMP runs; ``styles`` (run -> ``Style``, of every run of the figure) keeps a
+    run's look across panels (default: the convention's for these runs)."""
+    styles = styles or scheme_styles(_run_configs(rows), names)
+    drawn = curves_by_run(rows)
+    for run, c in drawn.items():
         x = 100 * c["weights"]
-        kw = {"color": colours[run]} if colours and run in colours else {}
-        line, = ax.plot(x, c["mean"], markersize=4, label=names[run], **kw,
-                        **STYLE.get(subsets[run], dict(marker="s")))
+        line, = ax.plot(x, c["mean"], markersize=4, label=names[run], **styles[run].kw())
         ax.fill_between(x, c["mean"] - c["std"], c["mean"] + c["std"], alpha=0.15,
                         color=line.get_color(), linewidth=0)
     percent_axis(ax, [w * 100 for r in rows for w in [r["weights_remaining"]] if w])
-    ax.set(xlabel="weights remaining", ylabel="test accuracy (mean ± std)")
+    ax.set(xlabel="weights remaining",
+           ylabel=spread("test accuracy", [n for c in drawn.values() for n in c["n"]]))
+
+
+def dense_accuracy(rows: list[dict]) -> Optional[float]:
+    """Fig. 2's "dense model": level 0 of IMP (all weights, trained from w_{t_r}) of the all-data
+    run at t* (twice the subsets' t_r), else of the run rewound to initialisation; the mean over
+    its finite replicates (``None``: neither run is drawn)."""
+    t = subsets_t_r(_run_configs(rows).values())
+    for want in ((2 * t) if t else None, 0):
+        accs = [r["test_acc"] for r in rows if r["subset"] == "all" and r["level"] == 0
+                and want is not None and _num(r["t_r"]) == want
+                and r["test_acc"] is not None and not r["diverged"]]
+        if accs:
+            return float(np.mean(accs))
+    return None
+
+
+def _draw_dense(ax, rows: list[dict]) -> None:
+    """The dense model's accuracy, a dashed grey line across the panel."""
+    acc = dense_accuracy(rows)
+    if acc is not None:
+        ax.axhline(acc, label="dense", **DENSE._replace(marker=None).kw(), linewidth=1)
 
 
 def _best_sizes(rows: list[dict]) -> list[dict]:
@@ -521,22 +663,31 @@ def _best_sizes(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["run"] in keep]
 
 
+def baseline_t_rs(t) -> set:
+    """The all-data baselines of subsets pre-trained for ``t`` (the paper's t*/2): rewinding to
+    initialisation, all data for as long (t*/2) and for twice as long (t*)."""
+    return {0, t, 2 * t}
+
+
 def _imp_comparisons(report: Path, select=None):
     """(rows, (title, stem)) per comparison of imp.csv (``select``: the rows a paper figure
     draws). Subsets pre-trained for different t_r are a figure each (Fig. 14a: t_r = 200, 14b:
-    400), every all-data baseline in each."""
+    400), each with its own baselines (``baseline_t_rs``); a comparison of all-data runs only
+    draws every one."""
     rows = _chosen(_imp(report), select, Path(report) / "imp.csv")
     if not any(r["test_acc"] is not None and not r["diverged"] for r in rows):
         raise UserError(f"{Path(report) / 'imp.csv'} has no finite IMP result: nothing to draw")
     for key, mine in _groups(rows, COMPARISON).items():
         title, stem = _title(mine, COMPARISON, rows)
         pretrain = sorted({r["t_r"] for r in mine if r["subset_size"] is not None})
-        if len(pretrain) <= 1:
+        if not pretrain:
             yield mine, (title, stem)
             continue
         for t in pretrain:
-            yield ([r for r in mine if r["subset_size"] is None or r["t_r"] == t],
-                   (f"{title}, subsets pre-trained for t_r = {t}", f"{stem}_tr{t}"))
+            keep = [r for r in mine if (r["t_r"] == t if r["subset_size"] is not None
+                                        else r["t_r"] in baseline_t_rs(t))]
+            yield keep, ((title, stem) if len(pretrain) == 1 else
+                         (f"{title}, subsets pre-trained for t_r = {t}", f"{stem}_tr{t}"))
 
 
 @FIGURES.register("best")
@@ -546,8 +697,8 @@ def best(report: Path, select=None) -> list[Drawing]:
         mine = _best_sizes(mine)
         fig, axes = _figure(width=5.2, height=3.8)
         names = labels(mine)
-        order = sorted(names, key=lambda run: legend_order(names[run]))
-        _draw_runs(axes[0, 0], mine, names, {run: f"C{order.index(run) % 10}" for run in names})
+        _draw_runs(axes[0, 0], mine, names)
+        _draw_dense(axes[0, 0], mine)
         axes[0, 0].set_title(f"IMP with rewinding, best subset size: {title}")
         _legend(fig, axes)
         out.append(Drawing(f"best_{stem}", fig, "imp.csv"))
@@ -572,11 +723,11 @@ def sparsity(report: Path, select=None) -> list[Drawing]:
         sizes = sorted({r["subset_size"] for r in mine if r["subset_size"] is not None})
         fig, axes, flat = _panels(len(sizes), width=3.8, height=3.2, sharey=True)
         names = _scheme_names(mine)
-        order = sorted(set(names.values()), key=legend_order)
-        colours = {run: f"C{order.index(name) % 10}" for run, name in names.items()}
+        styles = scheme_styles(_run_configs(mine), names)
         for ax, size in zip(flat, sizes or [None]):
             panel = [r for r in mine if r["subset_size"] in (size, None)]
-            _draw_runs(ax, panel, names, colours)
+            _draw_runs(ax, panel, names, styles)
+            _draw_dense(ax, mine)
             ax.set_title(f"subsets of {size} examples" if size else "all data")
         out.append(_finished(fig, axes, f"sparsity_{stem}", "imp.csv",
                              f"IMP with rewinding: {title}"))
@@ -589,6 +740,11 @@ PAPER_LEVELS = (8, 10, 12)  # Fig. 3: 16.8%, 10.7%, 6.9% weights remaining
 def size_curves(rows: list[dict]) -> dict[str, dict[int, dict[int, list[float]]]]:
     """legend -> level -> subset size -> test accuracies of the finite replicates, from imp.csv
     rows of sized subsets; a curve is the whole config but the subset size."""
+    return _size_schemes(rows)[0]
+
+
+def _size_schemes(rows: list[dict]) -> tuple[dict, dict]:
+    """``size_curves``, and legend -> the scheme's columns."""
     by = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     keys = tuple(c for c in CONFIG_COLUMNS if c != "subset_size")
     for r in rows:
@@ -596,16 +752,22 @@ def size_curves(rows: list[dict]) -> dict[str, dict[int, dict[int, list[float]]]
             by[tuple(r[c] for c in keys)][r["level"]][r["subset_size"]].append(r["test_acc"])
     configs = {key: dict(zip(keys, key)) for key in by}
     names = describe(configs, [f for f in LEGEND_FIELDS if f != "subset_size"], always=("t_r",))
-    return dict(sorted((names[key], by[key]) for key in by))
+    return (dict(sorted((names[key], by[key]) for key in by)),
+            {names[key]: config for key, config in configs.items()})
 
 
 @FIGURES.register("size")
 def size(report: Path, select=None) -> list[Drawing]:
     out = []
     for mine, (title, stem) in _imp_comparisons(report, select):
-        curves_ = size_curves(mine)
+        curves_, schemes = _size_schemes(mine)
         if not curves_:
             continue
+        base_rows = _run_configs([r for r in mine if r["subset_size"] is None])
+        base_names = {run: f"all data, t_r = {c['t_r']}" for run, c in base_rows.items()}
+        # one look per legend for the subsets' curves and the baselines' lines together
+        styles = scheme_styles({**schemes, **base_rows}, {**{n: n for n in schemes},
+                                                          **base_names})
         reached = sorted({level for c in curves_.values() for level in c})
         levels = [lv for lv in PAPER_LEVELS if lv in reached] or reached[-3:]
         fig, axes = _figure(1, len(levels), width=3.8, height=3.4, sharey=True)
@@ -620,14 +782,18 @@ def size(report: Path, select=None) -> list[Drawing]:
                 xs = sorted(sizes)
                 ax.errorbar(xs, [np.mean(sizes[x]) for x in xs],
                             yerr=[np.std(sizes[x], ddof=1) if len(sizes[x]) > 1 else 0
-                                  for x in xs], marker="o", markersize=3, capsize=2, label=label)
-            for i, (run, c) in enumerate(sorted(base.items(), key=lambda kv: base_t[kv[0]])):
+                                  for x in xs], markersize=3, capsize=2, label=label,
+                            **styles[label].kw())
+            for run, c in sorted(base.items(), key=lambda kv: base_t[kv[0]]):
                 if level in c["level"]:
                     k = list(c["level"]).index(level)
-                    ax.axhline(c["mean"][k], linestyle="--", color=f"C{7 + i % 3}",
-                               label=f"all data, t_r = {base_t[run]}")
+                    ax.axhline(c["mean"][k], linestyle="--", color=styles[run].color,
+                               label=base_names[run])
             _plain_log(ax, [x for c in curves_.values() for x in c.get(level, {})])
-            ax.set(xlabel="subset size (examples)", ylabel="test accuracy (mean ± std)",
+            counts = [len(accs) for c in curves_.values() for accs in c.get(level, {}).values()]
+            counts += [c["n"][list(c["level"]).index(level)] for c in base.values()
+                       if level in c["level"]]
+            ax.set(xlabel="subset size (examples)", ylabel=spread("test accuracy", counts),
                    title=f"{100 * weights.get(level, 0.8 ** level):.3g}% weights (level {level})")
         out.append(_finished(fig, axes, f"size_{stem}", "imp.csv",
                              f"Accuracy vs pre-training subset size: {title}"))
@@ -650,6 +816,22 @@ def _symlog_steps(ax, steps: Iterable[float], label: str) -> None:
     ax.set_xlabel(label)
 
 
+# each barrier's onset in lmc_onset.csv (where its curve stays under the threshold), and its
+# legend's words (the train and test onsets differ, and the legend is the figure's)
+ONSET_OF = {"error_barrier": ("onset", "onset"),
+            "test_error_barrier": ("onset_test", "onset (test error)")}
+
+
+def _onsets(report: Path, keys: list[str]) -> dict[tuple, dict]:
+    """curve key -> its lmc_onset.csv row (``lthfast report``'s onset of each curve); none where
+    the table is missing (an older report: the curves are drawn without their onset)."""
+    path = Path(report) / "lmc_onset.csv"
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        return {tuple(r.get(k, "") or "" for k in keys): r for r in csv.DictReader(f)}
+
+
 @FIGURES.register("onset")
 def onset(report: Path, select=None) -> list[Drawing]:
     columns = _columns(report, "lmc.csv") if (Path(report) / "lmc.csv").exists() else []
@@ -663,6 +845,7 @@ def onset(report: Path, select=None) -> list[Drawing]:
     has_test = "test_error_barrier" in columns
     keys = key_columns(columns, ("t_r", "spawn_step"))
     threshold = _threshold()
+    onsets = _onsets(report, keys)
     out = []
     for _, mine in _groups(rows, [k for k in keys if k in ("dataset", "model")]).items():
         by = defaultdict(lambda: defaultdict(list))
@@ -680,13 +863,22 @@ def onset(report: Path, select=None) -> list[Drawing]:
             panels.insert(1, ("test_error_barrier", "test error barrier"))
         fig, axes = _figure(1, len(panels), width=3.8, height=3.3)
         for ax, (col, what) in zip(axes[0], panels):
+            counts = []
             for key, steps in sorted(by.items(), key=lambda kv: names[kv[0]]):
                 xs = sorted(steps)
                 vals = [[float(r[col]) for r in steps[x] if r.get(col, "") not in ("", None)
                          and not (isinstance(r[col], float) and math.isnan(r[col]))] for x in xs]
-                ax.errorbar(xs, [np.mean(v) if v else np.nan for v in vals],
-                            yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals],
-                            marker="o", markersize=3, capsize=2, label=names[key])
+                counts += [len(v) for v in vals if v]
+                curve = ax.errorbar(xs, [np.mean(v) if v else np.nan for v in vals],
+                                    yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals],
+                                    marker="o", markersize=3, capsize=2, label=names[key])
+                field, words = ONSET_OF.get(col, ("", ""))
+                step = onsets.get(tuple(str(k) for k in key), {}).get(field, "")
+                if step not in ("", None):  # the first step from which it stays connected
+                    who = f"{names[key]}: " if len(by) > 1 else ""
+                    ax.axvline(float(step), color=curve.lines[0].get_color(), linestyle=":",
+                               linewidth=1.2, label=f"{who}{words} t̄ = {step}")
+            ax.axhline(0, color="k", linewidth=0.6)  # a barrier below 0: the midpoint is better
             if col != "loss_barrier":
                 from matplotlib.ticker import PercentFormatter
 
@@ -694,7 +886,7 @@ def onset(report: Path, select=None) -> list[Drawing]:
                            label=f"{threshold:.0%}: connected below")
                 ax.yaxis.set_major_formatter(PercentFormatter(1.0))
             _symlog_steps(ax, [x for s in by.values() for x in s], "spawn step t")
-            ax.set(ylabel=f"{what} (mean ± std)", title=what)
+            ax.set(ylabel=spread(what, counts), title=what)
         title, stem = _title(mine, ("dataset", "model"), rows)
         out.append(_finished(fig, axes, f"onset_{stem}", "lmc.csv",
                              f"Onset of linear mode connectivity: {title}"))
@@ -731,14 +923,17 @@ def barrier_hist(report: Path, select=None) -> list[Drawing]:
     out = []
     for _, mine in _groups(rows, fixed).items():
         by = defaultdict(lambda: defaultdict(list))
+        beyond = defaultdict(list)  # per curve, each replicate's fraction beyond the bins
         for r in mine:
-            by[tuple(r.get(k, "") for k in keys)][(r["bin_left"], r["bin_right"])].append(
-                r["fraction"])
+            key = tuple(r.get(k, "") for k in keys)
+            by[key][(r["bin_left"], r["bin_right"])].append(r["fraction"])
+            if _num(r.get("beyond")) is not None:
+                beyond[key].append(_num(r["beyond"]))
         configs = {k: dict(zip(keys, k)) for k in by}
         names = describe({k: {f: v for f, v in c.items() if f != "subset_size"}
                           for k, c in configs.items()},
                          [k for k in keys if k not in fixed], always=("t_r",), unique=False)
-        order = sorted(set(names.values()), key=legend_order)
+        styles = scheme_styles(configs, names, distinct=("color", "linestyle"))
         sizes = sorted({c.get("subset_size", "") for c in configs.values()} - {""}, key=int)
         fig, axes, flat = _panels(len(sizes), width=3.6, height=3.0, sharex=True, sharey=True)
         for ax, size in zip(flat, sizes or [""]):
@@ -748,10 +943,13 @@ def barrier_hist(report: Path, select=None) -> list[Drawing]:
                 edges = sorted(bins)
                 x = [lo for lo, _ in edges] + [edges[-1][1]]
                 y = [float(np.mean(bins[e])) for e in edges]
-                subset = configs[key].get("subset", "")
-                ax.stairs(y, x, label=names[key], linewidth=1.4,
-                          color=f"C{order.index(names[key]) % 10}",
-                          linestyle="--" if subset == "all" else "-")
+                # the tails beyond the bins are not drawn: the legend says how much (of the
+                # scheme's examples, every size's together: one legend entry per scheme)
+                cut = [c for k in by if names[k] == names[key] for c in beyond[k]]
+                cut = float(np.mean(cut)) if cut else 0.0
+                ax.stairs(y, x, linewidth=1.4, color=styles[key].color,
+                          linestyle=styles[key].linestyle, label=names[key] + (
+                              f" ({cut:.1%} beyond the range shown)" if cut > 0 else ""))
             ax.axvline(0, color="k", linewidth=0.6)
             ax.set(xlabel="per-example train loss barrier",
                    ylabel="fraction of training examples",
@@ -794,15 +992,17 @@ def barriers(report: Path, select=None) -> list[Drawing]:
     values = [tuple(r.get(k, "") for k in keys) for r in rows]
     names = describe({v: dict(zip(keys, v)) for v in values}, keys, always=("t_r",))
     fig, axes = _figure(2, len(datasets), width=4.0, height=3.0)
-    order = sorted(set(names.values()), key=legend_order)
+    styles = scheme_styles({v: dict(zip(keys, v)) for v in values}, names,
+                           distinct=("color", "marker"))
     for col, d in enumerate(datasets):
         mine = [r for r in rows if r["dataset"] == d]
         for r in mine:
-            name = names[tuple(r.get(k, "") for k in keys)]
-            c = f"C{order.index(name) % 10}"
-            marker = STYLE.get(r["subset"], {}).get("marker") or "s"
+            key = tuple(r.get(k, "") for k in keys)
+            # a point needs a marker: all data's lines have none, so squares
+            style = styles[key]
             for ax, x in ((axes[0, col], r["pretrain_acc"]), (axes[1, col], r[barrier])):
-                ax.scatter(x, r["test_acc"], color=c, marker=marker, s=22, label=name)
+                ax.scatter(x, r["test_acc"], color=style.color, marker=style.marker or "s",
+                           s=22, label=names[key])
         w = mine[0].get("weights_remaining", "")
         what = (f"{100 * float(w):.3g}% weights, level {level_of[d]}" if w
                 else f"level {level_of[d]}")
@@ -841,7 +1041,7 @@ def warmup(report: Path, select=None) -> list[Drawing]:
                           for k, c in configs.items()},
                          [k for k in keys if k not in ("dataset", "model", "subset_size")],
                          unique=False)
-        order = sorted(set(names.values()), key=legend_order)
+        styles = scheme_styles(configs, names)
         sizes = sorted({c.get("subset_size", "") for c in configs.values()} - {""}, key=int)
         fig, axes = _figure(1, max(1, len(sizes)), width=4.0, height=3.4, sharey=True)
         for ax, size in zip(axes[0], sizes or [""]):
@@ -852,12 +1052,12 @@ def warmup(report: Path, select=None) -> list[Drawing]:
                 n_div = f" ({diverged[key]} diverged)" if diverged[key] else ""
                 ax.errorbar(xs, [np.mean(ts[x]) for x in xs],
                             yerr=[np.std(ts[x], ddof=1) if len(ts[x]) > 1 else 0 for x in xs],
-                            marker=STYLE.get(configs[key].get("subset"), {}).get("marker") or "s",
-                            color=f"C{order.index(names[key]) % 10}",
                             markersize=3, capsize=2, label=names[key] + n_div,
-                            linestyle="--" if configs[key].get("subset") == "all" else "-")
+                            **styles[key]._replace(marker=styles[key].marker or "s").kw())
             _symlog_steps(ax, [x for ts in by.values() for x in ts], "warmup iterations t")
-            ax.set(ylabel="final test accuracy (mean ± std)",
+            ax.set(ylabel=spread("final test accuracy", [
+                       len(ts[x]) for key, ts in by.items()
+                       if configs[key].get("subset_size", "") in (size, "") for x in ts]),
                    title=f"warmup on {size} examples" if size else "warmup on all data")
         title, stem = _title(mine, ("dataset", "model"), rows)
         out.append(_finished(fig, axes, f"warmup_{stem}", "warmup.csv",
@@ -887,7 +1087,9 @@ def _grads(report: Path, series: Iterable[str], select=None):
         by = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
         for r in mine:
             by[tuple(r.get(k, "") for k in keys)][r["series"]][r["step"]].append(r["value"])
-        yield mine, names, by, _title(mine, [k for k in keys if k in COMPARISON], rows)
+        # a scheme's colour as in the IMP figures (line styles here say other things)
+        styles = scheme_styles(configs, names, distinct=("color",))
+        yield mine, names, styles, by, _title(mine, [k for k in keys if k in COMPARISON], rows)
 
 
 SPEED = {"test_acc": ("test", "-"), "train_acc": ("train, all data", "--"),
@@ -910,25 +1112,28 @@ def _band(ax, steps: dict, **kw):
 def dynamics(report: Path, select=None) -> list[Drawing]:
     """Fig. 7: (a) accuracies vs step, (b) gradient coherence vs step, a curve per scheme."""
     out = []
-    for mine, names, by, (title, stem) in _grads(report, ("coherence", *SPEED), select):
+    for mine, names, styles, by, (title, stem) in _grads(report, ("coherence", *SPEED), select):
         fig, axes = _figure(1, 2, width=4.4, height=3.4)
         from matplotlib.lines import Line2D
 
         drawn = set()
-        for i, (key, series) in enumerate(sorted(by.items(), key=lambda kv: names[kv[0]])):
+        for key, series in sorted(by.items(), key=lambda kv: names[kv[0]]):
+            colour = styles[key].color
             for name, (what, style) in SPEED.items():
                 if name in series:
                     drawn.add(name)
-                    _band(axes[0, 0], series[name], color=f"C{i}", linestyle=style,
+                    _band(axes[0, 0], series[name], color=colour, linestyle=style,
                           label="_" + what)  # colour: the scheme; line style: the accuracy
             # each scheme named once (its colour), in panel (b) or by a proxy
-            _band(axes[0, 1], series["coherence"], color=f"C{i}", marker="o", markersize=2,
+            _band(axes[0, 1], series["coherence"], color=colour, marker="o", markersize=2,
                   label=names[key]) if "coherence" in series else axes[0, 1].plot(
-                [], [], color=f"C{i}", label=names[key])
+                [], [], color=colour, label=names[key])
         for name, (what, style) in SPEED.items():
             if name in drawn:
                 axes[0, 0].add_line(Line2D([], [], color="0.3", linestyle=style, label=what))
-        axes[0, 0].set(xlabel="pre-training step", ylabel="accuracy (mean ± std)",
+        counts = [len(vs) for series in by.values() for name, steps in series.items()
+                  if name in SPEED for vs in steps.values()]
+        axes[0, 0].set(xlabel="pre-training step", ylabel=spread("accuracy", counts),
                        title="(a) learning speed")
         axes[0, 1].set(xlabel="pre-training step", ylabel="cosine to the mean gradient",
                        title="(b) gradient coherence")
@@ -945,7 +1150,7 @@ def dynamics(report: Path, select=None) -> list[Drawing]:
 def grad_norms(report: Path, select=None) -> list[Drawing]:
     """Fig. 8: the distribution of per-batch gradient norms during pre-training, per scheme."""
     out = []
-    for mine, names, by, (title, stem) in _grads(report, ("grad_norm",), select):
+    for mine, names, styles, by, (title, stem) in _grads(report, ("grad_norm",), select):
         fig, axes = _figure(width=5.0, height=3.4)
         values = {k: [v for vs in s["grad_norm"].values() for v in vs] for k, s in by.items()}
         finite = np.array([v for vs in values.values() for v in vs if math.isfinite(v)])
@@ -954,6 +1159,7 @@ def grad_norms(report: Path, select=None) -> list[Drawing]:
         for key, vs in sorted(values.items(), key=lambda kv: names[kv[0]]):
             counts, _ = np.histogram([v for v in vs if math.isfinite(v)], edges)
             axes[0, 0].stairs(counts / max(counts.sum(), 1), edges, linewidth=1.4,
+                              color=styles[key].color, linestyle=styles[key].linestyle,
                               label=f"{names[key]} ({len(vs)} batches)")
         axes[0, 0].set(xlabel="mini-batch gradient norm", ylabel="fraction of batches",
                        title=f"Gradient norms during pre-training: {title}")
@@ -992,6 +1198,8 @@ def errors(report: Path, select=None) -> list[Drawing]:
         names = describe({k: dict(zip(keys, k)) for k in by},
                          [k for k in keys if k in LEGEND_FIELDS], always=("t_r",))
         schemes = sorted(by, key=lambda k: names[k])
+        # a scheme's colour as in the IMP figures; the line style says dense or sparse
+        styles = scheme_styles({k: dict(zip(keys, k)) for k in by}, names, distinct=("color",))
         fig, axes = _figure(2, max(2, len(schemes)), width=3.4, height=2.8)
         for ax in axes[1, 2:]:
             ax.set_visible(False)
@@ -1001,9 +1209,10 @@ def errors(report: Path, select=None) -> list[Drawing]:
                 x = [lo for lo, _ in edges] + [edges[-1][1]]
                 y = [bins[e] for e in edges]
                 style = "-" if level == 0 else "--"
-                axes[0, i].stairs(y, x, linestyle=style, color=f"C{i}",
+                colour = styles[key].color
+                axes[0, i].stairs(y, x, linestyle=style, color=colour,
                                   label=f"{names[key]}, level {level}")
-                axes[1, 0 if level == 0 else 1].stairs(y, x, linestyle=style, color=f"C{i}",
+                axes[1, 0 if level == 0 else 1].stairs(y, x, linestyle=style, color=colour,
                                                        label=f"{names[key]}, level {level}")
             axes[0, i].set(title=names[key], xlabel="per-example error ‖p − y‖",
                            ylabel="fraction of examples")
@@ -1141,9 +1350,10 @@ def _ranked_by(score: str):
         datasets = {r["dataset"] for r in mine}
         sizes = {r["subset_size"] for r in mine}
         t_rs = {r["t_r"] for r in mine}
+        baselines = {b for t in t_rs for b in baseline_t_rs(t)}
         balanced = {str(r["class_balanced"]) for r in mine}
         others = [r for r in rows if r["dataset"] in datasets and _noise(r) == 0 and (
-            r["subset"] == "all" or (
+            (r["subset"] == "all" and r["t_r"] in baselines) or (
                 r["subset_size"] in sizes and r["t_r"] in t_rs and (
                     (r["subset"] == "easy" and r.get("rank_by") == "el2n"
                      and str(r["class_balanced"]) in balanced)
@@ -1153,7 +1363,7 @@ def _ranked_by(score: str):
 
 
 HIST_IGNORE = {*SCHEME_FIELDS, "spawn_step", "run", "parent", "replicate", "bin_left",
-               "bin_right", "fraction", "mean", "barrier", "level"}
+               "bin_right", "fraction", "mean", "beyond", "barrier", "level"}
 
 
 def fig5_barriers(rows: list[dict]) -> list[dict]:

@@ -218,13 +218,15 @@ def key_columns(columns: Iterable[str], leave_out: Iterable[str] = ()) -> tuple[
 
 # Per-example barrier histograms (Fig. 5 left and centre): one row per bin.
 HIST_BINS = 40
-BARRIER_HIST_VALUES = ("barrier", "bin_left", "bin_right", "fraction", "mean")
+BARRIER_HIST_VALUES = ("barrier", "bin_left", "bin_right", "fraction", "mean", "beyond")
 
 
 def barrier_hist_rows(out: Path, damaged: Optional[Damaged] = None) -> list[dict]:
     """The distribution of per-example barriers of every LMC replicate (the chosen barrier's
     per-example arrays), as histograms on edges shared by every replicate of the store so that
-    curves compare: fraction of examples per bin, and the replicate's mean."""
+    curves compare: fraction of examples per bin, the replicate's mean, and the fraction of its
+    examples beyond the edges (the loss barrier's are its 0.5% and 99.5% quantiles: the tails are
+    counted there, not folded into the end bins)."""
     arrays = []
     for run, identity, path, summary, reps in summaries(out, "lmc", damaged):
         settings = {k: summary[k] for k in ("spawn_step", "level", "children", "bn")
@@ -263,11 +265,13 @@ def barrier_hist_rows(out: Path, damaged: Optional[Damaged] = None) -> list[dict
         lo, hi = np.quantile(finite, [0.005, 0.995]) if kind == "loss_barrier" else (-1.0, 1.0)
         edges = np.linspace(lo, hi if hi > lo else lo + 1.0, HIST_BINS + 1)
         for row, v in mine:
-            counts, _ = np.histogram(np.clip(v[np.isfinite(v)], edges[0], edges[-1]), edges)
+            counts, _ = np.histogram(v[np.isfinite(v)], edges)
             total = max(int(np.isfinite(v).sum()), 1)
+            beyond = 1 - counts.sum() / total
             for i, c in enumerate(counts):
                 rows.append(row | {"bin_left": float(edges[i]), "bin_right": float(edges[i + 1]),
-                                   "fraction": c / total, "mean": float(np.nanmean(v))})
+                                   "fraction": c / total, "mean": float(np.nanmean(v)),
+                                   "beyond": float(beyond)})
     return rows
 
 

@@ -204,7 +204,7 @@ def test_best_keeps_the_best_size_of_each_scheme_and_every_baseline(report, draw
     ax = d.figure.axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert set(lines) == {"easiest 256, t_r = 20", "random 256, t_r = 20",
-                          "all data, t_r = 20", "all data, t_r = 0"}
+                          "all data, t_r = 20", "all data, t_r = 0", "dense"}
     assert lines["all data, t_r = 0"].get_linestyle() == "--"
     assert list(lines["easiest 256, t_r = 20"].get_ydata()) == pytest.approx(
         [0.905, 0.895, 0.885, 0.875])
@@ -448,13 +448,14 @@ def test_sparsity_wraps_panels_and_names_each_scheme_once_in_one_colour(tmp_path
     # the legend: a scheme once (the panel says the size), baselines first, t_r in order, no
     # default flag (random is class-balanced, easy ranked by EL2N), no hash, no score letter
     assert legends(out.figure) == ["all data, t_r = 0", "all data, t_r = 2", "all data, t_r = 4",
-                                   "random, t_r = 2", "easiest, t_r = 2", "hardest, t_r = 2"]
+                                   "random, t_r = 2", "easiest, t_r = 2", "hardest, t_r = 2",
+                                   "dense"]
     colours = {}
     for ax in panels:
         for line in ax.get_lines():
             colours.setdefault(line.get_label(), set()).add(line.get_color())
     assert all(len(c) == 1 for c in colours.values())  # a scheme keeps its colour
-    assert len({c.pop() for c in colours.values()}) == 6  # and no two share one
+    assert len({c.pop() for c in colours.values()}) == 7  # and no two share one
     assert out.stem == "fig13_sparsity_digits_resnet8"
 
 
@@ -470,30 +471,41 @@ def test_each_paper_figure_draws_the_runs_its_caption_names(tmp_path, drawn, run
         f"subsets of {n} examples" for n in (60, 79, 101)]
     assert legends(fig12.figure) == [
         "all data, t_r = 0", "all data, t_r = 2", "all data, t_r = 4",
-        "easiest, ranked by el2n, t_r = 2", "easiest, ranked by forgetting, t_r = 2"]
+        "easiest, ranked by el2n, t_r = 2", "easiest, ranked by forgetting, t_r = 2", "dense"]
     names = {line.get_label() for line in fig2.figure.axes[0].get_lines()}
     assert not any("forgetting" in n or "class-balanced" in n for n in names)
-    assert {n.split()[0] for n in names} == {"all", "random", "easiest", "hardest"}
+    assert {n.split()[0] for n in names} == {"all", "random", "easiest", "hardest", "dense"}
     code, out, err = run_cli(["plot", "fig12", "--out", tmp_path])
     assert code == 0, err
     assert {p.rsplit("/", 1)[1] for p in out.split()} == {
         "fig12_sparsity_digits_resnet8.png", "fig12_sparsity_digits_resnet8.pdf"}
 
 
-def test_subsets_pre_trained_for_two_t_r_are_two_figures_each_with_every_baseline(tmp_path,
-                                                                                drawn):
-    """Fig. 14a (t_r = 200) and 14b (t_r = 400) share CINIC-10's baselines."""
+def test_subsets_pre_trained_for_two_t_r_are_two_figures_each_with_its_own_baselines(tmp_path,
+                                                                                   drawn):
+    """Fig. 14a (t_r = 200: baselines 0, 200, 400) and 14b (t_r = 400: 0, 400, 800) draw only
+    the all-data runs the paper compares them with: rewinding to init, t*/2 and t*; a figure
+    of all-data runs only draws every one."""
     rows = imp_rows([("imp_all0", "all", "", 0, 0.5), ("imp_all1", "all", "", 1, 0.6),
-                     ("imp_all2", "all", "", 2, 0.7), ("imp_e1", "easy", 108, 1, 0.8),
-                     ("imp_e2", "easy", 108, 2, 0.9)], levels=range(3))
+                     ("imp_all2", "all", "", 2, 0.7), ("imp_all4", "all", "", 4, 0.7),
+                     ("imp_e1", "easy", 108, 1, 0.8), ("imp_e2", "easy", 108, 2, 0.9)],
+                    levels=range(3))
     d = tmp_path / "report"
     write_csv(rows, d / "imp.csv")
-    out = draw("sparsity", d, drawn)
-    assert [o.stem for o in out] == ["sparsity_digits_resnet8_tr1", "sparsity_digits_resnet8_tr2"]
-    for o, t in zip(out, (1, 2)):
-        assert o.figure.get_suptitle().replace("\n", " ").endswith(f"pre-trained for t_r = {t}")
-        assert legends(o.figure) == ["all data, t_r = 0", "all data, t_r = 1",
-                                     "all data, t_r = 2", f"easiest, t_r = {t}"]
+    for kind in ("sparsity", "best"):
+        out = draw(kind, d, drawn)
+        assert [o.stem for o in out] == [f"{kind}_digits_resnet8_tr1",
+                                         f"{kind}_digits_resnet8_tr2"]
+        for o, t, base in zip(out, (1, 2), ((0, 1, 2), (0, 2, 4))):
+            said = " ".join(filter(None, [o.figure.get_suptitle(),
+                                          o.figure.axes[0].get_title()])).replace("\n", " ")
+            assert f"pre-trained for t_r = {t}" in said
+            assert [x for x in legends(o.figure) if x.startswith(("all", "easiest"))] == [
+                *(f"all data, t_r = {b}" for b in base), f"easiest{' 108' * (kind == 'best')}"
+                f", t_r = {t}"]
+    write_csv([r for r in rows if r["subset"] == "all"], d / "imp.csv")
+    [out] = draw("sparsity", d, drawn)
+    assert legends(out.figure)[:4] == [f"all data, t_r = {t}" for t in (0, 1, 2, 4)]
 
 
 def test_noisy_figures_have_the_rewind_to_init_baseline(tmp_path, drawn):
@@ -513,7 +525,7 @@ def test_noisy_figures_have_the_rewind_to_init_baseline(tmp_path, drawn):
     assert [o.stem for o in out] == ["fig4_best_digits_resnet8_0.1", "fig4_best_digits_resnet8_0.5"]
     for o in out:
         assert legends(o.figure) == ["all data, t_r = 0", "all data, t_r = 2",
-                                     "easiest 79, t_r = 2"]
+                                     "easiest 79, t_r = 2", "dense"]
 
 
 def test_long_titles_are_wrapped_to_their_panel(tmp_path, drawn):
@@ -751,3 +763,186 @@ def test_every_paper_figure_draws_the_datasets_of_its_sweep_files():
         found[f"fig{row[1]}"] = datasets or found.get("fig2")
     assert set(found) == set(PAPER)
     assert found == {name: set(p.datasets) for name, p in PAPER.items()}
+
+
+# --- one look per scheme in every figure (the captions' convention) -------------------------
+
+def looks(fig) -> dict[str, tuple]:
+    """legend -> (colour, marker, line style) of every line drawn, each legend's looks once."""
+    from matplotlib.colors import to_hex
+
+    out: dict = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            if not line.get_label().startswith("_"):
+                out.setdefault(line.get_label(), set()).add(
+                    (to_hex(line.get_color()), line.get_marker(), line.get_linestyle()))
+    return out
+
+
+def test_a_scheme_looks_the_same_in_every_figure_as_the_captions_say(tmp_path, drawn):
+    """Fig. 2's caption: random green circles, easiest red triangles, hardest pink crosses, all
+    data dashed: t_r = 0 yellow, t*/2 orange, t* blue; the same in Figs. 2, 3, 13 and 12."""
+    from matplotlib.colors import to_hex
+
+    from lthfast.figures import draw as draw_paper
+
+    d = tmp_path / "report"
+    write_csv(diet_rows(), d / "imp.csv")
+    figs = {name: draw_paper(name, d) for name in ("fig2", "fig3", "fig12", "fig13")}
+    drawn += [o for out in figs.values() for o in out]
+    want = {"random": ("#2ca02c", "o", "-"), "easiest": ("#d62728", "^", "-"),
+            "hardest": ("#e377c2", "x", "-"), "all data, t_r = 0": ("#e6b800", "None", "--"),
+            "all data, t_r = 2": ("#ff7f0e", "None", "--"),
+            "all data, t_r = 4": ("#1f77b4", "None", "--")}
+    for name in ("fig2", "fig13"):
+        got = looks(figs[name][0].figure)
+        for label, style in want.items():
+            # a subset's legend: its kind (and in Fig. 2 its size), then t_r
+            [mine] = [v for k, v in got.items()
+                      if k == label or k.split(",")[0].split(" ")[0] == label]
+            assert mine == {style}, (name, label, mine)
+    # Fig. 3's horizontal baselines and its subset curves in the same colours
+    for ax in figs["fig3"][0].figure.axes:
+        flat = {line.get_label(): to_hex(line.get_color()) for line in ax.get_lines()
+                if line.get_label().startswith("all data")}
+        assert flat == {k: v[0] for k, v in want.items() if k.startswith("all")}
+        curves = {c.get_label(): to_hex(c.lines[0].get_color()) for c in ax.containers}
+        assert curves["random, t_r = 2"] == "#2ca02c"
+    # Fig. 12: EL2N-ranked easy red triangles, forgetting its own (purple diamonds)
+    got = looks(figs["fig12"][0].figure)
+    assert got["easiest, ranked by el2n, t_r = 2"] == {("#d62728", "^", "-")}
+    assert got["easiest, ranked by forgetting, t_r = 2"] == {("#9467bd", "D", "-")}
+
+
+def test_schemes_the_convention_does_not_name_still_look_apart(tmp_path, drawn):
+    """Two easy subsets only class balance tells apart, an all-data t_r the baselines' roles
+    do not name: every legend its own colour, marker and line style, the default one the
+    convention's."""
+    rows = imp_rows([("imp_all0", "all", "", 0, 0.5), ("imp_all3", "all", "", 3, 0.6),
+                     ("imp_all2", "all", "", 2, 0.6), ("imp_e", "easy", 79, 2, 0.9)],
+                    levels=range(3), rank_by="el2n", class_balanced=False)
+    rows += imp_rows([("imp_eb", "easy", 79, 2, 0.8)], levels=range(3), rank_by="el2n",
+                     class_balanced=True)
+    d = tmp_path / "report"
+    write_csv(rows, d / "imp.csv")
+    [out] = draw("sparsity", d, drawn)
+    got = looks(out.figure)
+    assert all(len(v) == 1 for v in got.values())
+    assert len({v for vs in got.values() for v in vs}) == len(got)
+    assert got["easiest, not class-balanced, t_r = 2"] == {("#d62728", "^", "-")}
+
+
+def test_fig2_draws_the_dense_model_dashed_grey_at_level_0(tmp_path, drawn):
+    """Fig. 2's caption: "the dense model (dashed grey)": IMP's level 0 (all weights) of the
+    all-data run at t* (twice the subsets' t_r), in Fig. 2 and in every panel of Fig. 13; the
+    rewind-to-init run's where t* was not run."""
+    from matplotlib.colors import to_hex
+
+    from lthfast.figures import draw as draw_paper
+
+    d = tmp_path / "report"
+    rows = diet_rows()
+    for r in rows:  # each baseline's own dense accuracy, t* = 4 the highest
+        if r["subset"] == "all" and r["level"] == 0:
+            r["test_acc"] = {0: 0.61, 2: 0.62, 4: 0.64}[r["t_r"]]
+    write_csv(rows, d / "imp.csv")
+    for name, want in (("fig2", 0.64), ("fig13", 0.64)):
+        [out] = draw_paper(name, d)
+        drawn.append(out)
+        for ax in (a for a in out.figure.axes if a.get_visible()):
+            [dense] = [line for line in ax.get_lines() if line.get_label() == "dense"]
+            assert list(dense.get_ydata()) == pytest.approx([want, want])
+            assert to_hex(dense.get_color()) == "#7f7f7f" and dense.get_linestyle() == "--"
+    write_csv([r for r in rows if not (r["subset"] == "all" and r["t_r"] == 4)], d / "imp.csv")
+    [out] = draw_paper("fig2", d)
+    drawn.append(out)
+    [dense] = [line for line in out.figure.axes[0].get_lines() if line.get_label() == "dense"]
+    assert dense.get_ydata()[0] == pytest.approx(0.61)
+
+
+def test_axis_labels_say_how_many_replicates_each_point_averages(report, tmp_path, drawn):
+    """"mean ± std" with one replicate promises a band that cannot be drawn: the label says n."""
+    from lthfast.figures import draw as draw_paper
+
+    for kind in ("best", "sparsity", "size", "onset", "warmup", "dynamics"):
+        for d in draw(kind, report, drawn):  # every series of 2 replicates but grads' (1)
+            ax = d.figure.axes[0]
+            want = "(1 replicate)" if kind == "dynamics" else "(mean ± std, n = 2)"
+            assert ax.get_ylabel().endswith(want), (kind, ax.get_ylabel())
+    d = tmp_path / "report"
+    rows = diet_rows()
+    rows += [r | {"replicate": 1} for r in rows if r["subset"] == "all"]
+    write_csv(rows, d / "imp.csv")
+    [out] = draw_paper("fig13", d)
+    drawn.append(out)
+    assert out.figure.axes[0].get_ylabel() == "test accuracy (mean ± std, n = 1–2)"
+    write_csv(diet_rows(), d / "imp.csv")
+    [out] = draw_paper("fig2", d)
+    drawn.append(out)
+    assert out.figure.axes[0].get_ylabel() == "test accuracy (1 replicate)"
+
+
+def test_onset_marks_each_curves_onset_from_the_onset_table(tmp_path, drawn):
+    """lmc_onset.csv's onset (train error barrier) and onset_test: a dotted vertical line at
+    that step in the curve's colour, named in the legend; a zero line in every panel."""
+    from lthfast.results import onset_columns, onset_rows
+
+    rows = [{"run": f"lmc_{t}", **BASE, "subset": "all", "spawn_step": t, "t_r": t, "level": "",
+             "children": 2, "alphas": "0.5", "bn": "average", "replicate": 0,
+             "loss_barrier": 0.1 / (t + 1), "error_barrier": 0.3 if t < 4 else 0.01,
+             "test_error_barrier": 0.3 if t < 8 else 0.01} for t in (0, 2, 4, 8)]
+    d = tmp_path / "report"
+    columns = (*LMC_COLUMNS, "test_error_barrier")
+    write_csv(rows, d / "lmc.csv", columns)
+    onset_table = onset_rows(rows, columns)
+    write_csv(onset_table, d / "lmc_onset.csv", onset_columns(onset_table))
+    [out] = draw("onset", d, drawn)
+    train, test, loss = out.figure.axes
+    for ax, step, words in ((train, 4, "onset"), (test, 8, "onset (test error)")):
+        [mark] = [line for line in ax.get_lines() if line.get_label().startswith("onset")]
+        assert mark.get_label() == f"{words} t̄ = {step}" and list(mark.get_xdata()) == [step] * 2
+        assert mark.get_linestyle() == ":"
+        assert mark.get_color() == ax.containers[0].lines[0].get_color()
+    for ax in (train, test, loss):
+        assert any(list(line.get_ydata()) == [0, 0] for line in ax.get_lines())
+    assert "onset t̄ = 4" in legends(out.figure)
+
+
+def test_barrier_histograms_say_how_much_lies_beyond_the_bins(tmp_path, drawn):
+    """The loss barrier's bins end at its 0.5% / 99.5% quantiles: the tails are not folded into
+    the end bins but counted (``beyond``) and named in the legend."""
+    hist = [{"run": "lmc_x", **BASE, "subset": s, "subset_size": n, "t_r": 2, "spawn_step": 2,
+             "level": "", "children": 2, "replicate": 0, "barrier": "loss_barrier",
+             "bin_left": i / 10, "bin_right": (i + 1) / 10, "fraction": f, "mean": 0.1,
+             "beyond": cut}
+            for s, n, fr, cut in (("all", "", (0.5, 0.49), 0.01), ("easy", 45, (0.5, 0.5), 0.0))
+            for i, f in enumerate(fr)]
+    d = tmp_path / "report"
+    write_csv(hist, d / "barrier_hist.csv",
+              (*LMC_COLUMNS[:LMC_COLUMNS.index("replicate") + 1], "barrier", "bin_left",
+               "bin_right", "fraction", "mean", "beyond"))
+    [out] = draw("barrier_hist", d, drawn)
+    assert legends(out.figure) == ["all data, t_r = 2 (1.0% beyond the range shown)",
+                                   "easiest, t_r = 2"]
+
+
+def test_the_report_counts_barriers_beyond_the_bins_instead_of_folding_them(tmp_path,
+                                                                           monkeypatch):
+    """Two far outliers of 1,000 examples: past the 99.5% quantile's bin edge, so counted in
+    ``beyond`` (0.2%), never in the end bins."""
+    from types import SimpleNamespace
+
+    import lthfast.results as R
+
+    np.save(tmp_path / "loss_barrier.npy", np.concatenate([np.linspace(0, 1, 998), [50, -50]]))
+    stage = SimpleNamespace(array=lambda kind: tmp_path / f"{kind}.npy")
+    run = SimpleNamespace(stage=lambda *a: stage, name="pre_x")
+    monkeypatch.setattr(R, "summaries", lambda out, kind, damaged: iter([(
+        run, {"lr": 0.1, "train_steps": 4}, tmp_path / "lmc_x.json", {"spawn_step": 2},
+        [(0, None)])]))
+    rows = R.barrier_hist_rows(tmp_path)
+    assert rows and all(r["barrier"] == "loss_barrier" for r in rows)
+    assert rows[0]["beyond"] >= 0.002
+    assert sum(r["fraction"] for r in rows) + rows[0]["beyond"] == pytest.approx(1.0)
+    assert rows[-1]["fraction"] < 0.05  # the end bin holds no folded tail
