@@ -127,6 +127,20 @@ def same_task(a: str, b: str) -> bool:
     return a == b or a + "_0" == b or a == b + "_0"
 
 
+@pytest.fixture(autouse=True)
+def empty_queue_after(request):
+    """Each cluster test leaves the queue empty: a job of the last test still holding the node's
+    cores (a requeued task resuming, a paused one sleeping out its pause) would keep the next
+    test's array pending past that test's own deadlines."""
+    yield
+    if "slurm_conf" not in request.fixturenames:
+        return
+    env = _env(SLURM_CONF=request.getfixturevalue("slurm_conf"))
+    subprocess.run(["scancel", "--user", "root"], capture_output=True, env=env)
+    until(lambda: not subprocess.run(["squeue", "-h"], capture_output=True, text=True,
+                                     env=env).stdout.strip(), 120, "an empty queue")
+
+
 @pytest.fixture(scope="module")
 def reference(data_root, tmp_path_factory):
     """The in-process launcher's weights for the two-point grid (the one-point grid's runs are
