@@ -52,6 +52,7 @@ import csv
 import io
 import math
 import re
+import zlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, NamedTuple, Optional
@@ -324,8 +325,6 @@ def scheme_styles(configs: dict, names: dict, distinct=("color", "marker", "line
     one legend in ``names`` are one scheme, one style). No two legends share the ``distinct``
     fields (a figure telling schemes apart by colour alone asks for ``("color",)``): where two
     would, the one at its defaults keeps the convention's and the other a spare."""
-    import zlib
-
     t = subsets_t_r(configs.values())
     first = {}
     for key in sorted(configs, key=lambda k: legend_order(names[k])):
@@ -638,9 +637,8 @@ def dense_accuracy(rows: list[dict]) -> Optional[float]:
     return None
 
 
-def _draw_dense(ax, rows: list[dict]) -> None:
-    """The dense model's accuracy, a dashed grey line across the panel."""
-    acc = dense_accuracy(rows)
+def _draw_dense(ax, acc: Optional[float]) -> None:
+    """The dense model's accuracy (``dense_accuracy``), a dashed grey line across the panel."""
     if acc is not None:
         ax.axhline(acc, label="dense", **DENSE._replace(marker=None).kw(), linewidth=1)
 
@@ -698,7 +696,7 @@ def best(report: Path, select=None) -> list[Drawing]:
         fig, axes = _figure(width=5.2, height=3.8)
         names = labels(mine)
         _draw_runs(axes[0, 0], mine, names)
-        _draw_dense(axes[0, 0], mine)
+        _draw_dense(axes[0, 0], dense_accuracy(mine))
         axes[0, 0].set_title(f"IMP with rewinding, best subset size: {title}")
         _legend(fig, axes)
         out.append(Drawing(f"best_{stem}", fig, "imp.csv"))
@@ -724,10 +722,11 @@ def sparsity(report: Path, select=None) -> list[Drawing]:
         fig, axes, flat = _panels(len(sizes), width=3.8, height=3.2, sharey=True)
         names = _scheme_names(mine)
         styles = scheme_styles(_run_configs(mine), names)
+        dense = dense_accuracy(mine)  # the same line in every panel
         for ax, size in zip(flat, sizes or [None]):
             panel = [r for r in mine if r["subset_size"] in (size, None)]
             _draw_runs(ax, panel, names, styles)
-            _draw_dense(ax, mine)
+            _draw_dense(ax, dense)
             ax.set_title(f"subsets of {size} examples" if size else "all data")
         out.append(_finished(fig, axes, f"sparsity_{stem}", "imp.csv",
                              f"IMP with rewinding: {title}"))

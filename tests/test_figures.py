@@ -99,8 +99,11 @@ def drawn(monkeypatch):
         plt.close(d.figure)
 
 
-def draw(kind, report, made):
-    out = FIGURES[kind](report)
+def draw(name, report, made):
+    """The figures of a kind or a paper name (``fig14``), kept in ``made`` to be closed."""
+    from lthfast.figures import draw as draw_figures
+
+    out = draw_figures(name, report)
     made += out
     return out
 
@@ -437,12 +440,10 @@ def diet_rows(**extra):
 
 
 def test_sparsity_wraps_panels_and_names_each_scheme_once_in_one_colour(tmp_path, drawn):
-    from lthfast.figures import draw as draw_paper
 
     d = tmp_path / "report"
     write_csv(diet_rows(), d / "imp.csv")
-    [out] = draw_paper("fig13", d)
-    drawn.append(out)
+    [out] = draw("fig13", d, drawn)
     panels = [ax for ax in out.figure.axes if ax.get_visible()]
     assert len(panels) == 8 and len({round(ax.get_position().y0, 3) for ax in panels}) == 2
     # the legend: a scheme once (the panel says the size), baselines first, t_r in order, no
@@ -460,13 +461,11 @@ def test_sparsity_wraps_panels_and_names_each_scheme_once_in_one_colour(tmp_path
 
 
 def test_each_paper_figure_draws_the_runs_its_caption_names(tmp_path, drawn, run_cli):
-    from lthfast.figures import draw as draw_paper
 
     d = tmp_path / "report"
     write_csv(diet_rows(), d / "imp.csv")
-    [fig12] = draw_paper("fig12", d)
-    [fig2] = draw_paper("fig2", d)
-    drawn += [fig12, fig2]
+    [fig12] = draw("fig12", d, drawn)
+    [fig2] = draw("fig2", d, drawn)
     assert [ax.get_title() for ax in fig12.figure.axes] == [
         f"subsets of {n} examples" for n in (60, 79, 101)]
     assert legends(fig12.figure) == [
@@ -511,7 +510,6 @@ def test_subsets_pre_trained_for_two_t_r_are_two_figures_each_with_its_own_basel
 def test_noisy_figures_have_the_rewind_to_init_baseline(tmp_path, drawn):
     """Fig. 4: t_r = 0 pre-trains nothing, so the clean rewind-to-init run is each noise
     level's baseline."""
-    from lthfast.figures import draw as draw_paper
 
     rows = imp_rows([("imp_0", "all", "", 0, 0.5)], levels=range(3))
     for noise in (0.1, 0.5):
@@ -520,8 +518,7 @@ def test_noisy_figures_have_the_rewind_to_init_baseline(tmp_path, drawn):
                          label_noise=noise, rank_by="el2n", class_balanced=False)
     d = tmp_path / "report"
     write_csv(rows, d / "imp.csv")
-    out = draw_paper("fig4", d)
-    drawn += out
+    out = draw("fig4", d, drawn)
     assert [o.stem for o in out] == ["fig4_best_digits_resnet8_0.1", "fig4_best_digits_resnet8_0.5"]
     for o in out:
         assert legends(o.figure) == ["all data, t_r = 0", "all data, t_r = 2",
@@ -632,21 +629,17 @@ def stems(out) -> set[str]:
 def test_a_paper_figure_draws_only_its_datasets_and_a_kind_every_one(tmp_path, drawn):
     """Fig. 14 is CINIC-10's, Fig. 13 CIFAR-10's and CIFAR-100's: at smoke scale their
     stand-ins' runs; ``sparsity`` (the kind) draws every dataset."""
-    from lthfast.figures import draw as draw_paper
 
     d = tmp_path / "report"
     write_csv(diet_rows() + diet_rows(dataset=CIFAR100) + diet_rows(dataset=CINIC10),
               d / "imp.csv")
     cinic = "sparsity_synthetic-size-8-test-360-train-1440_resnet8"
     cifar100 = "sparsity_synthetic-classes-20-noise-25-size-8-test-360-train-1440_resnet8"
-    fig14 = draw_paper("fig14", d)
-    drawn += fig14
+    fig14 = draw("fig14", d, drawn)
     assert stems(fig14) == {f"fig14_{cinic}"}
-    fig13 = draw_paper("fig13", d)
-    drawn += fig13
+    fig13 = draw("fig13", d, drawn)
     assert stems(fig13) == {"fig13_sparsity_digits_resnet8", f"fig13_{cifar100}"}
-    fig12 = draw_paper("fig12", d)  # CIFAR-10's forgetting subsets
-    drawn += fig12
+    fig12 = draw("fig12", d, drawn)  # CIFAR-10's forgetting subsets
     assert stems(fig12) == {"fig12_sparsity_digits_resnet8"}
     assert stems(draw("sparsity", d, drawn)) == {"sparsity_digits_resnet8", cinic, cifar100}
     # a figure's title and legend are of its dataset's runs only
@@ -657,19 +650,16 @@ def test_a_paper_figure_draws_only_its_datasets_and_a_kind_every_one(tmp_path, d
 
 def test_a_paper_figure_takes_the_full_scale_name_as_well_as_its_stand_in(tmp_path, drawn):
     from lthfast.data.build import canonical_name
-    from lthfast.figures import draw as draw_paper
 
     # the tables hold a dataset's canonical name: the stand-ins are spelled that way
     assert all(canonical_name(name) == name for name in STAND_INS.values())
     d = tmp_path / "report"
     write_csv(diet_rows(dataset="cinic10") + diet_rows(dataset="cifar10")
               + diet_rows(dataset=CINIC10), d / "imp.csv")
-    out = draw_paper("fig14", d)
-    drawn += out
+    out = draw("fig14", d, drawn)
     assert stems(out) == {"fig14_sparsity_cinic10_resnet8",
                           "fig14_sparsity_synthetic-size-8-test-360-train-1440_resnet8"}
-    out = draw_paper("fig2", d)  # CIFAR-10, CIFAR-100 and CINIC-10
-    drawn += out
+    out = draw("fig2", d, drawn)  # CIFAR-10, CIFAR-100 and CINIC-10
     assert stems(out) == {"fig2_best_cinic10_resnet8", "fig2_best_cifar10_resnet8",
                           "fig2_best_synthetic-size-8-test-360-train-1440_resnet8"}
 
@@ -677,7 +667,6 @@ def test_a_paper_figure_takes_the_full_scale_name_as_well_as_its_stand_in(tmp_pa
 def test_figs_7_and_8_draw_their_own_datasets_grads(tmp_path, drawn):
     """Fig. 7 is CIFAR-100's gradient statistics, Fig. 8 CIFAR-10's: one grads_steps.csv holds
     both at smoke scale."""
-    from lthfast.figures import draw as draw_paper
 
     steps = [{"summary": f"pre_{s}_{dataset}/grads_x.json", **BASE, "dataset": dataset,
               "subset": s, "subset_size": 79, "t_r": 8, "replicate": 0, "series": series,
@@ -687,11 +676,9 @@ def test_figs_7_and_8_draw_their_own_datasets_grads(tmp_path, drawn):
     d = tmp_path / "report"
     write_csv(steps, d / "grads_steps.csv", GRADS_STEP_COLUMNS)
     cifar100 = "synthetic-classes-20-noise-25-size-8-test-360-train-1440_resnet8"
-    out = draw_paper("fig7", d)
-    drawn += out
+    out = draw("fig7", d, drawn)
     assert stems(out) == {f"fig7_dynamics_{cifar100}"}
-    out = draw_paper("fig8", d)
-    drawn += out
+    out = draw("fig8", d, drawn)
     assert stems(out) == {"fig8_grad_norms_digits_resnet8"}
     assert stems(draw("dynamics", d, drawn)) == {"dynamics_digits_resnet8",
                                                  f"dynamics_{cifar100}"}
@@ -700,7 +687,6 @@ def test_figs_7_and_8_draw_their_own_datasets_grads(tmp_path, drawn):
 def test_fig5_draws_cifar100s_and_cinic10s_barriers_only(tmp_path, drawn):
     """Fig. 5 is CIFAR-100's and CINIC-10's: a CIFAR-10 scheme is neither a histogram nor a
     panel of its right part (schemes.csv), though the kinds draw it."""
-    from lthfast.figures import draw as draw_paper
 
     rows = [{"run": f"imp_{d}_{s}", **BASE, "dataset": d, "subset": s, "subset_size": 79,
              "t_r": 2, "level": 2, "replicate": 0, "loss_barrier": 0.1, "pretrain_acc": 0.4,
@@ -720,8 +706,7 @@ def test_fig5_draws_cifar100s_and_cinic10s_barriers_only(tmp_path, drawn):
     [every] = draw("barriers", d, drawn)
     assert len(every.figure.axes) == 6  # the kind: a panel pair per dataset
     assert len(draw("barrier_hist", d, drawn)) == 2
-    out = draw_paper("fig5", d)
-    drawn += out
+    out = draw("fig5", d, drawn)
     assert stems(out) == {"fig5_barriers",
                           "fig5_barrier_hist_synthetic-size-8-test-360-train-1440_resnet8"}
     [right] = [o for o in out if o.stem == "fig5_barriers"]
@@ -785,12 +770,9 @@ def test_a_scheme_looks_the_same_in_every_figure_as_the_captions_say(tmp_path, d
     data dashed: t_r = 0 yellow, t*/2 orange, t* blue; the same in Figs. 2, 3, 13 and 12."""
     from matplotlib.colors import to_hex
 
-    from lthfast.figures import draw as draw_paper
-
     d = tmp_path / "report"
     write_csv(diet_rows(), d / "imp.csv")
-    figs = {name: draw_paper(name, d) for name in ("fig2", "fig3", "fig12", "fig13")}
-    drawn += [o for out in figs.values() for o in out]
+    figs = {name: draw(name, d, drawn) for name in ("fig2", "fig3", "fig12", "fig13")}
     want = {"random": ("#2ca02c", "o", "-"), "easiest": ("#d62728", "^", "-"),
             "hardest": ("#e377c2", "x", "-"), "all data, t_r = 0": ("#e6b800", "None", "--"),
             "all data, t_r = 2": ("#ff7f0e", "None", "--"),
@@ -839,8 +821,6 @@ def test_fig2_draws_the_dense_model_dashed_grey_at_level_0(tmp_path, drawn):
     rewind-to-init run's where t* was not run."""
     from matplotlib.colors import to_hex
 
-    from lthfast.figures import draw as draw_paper
-
     d = tmp_path / "report"
     rows = diet_rows()
     for r in rows:  # each baseline's own dense accuracy, t* = 4 the highest
@@ -848,22 +828,19 @@ def test_fig2_draws_the_dense_model_dashed_grey_at_level_0(tmp_path, drawn):
             r["test_acc"] = {0: 0.61, 2: 0.62, 4: 0.64}[r["t_r"]]
     write_csv(rows, d / "imp.csv")
     for name, want in (("fig2", 0.64), ("fig13", 0.64)):
-        [out] = draw_paper(name, d)
-        drawn.append(out)
+        [out] = draw(name, d, drawn)
         for ax in (a for a in out.figure.axes if a.get_visible()):
             [dense] = [line for line in ax.get_lines() if line.get_label() == "dense"]
             assert list(dense.get_ydata()) == pytest.approx([want, want])
             assert to_hex(dense.get_color()) == "#7f7f7f" and dense.get_linestyle() == "--"
     write_csv([r for r in rows if not (r["subset"] == "all" and r["t_r"] == 4)], d / "imp.csv")
-    [out] = draw_paper("fig2", d)
-    drawn.append(out)
+    [out] = draw("fig2", d, drawn)
     [dense] = [line for line in out.figure.axes[0].get_lines() if line.get_label() == "dense"]
     assert dense.get_ydata()[0] == pytest.approx(0.61)
 
 
 def test_axis_labels_say_how_many_replicates_each_point_averages(report, tmp_path, drawn):
     """"mean ± std" with one replicate promises a band that cannot be drawn: the label says n."""
-    from lthfast.figures import draw as draw_paper
 
     for kind in ("best", "sparsity", "size", "onset", "warmup", "dynamics"):
         for d in draw(kind, report, drawn):  # every series of 2 replicates but grads' (1)
@@ -874,12 +851,10 @@ def test_axis_labels_say_how_many_replicates_each_point_averages(report, tmp_pat
     rows = diet_rows()
     rows += [r | {"replicate": 1} for r in rows if r["subset"] == "all"]
     write_csv(rows, d / "imp.csv")
-    [out] = draw_paper("fig13", d)
-    drawn.append(out)
+    [out] = draw("fig13", d, drawn)
     assert out.figure.axes[0].get_ylabel() == "test accuracy (mean ± std, n = 1–2)"
     write_csv(diet_rows(), d / "imp.csv")
-    [out] = draw_paper("fig2", d)
-    drawn.append(out)
+    [out] = draw("fig2", d, drawn)
     assert out.figure.axes[0].get_ylabel() == "test accuracy (1 replicate)"
 
 
